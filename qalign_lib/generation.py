@@ -1,0 +1,101 @@
+"""Greedy batched generation with left padding, KV cache and a per-sequence stop at EOS.
+
+Prompts are sorted by length (longest first, so memory trouble shows at once) and cut into batches of at most
+``batch_size`` prompts and, if given, at most ``token_budget`` tokens (batch rows x (longest prompt +
+max_new_tokens)). Results come back per batch with the caller's indices, so the caller can append them to disk
+as they are produced.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .io import append_jsonl
+
+
+def batches(lengths: list[int], batch_size: int, max_new_tokens: int, token_budget: int | None = None) -> list[list[int]]:
+    """Index batches over prompts sorted by decreasing length."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out, current = [], []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        too_many = len(current) >= batch_size
+        too_big = token_budget is not None and current and (len(current) + 1) * (longest + max_new_tokens) > token_budget
+        if current and (too_many or too_big):
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
+             token_budget: int | None = None, sort: bool = True, desc: str = "generating") -> Iterator[list[tuple[int, str, int]]]:
+    """Yield, per batch, [(prompt index, response text, number of new tokens)]."""
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    lengths = [len(e) for e in encoded]
+    groups = batches(lengths, batch_size, max_new_tokens, token_budget) if sort else \
+        [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+    device = next(model.parameters()).device
+    with tqdm(total=len(prompts), desc=desc, unit="q", leave=False) as bar:
+        for group in groups:
+            width = max(lengths[i] for i in group)
+            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, i in enumerate(group):
+                ids[row, width - lengths[i]:] = torch.tensor(encoded[i])
+                mask[row, width - lengths[i]:] = 1
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                                 do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                                 temperature=None, top_p=None, top_k=None)
+            new = out[:, width:].tolist()
+            results = []
+            for row, i in enumerate(group):
+                tokens = new[row]
+                n = next((k + 1 for k, t in enumerate(tokens) if t == tokenizer.eos_token_id), len(tokens))
+                results.append((i, tokenizer.decode(tokens[:n], skip_special_tokens=True), n))
+            bar.update(len(group))
+            yield results
+
+
+def done_ids(path: Path) -> set:
+    """Ids already generated in a JSONL file; a torn last line (a kill mid-write) is dropped from the file."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    good, ids = [], set()
+    for k, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{k + 1}: corrupt line in the middle of a generations file; delete the file to regenerate it") from None
+        good.append(line if line.endswith("\n") else line + "\n")
+        ids.add(row["id"])
+    if len(good) != len(lines) or (lines and not lines[-1].endswith("\n")):
+        path.write_text("".join(good), encoding="utf-8")
+    return ids
+
+
+def generate_to_file(model, tokenizer, items: list[dict], path: Path, max_new_tokens: int, batch_size: int,
+                     token_budget: int | None = None, desc: str = "") -> int:
+    """Generate for ``items`` ({"id", "lang", "prompt"}) not yet in ``path``; append each batch as it is produced."""
+    have = done_ids(path)
+    todo = [it for it in items if it["id"] not in have]
+    if not todo:
+        return 0
+    for results in generate(model, tokenizer, [it["prompt"] for it in todo], max_new_tokens, batch_size,
+                            token_budget, desc=desc or str(path)):
+        append_jsonl(path, [{"lang": todo[i]["lang"], "id": todo[i]["id"], "response": text, "new_tokens": n}
+                            for i, text, n in sorted(results)])
+    return len(todo)

@@ -1,0 +1,407 @@
+"""`qalign data download`: fetch the public sources from the Hugging Face Hub and write the normalized layout.
+
+The layout is the one described in shared/data/MANIFEST.md (mgsm/, msvamp/, gsm8k/, gsm8kinstruct/,
+gsm8kinstruct_question/, flores/{dev,devtest}/, metamathqa/). Three parts:
+
+* SOURCES: which hub dataset, config, data files and splits each dataset key is read from (data, not code);
+* pure normalizers: lists of hub rows (dicts) in, normalized rows out; they raise DataError naming the field;
+* download(): loads, normalizes and writes every file atomically.
+
+Hub schemas. "confirmed": seen in the dataset card / file listing / viewer or in public code reading the data;
+"ASSUMED": the most likely form, not seen (the Hub was unreachable from where this was written).
+* juletxara/mgsm: one config per language (en es fr de ru zh ja th sw bn te), splits train (8) / test (250), fields
+  question / answer (None in test) / answer_number (int) / equation_solution (confirmed, via the loading script's
+  features and mirrors' cards). The repo is a loading script, which datasets>=4 cannot run, so we read the Hub's
+  parquet export; its path {config}/{split}/*.parquet on refs/convert/parquet is ASSUMED (per-config folders confirmed).
+  The int answer_number has lost the TSV's thousands commas, so answer_raw is "2125" where shared/data has "2,125".
+* Mathoctopus/MSVAMP: files test_{Language}.json (confirmed), JSON lines with m_query (question in that language),
+  query (English; absent from test_English.json), equation, response ("8.0") (confirmed from the identical copies
+  in microsoft/MathOctopus).
+* openai/gsm8k: config main, splits train (7473) / test (1319), fields question / answer (confirmed).
+* Mathoctopus/GSM8KInstruct_Parallel: one file MGSM8KInstruct_Parallel.json, default config, split train (confirmed);
+  rows prompt / chosen (/ rejected) (confirmed from scripts that read the file). The prompt is MathOctopus's
+  template "... completes the request in {Language}. Please answer in {Language}. \\n### Instruction:\\n{question}
+  \\n\\n### Response:" (confirmed in MathOctopus's README; exact whitespace ASSUMED, parsing tolerates it). That the
+  rows carry no index and no parallel key is ASSUMED; see normalize_gsm8kinstruct for how rows are aligned.
+* openlanguagedata/flores_plus (gated: accept its terms and log in): one config per language, e.g. eng_Latn, splits
+  dev / devtest, fields id / iso_639_3 / iso_15924 / text / ... (confirmed). Chinese is cmn_Hans there (confirmed in a
+  public script; zho_Hans in FLORES-200); swh_Latn for Swahili is ASSUMED (FLORES-200's code).
+* meta-math/MetaMathQA: MetaMathQA-395K.json, split train, fields type / query / original_question / response
+  (confirmed from the file listing and mirrors' cards).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .io import DataError, atomic_write, write_jsonl
+from .languages import LANGS, MGSM_LANGS, NAMES, NON_EN
+
+# -----------------------------------------------------------------------------
+# sources (data)
+
+
+@dataclass(frozen=True)
+class Source:
+    hub_id: str
+    splits: tuple[str, ...]
+    configs: dict[str, str | None]  # our key (language code, or "" when single) -> hub config / file stem
+    data_files: str | None = None   # when set: file pattern inside the repo, formatted with {config} and {split}
+    revision: str | None = None
+
+
+FLORES_CONFIGS = {"en": "eng_Latn", "bn": "ben_Beng", "th": "tha_Thai", "sw": "swh_Latn", "ja": "jpn_Jpan",
+                  "zh": "cmn_Hans", "de": "deu_Latn", "fr": "fra_Latn", "ru": "rus_Cyrl", "es": "spa_Latn"}
+
+SOURCES: dict[str, Source] = {
+    "mgsm": Source("juletxara/mgsm", ("test",), {lang: lang for lang in MGSM_LANGS},
+                   data_files="{config}/{split}/*.parquet", revision="refs/convert/parquet"),
+    "msvamp": Source("Mathoctopus/MSVAMP", ("test",), {lang: NAMES[lang] for lang in LANGS},
+                     data_files="test_{config}.json"),
+    "gsm8k": Source("openai/gsm8k", ("train", "test"), {"": "main"}),
+    "gsm8kinstruct": Source("Mathoctopus/GSM8KInstruct_Parallel", ("train",), {"": None}),
+    "flores": Source("openlanguagedata/flores_plus", ("dev", "devtest"), FLORES_CONFIGS),
+    "metamathqa": Source("meta-math/MetaMathQA", ("train",), {"": None}),
+}
+MIN_ALIGNED = 0.9  # a GSM8KInstruct language where fewer rows than this find their GSM8K row is an error
+
+# -----------------------------------------------------------------------------
+# normalizers (pure: hub rows in, normalized rows out)
+
+
+def _field(row: dict, name: str, i: int, what: str, kind: type | tuple = str):
+    value = row.get(name) if isinstance(row, dict) else None
+    if value is None or not isinstance(value, kind) or isinstance(value, bool):
+        got = "missing" if value is None else f"a {type(value).__name__}"
+        want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+        raise DataError(f"{what} row {i}: field {name!r} is {got}; expected {want}")
+    return value
+
+
+def number(value, where: str = "answer") -> str:
+    """Gold answer as a plain number string: "2,125" -> "2125", "8.0" -> "8", 18 -> "18", "2.50" -> "2.5"."""
+    text = str(value).strip().replace(",", "")
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        raise DataError(f"{where}: {value!r} is not a number") from None
+    if not d.is_finite():
+        raise DataError(f"{where}: {value!r} is not a finite number")
+    return str(int(d)) if d == d.to_integral_value() else format(d.normalize(), "f")
+
+
+def normalize_mgsm(rows: list[dict], what: str = "mgsm") -> list[dict]:
+    """juletxara/mgsm test rows -> {id (row order), question, answer, answer_raw}."""
+    out = []
+    for i, r in enumerate(rows):
+        raw = _field(r, "answer_number", i, what, (int, float, str))
+        out.append({"id": i, "question": _field(r, "question", i, what),
+                    "answer": number(raw, f"{what} row {i}: field 'answer_number'"), "answer_raw": str(raw)})
+    return out
+
+
+def normalize_msvamp(rows: list[dict], what: str = "msvamp") -> list[dict]:
+    """Mathoctopus/MSVAMP rows -> {id, question, answer, answer_raw, equation, question_en}.
+
+    question keeps the source's m_query verbatim (some have a leading space); question_en is the English `query`,
+    which test_English.json does not have (there m_query is the English question)."""
+    out = []
+    for i, r in enumerate(rows):
+        question = _field(r, "m_query", i, what)
+        raw = _field(r, "response", i, what, (str, int, float))
+        out.append({"id": i, "question": question,
+                    "answer": number(raw, f"{what} row {i}: field 'response'"), "answer_raw": str(raw),
+                    "equation": _field(r, "equation", i, what),
+                    "question_en": _field(r, "query", i, what) if "query" in r else question})
+    return out
+
+
+def gsm8k_final(answer: str, where: str = "gsm8k") -> str:
+    if "####" not in answer:
+        raise DataError(f"{where}: field 'answer' has no '#### <final answer>' line")
+    return answer.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def normalize_gsm8k(rows: list[dict], what: str = "gsm8k") -> list[dict]:
+    """openai/gsm8k rows -> {id (row index), question, answer (original text), final}."""
+    out = []
+    for i, r in enumerate(rows):
+        answer = _field(r, "answer", i, what)
+        out.append({"id": i, "question": _field(r, "question", i, what), "answer": answer,
+                    "final": gsm8k_final(answer, f"{what} row {i}")})
+    return out
+
+
+def normalize_metamathqa(rows: list[dict], what: str = "metamathqa") -> list[dict]:
+    return [{"id": i, "query": _field(r, "query", i, what), "response": _field(r, "response", i, what),
+             "type": _field(r, "type", i, what)} for i, r in enumerate(rows)]
+
+
+_LANG_OF_NAME = {NAMES[lang].lower(): lang for lang in LANGS}
+
+
+def parse_instruct_row(r: dict, i: int, what: str = "gsm8kinstruct") -> tuple[str, str, str]:
+    """One MGSM8KInstruct_Parallel row -> (language code, question, answer).
+
+    The language is read from the template's header ("completes the request in German"), never from the question:
+    QAlign's extraction took the first language name anywhere in the prompt and filed 3 Spanish/French rows whose
+    question mentions "English" under English."""
+    prompt, answer = _field(r, "prompt", i, what), _field(r, "chosen", i, what)
+    if "Instruction:" not in prompt:
+        raise DataError(f"{what} row {i}: field 'prompt' has no '### Instruction:' section")
+    header, body = prompt.split("Instruction:", 1)
+    m = re.search(r"(?:request|answer) in ([A-Za-z]+)", header)
+    if not m or m.group(1).lower() not in _LANG_OF_NAME:
+        raise DataError(f"{what} row {i}: field 'prompt' names no known language ('... request in <Language>')")
+    return _LANG_OF_NAME[m.group(1).lower()], body.split("### Response:", 1)[0].strip(), answer.strip()
+
+
+def _ws(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fingerprint(answer: str) -> tuple:
+    """Language-independent key of a chain of thought: its <<calculator>> annotations and its final answer."""
+    calcs = tuple(re.sub(r"\s+", "", c) for c in re.findall(r"<<(.*?)>>", answer))
+    final = answer.rsplit("####", 1)[1].strip().replace(",", "").replace(" ", "") if "####" in answer else None
+    return calcs, final
+
+
+def _unique(pairs) -> dict:
+    """{key: value} from (key, value) pairs, leaving out every key that occurs more than once (ambiguous)."""
+    seen: dict = {}
+    for k, v in pairs:
+        seen.setdefault(k, []).append(v)
+    return {k: vs[0] for k, vs in seen.items() if len(vs) == 1}
+
+
+def normalize_gsm8kinstruct(rows: list[dict], gsm8k_train: list[dict], min_aligned: float = MIN_ALIGNED,
+                            what: str = "gsm8kinstruct") -> dict[str, list[dict]]:
+    """MGSM8KInstruct_Parallel rows -> {lang: [{id, gsm8k_idx, question, answer}]}, id = GSM8K train row index.
+
+    The hub rows carry no index, so alignment is by content, never by position:
+    * English: the question is matched to its gsm8k train row (normalized rows with id/question) by exact match
+      after whitespace normalisation;
+    * other languages: the chain of thought is a translation of an English one, which keeps its <<a*b=c>>
+      calculator annotations and its "#### N" final answer; that pair is the parallel key, matched against both
+      English chains of thought of each row: MathOctopus's (aligned above) and GSM8K's original (gsm8k train
+      `answer`; only 1757 of 7473 are identical, and which one was translated is not documented). Keys shared by
+      several GSM8K rows, and ids claimed by several rows of one language, are ambiguous and left out.
+    A language where fewer than `min_aligned` of its rows align raises DataError.
+    """
+    by_lang: dict[str, list[tuple[str, str]]] = {lang: [] for lang in LANGS}
+    for i, r in enumerate(rows):
+        lang, q, a = parse_instruct_row(r, i, what)
+        by_lang[lang].append((q, a))
+
+    gsm = [(_field(g, "id", j, "gsm8k train", int), _field(g, "question", j, "gsm8k train"),
+            _field(g, "answer", j, "gsm8k train")) for j, g in enumerate(gsm8k_train)]
+    gsm_id = _unique((_ws(q), i) for i, q, _ in gsm)
+    aligned = {"en": _unique((gsm_id.get(_ws(q)), (q, a)) for q, a in by_lang["en"])}
+    aligned["en"].pop(None, None)
+    cots = [(i, a) for i, _, a in gsm] + [(i, a) for i, (_, a) in aligned["en"].items()]
+    en_id = _unique({(_fingerprint(a), i) for i, a in cots})  # a set: the same key twice for one id is no clash
+    for lang in NON_EN:
+        aligned[lang] = _unique((en_id.get(_fingerprint(a)), (q, a)) for q, a in by_lang[lang])
+        aligned[lang].pop(None, None)
+
+    out = {}
+    for lang in LANGS:
+        n, total = len(aligned[lang]), len(by_lang[lang])
+        if total and n < min_aligned * total:
+            raise DataError(f"{what}: only {n} of {total} {NAMES[lang]} rows could be aligned to a GSM8K train row "
+                            f"(need {min_aligned:.0%}). Rows are matched by the <<calculator>> annotations and "
+                            f"'#### N' of their chain of thought (English: by question text); the hub file's format "
+                            f"may have changed")
+        out[lang] = [{"id": i, "gsm8k_idx": i, "question": q, "answer": a}
+                     for i, (q, a) in sorted(aligned[lang].items())]
+    return out
+
+
+def derive_questions(instruct: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """gsm8kinstruct_question/{lang}: {id, question_en, question} for the ids present in English and in lang."""
+    en = {r["id"]: r["question"] for r in instruct.get("en", [])}
+    return {lang: [{"id": r["id"], "question_en": en[r["id"]], "question": r["question"]}
+                   for r in instruct.get(lang, []) if r["id"] in en] for lang in NON_EN}
+
+
+def _id(r: dict, i: int, where: str) -> int:
+    value = _field(r, "id", i, where, (int, str))
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise DataError(f"{where} row {i}: field 'id' is {value!r}, not an integer")
+    return int(value)
+
+
+def normalize_flores(rows: dict[str, list[dict]], configs: dict[str, str] = FLORES_CONFIGS,
+                     what: str = "flores") -> dict[str, list[str]]:
+    """{lang: flores_plus rows} -> {lang: sentences}, ordered by the rows' `id` and checked to be line-aligned."""
+    out, ids0 = {}, None
+    for lang, lrows in rows.items():
+        where = f"{what} {lang}"
+        keyed = sorted(((_id(r, i, where), _field(r, "text", i, where), r) for i, r in enumerate(lrows)),
+                       key=lambda t: t[0])
+        for i, text, r in keyed:
+            code = f"{r.get('iso_639_3')}_{r.get('iso_15924')}"
+            if "iso_639_3" in r and code != configs[lang]:
+                raise DataError(f"{where} id {i}: fields 'iso_639_3'/'iso_15924' say {code}, expected {configs[lang]}")
+            if "\n" in text or "\r" in text:
+                raise DataError(f"{where} id {i}: field 'text' contains a line break")
+        ids = [i for i, _, _ in keyed]
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{where}: duplicate values in field 'id'")
+        if ids0 is not None and ids != ids0:
+            raise DataError(f"{where}: field 'id' values differ from the other languages; the files would not align")
+        ids0 = ids
+        out[lang] = [text for _, text, _ in keyed]
+    return out
+
+
+# -----------------------------------------------------------------------------
+# loading from the hub
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _offline() -> bool:
+    return _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+FIX = ("Fix: run `qalign data download` on a machine with internet access, or copy an existing normalized data "
+       "directory (e.g. shared/data, see its MANIFEST.md) to this machine and point QALIGN_DATA_DIR at it.")
+
+
+def _hub_error(hub_id: str, reason: str) -> DataError:
+    return DataError(f"cannot download {hub_id} from the Hugging Face Hub: {reason}. {FIX}")
+
+
+def check_reachable(hub_id: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, not minutes of retries, when the Hub cannot be reached (skipped in offline mode)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(f"{endpoint}/api/datasets/{hub_id}", timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise _hub_error(hub_id, f"{endpoint}/datasets/{hub_id} does not exist (HTTP 404)") from None
+        # 401/403/5xx: let load_dataset try (gated repos may still load with a token) and report its error
+    except (OSError, ValueError) as e:  # URLError, timeouts, DNS and proxy errors are all OSError
+        raise _hub_error(hub_id, f"{endpoint} is unreachable ({getattr(e, 'reason', e)})") from None
+
+
+@contextlib.contextmanager
+def _offline_flags():
+    """datasets and huggingface_hub read HF_HUB_OFFLINE once, at import; honour the value it has now."""
+    import datasets
+    import huggingface_hub.constants as hc
+    saved = hc.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    if _offline():
+        hc.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def load_rows(src: Source, config: str | None, split: str) -> list[dict]:
+    """One split of one config as a list of dicts. Every failure becomes a one-paragraph DataError."""
+    import datasets
+
+    kwargs = {"revision": src.revision}
+    if src.data_files:
+        kwargs["data_files"] = {split: src.data_files.format(config=config, split=split)}
+    else:
+        kwargs["name"] = config
+    what = f"{src.hub_id} ({', '.join(x for x in (config, split) if x)})"
+    try:
+        with _offline_flags():
+            return datasets.load_dataset(src.hub_id, split=split, **kwargs).to_list()
+    except Exception as e:  # noqa: BLE001 -- no traceback from deep inside datasets reaches the user
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        if "gated" in msg.lower() or type(e).__name__ == "GatedRepoError":
+            raise DataError(f"cannot download {what}: the dataset is gated. Accept its terms at "
+                            f"https://huggingface.co/datasets/{src.hub_id} and log in (`hf auth login` or HF_TOKEN), "
+                            f"then retry. {FIX}") from None
+        if _offline():
+            raise _hub_error(what, "offline mode is on (HF_HUB_OFFLINE=1) and it is not in the local cache") from None
+        if isinstance(e, (ConnectionError, TimeoutError)) or re.search(r"Connect|Timeout", type(e).__name__):
+            raise _hub_error(what, f"the Hub is unreachable ({msg})") from None
+        raise DataError(f"cannot load {what} from the Hugging Face Hub: {type(e).__name__}: {msg}. "
+                        f"The hub dataset may have changed format. {FIX}") from None
+
+
+# -----------------------------------------------------------------------------
+# download
+
+
+def _outputs(key: str, fetch) -> dict[str, list]:
+    """{relative path: rows (.jsonl) or lines (.txt)} of one dataset key; fetch(key, lang, split) -> hub rows."""
+    if key == "mgsm":
+        return {f"mgsm/{lang}.jsonl": normalize_mgsm(fetch(key, lang, "test"), f"mgsm {lang}") for lang in MGSM_LANGS}
+    if key == "msvamp":
+        return {f"msvamp/{lang}.jsonl": normalize_msvamp(fetch(key, lang, "test"), f"msvamp {lang}") for lang in LANGS}
+    if key == "gsm8k":
+        return {f"gsm8k/{s}.jsonl": normalize_gsm8k(fetch(key, "", s), f"gsm8k {s}") for s in ("train", "test")}
+    if key == "gsm8kinstruct":
+        train = normalize_gsm8k(fetch("gsm8k", "", "train"), "gsm8k train")
+        inst = normalize_gsm8kinstruct(fetch(key, "", "train"), train)
+        files = {f"gsm8kinstruct/{lang}.jsonl": inst[lang] for lang in LANGS}
+        return files | {f"gsm8kinstruct_question/{lang}.jsonl": r for lang, r in derive_questions(inst).items()}
+    if key == "flores":
+        return {f"flores/{s}/{lang}.txt": lines for s in ("dev", "devtest")
+                for lang, lines in normalize_flores({lang: fetch(key, lang, s) for lang in LANGS}).items()}
+    if key == "metamathqa":
+        return {"metamathqa/metamathqa.jsonl": normalize_metamathqa(fetch(key, "", "train"))}
+    raise DataError(f"unknown dataset {key!r}; known: {', '.join(SOURCES)}")
+
+
+def download(out_dir: str | os.PathLike, datasets: list[str] | None = None) -> dict[str, int]:
+    """Fetch, normalize and write the datasets (default: all of SOURCES) under out_dir.
+
+    Returns {relative path: rows written}. Each dataset is complete in memory before any of its files is written,
+    and every file is written atomically. Raises DataError (one paragraph, with the fix) on any failure."""
+    keys = list(SOURCES) if datasets is None else list(dict.fromkeys(datasets))
+    unknown = [k for k in keys if k not in SOURCES]
+    if unknown:
+        raise DataError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+    needed = list(dict.fromkeys(keys + (["gsm8k"] if "gsm8kinstruct" in keys else [])))
+    if not _offline():
+        for k in needed:
+            check_reachable(SOURCES[k].hub_id)
+
+    jobs = {(k, lang, s) for k in needed for lang in SOURCES[k].configs for s in SOURCES[k].splits}
+    if "gsm8kinstruct" in keys and "gsm8k" not in keys:
+        jobs = {j for j in jobs if j != ("gsm8k", "", "test")}
+    cache: dict[tuple, list[dict]] = {}
+    bar = tqdm(total=len(jobs), desc="qalign data download", unit="split")
+
+    def fetch(key: str, lang: str, split: str) -> list[dict]:
+        if (key, lang, split) not in cache:
+            src = SOURCES[key]
+            bar.set_postfix_str(f"{src.hub_id} {lang} {split}".strip())
+            cache[key, lang, split] = load_rows(src, src.configs[lang], split)
+            bar.update()
+        return cache[key, lang, split]
+
+    written: dict[str, int] = {}
+    try:
+        for key in keys:
+            for rel, data in _outputs(key, fetch).items():
+                path = Path(out_dir) / rel
+                if rel.endswith(".jsonl"):
+                    written[rel] = write_jsonl(path, data)
+                else:
+                    with atomic_write(path) as f:
+                        f.write("".join(line + "\n" for line in data))
+                    written[rel] = len(data)
+    finally:
+        bar.close()
+    return written

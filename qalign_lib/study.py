@@ -1,0 +1,145 @@
+"""Studies as data: ``params/study-<name>.yaml`` declares training runs (a DAG: each run starts from the base
+model or from another run) and the systems to evaluate. This module resolves a study against its size, derives
+the data it needs, and orders the runs so that one stage-1 model serves every stage 2 that starts from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import config, data
+from .config import ConfigError
+from .languages import BENCHMARK_LANGS
+
+
+@dataclass
+class Run:
+    name: str
+    stage: int
+    init: str = "base"  # "base" or the name of another run
+    tasks: list[str] = field(default_factory=list)  # stage 1: one task; stage 2: a sequence (mixed setting)
+    langs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    name: str
+    size: str
+    cfg: dict
+    runs: dict[str, Run]
+    systems: dict[str, str]  # display name -> run name ("base" = the untrained model)
+    benchmarks: list[str]
+    caption: str = ""
+    groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. table -> systems
+    source: str = ""
+
+
+def study_file(name: str):
+    path = config.params_dir() / ("study.yaml" if name in ("paper", "study") else f"study-{name}.yaml")
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("study-") for p in config.params_dir().glob("study*.yaml"))
+        raise ConfigError(f"unknown study {name!r}: no file {path}; known studies: {', '.join(known)}")
+    return path
+
+
+def load(name: str, size: str | None = None, **overrides) -> Study:
+    """Read a study and resolve every run's languages and data against the size's defaults."""
+    path = study_file(name)
+    raw = config.read_yaml(path)
+    size = size or raw.get("size") or "tiny"
+    cfg = config.resolve(size, **overrides)
+    runs: dict[str, Run] = {}
+    for run_name, spec in (raw.get("runs") or {}).items():
+        where = f"{path}: run {run_name!r}"
+        if not isinstance(spec, dict) or spec.get("stage") not in (1, 2):
+            raise ConfigError(f"{where}: needs 'stage: 1' or 'stage: 2'")
+        if run_name == "base":
+            raise ConfigError(f"{where}: 'base' is reserved for the untrained model")
+        if spec["stage"] == 1:
+            tasks = [spec.get("task", "x2en_question")]
+            if tasks[0] not in data.STAGE1_TASKS:
+                raise ConfigError(f"{where}: unknown stage-1 task {tasks[0]!r}; choose one of {', '.join(data.STAGE1_TASKS)}")
+            langs = data.task_langs(tasks[0], spec.get("langs", cfg["stage1_langs"]))
+        else:
+            tasks = spec.get("data", cfg["stage2_data"])
+            tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+            bad = [t for t in tasks if t not in data.STAGE2_DATA]
+            if bad:
+                raise ConfigError(f"{where}: unknown stage-2 data {bad}; choose from {', '.join(data.STAGE2_DATA)}")
+            langs = list(spec.get("langs", "all")) if not isinstance(spec.get("langs", "all"), str) else spec.get("langs", "all")
+            langs = data.task_langs("gsm8kinstruct", langs) if "gsm8kinstruct" in tasks else ["en"]
+        runs[run_name] = Run(run_name, spec["stage"], spec.get("init", "base"), tasks, langs)
+    for run in runs.values():
+        if run.init != "base" and run.init not in runs:
+            raise ConfigError(f"{path}: run {run.name!r} starts from unknown run {run.init!r}")
+    systems = dict(raw.get("systems") or {})
+    for system, run_name in systems.items():
+        if run_name != "base" and run_name not in runs and not str(run_name).startswith("model:"):
+            raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}")
+    benchmarks = list(raw.get("benchmarks") or data.BENCHMARKS)
+    for b in benchmarks:
+        if b not in data.BENCHMARKS:
+            raise ConfigError(f"{path}: unknown benchmark {b!r}; choose from {', '.join(data.BENCHMARKS)}")
+    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), raw.get("groups") or {}, str(path))
+    order(study)  # validates that there is no cycle
+    return study
+
+
+def chain(study: Study, run_name: str) -> list[str]:
+    """The runs that ``run_name`` depends on, itself last."""
+    out: list[str] = []
+    while run_name != "base":
+        if run_name in out:
+            raise ConfigError(f"{study.source}: runs form a cycle through {run_name!r}")
+        out.insert(0, run_name)
+        run_name = study.runs[run_name].init
+    return out
+
+
+def order(study: Study, only: list[str] | None = None) -> list[str]:
+    """Runs in dependency order, each once; ``only`` restricts to the chains of these systems or runs."""
+    targets = []
+    for name in only or list(study.runs):
+        if name in study.systems:
+            name = study.systems[name]
+        elif name not in study.runs:
+            raise ConfigError(f"--only {name!r}: not a system ({', '.join(study.systems)}) nor a run ({', '.join(study.runs)}) of {study.source}")
+        targets.append(name)
+    seen: list[str] = []
+    for target in targets:
+        for run_name in chain(study, target) if target != "base" and not target.startswith("model:") else []:
+            if run_name not in seen:
+                seen.append(run_name)
+    return seen
+
+
+def run_requirements(run: Run) -> dict[str, list[str]]:
+    need: dict[str, list[str]] = {}
+    for task in run.tasks:
+        for key, langs in data.NEEDS[task](run.langs).items():
+            need.setdefault(key, [])
+            need[key] += [lang for lang in langs if lang not in need[key]]
+    return need
+
+
+def requirements(study: Study, runs: list[str] | None = None) -> dict[str, list[str]]:
+    """dataset[:split] -> languages that the study's runs and evaluations read."""
+    need: dict[str, list[str]] = {}
+    for name in runs if runs is not None else list(study.runs):
+        for key, langs in run_requirements(study.runs[name]).items():
+            need.setdefault(key, [])
+            need[key] += [lang for lang in langs if lang not in need[key]]
+    for b in study.benchmarks:
+        need[b] = [lang for lang in study.cfg["eval_langs"] if lang in BENCHMARK_LANGS[b]]
+    return need
+
+
+def missing(study: Study, run_name: str, root=None) -> list[str]:
+    """Missing data files of one run's chain (empty when it can run)."""
+    out = []
+    for name in chain(study, run_name):
+        for key, langs in run_requirements(study.runs[name]).items():
+            dataset, _, split = key.partition(":")
+            for lang in langs:
+                if data.available(dataset, lang, split or None, root) is None:
+                    out.append(f"{key} [{lang}] ({data.path_of(dataset, lang, split or None, root)})")
+    return out

@@ -1,0 +1,108 @@
+import json
+
+import pytest
+from datasets import Dataset
+
+from qalign_lib import data, languages
+from qalign_lib.io import DataError
+
+
+def test_language_registry():
+    assert languages.LANGS == ("bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es", "en")
+    assert [languages.name(c) for c in languages.LANGS] == [
+        "Bengali", "Thai", "Swahili", "Japanese", "Chinese", "German", "French", "Russian", "Spanish", "English"]
+    assert languages.MGSM_LANGS[-1] == "te" and "en" not in languages.NON_EN
+    assert languages.parse_langs("de, zh,de") == ["de", "zh"]
+    assert languages.parse_langs("non_en") == list(languages.NON_EN)
+    with pytest.raises(ValueError, match="unknown or unsupported language code.*xx"):
+        languages.parse_langs("de,xx")
+
+
+def test_real_data_loaders(real_data):
+    mgsm = data.load_benchmark("mgsm", "te")
+    assert isinstance(mgsm, Dataset) and len(mgsm) == 250 and mgsm[0]["answer"] == "18" or mgsm[0]["id"] == 0
+    assert len(data.load_benchmark("msvamp", "bn")) == 1000
+    assert len(data.load("gsm8k", split="train")) == 7473 and len(data.load("gsm8k", split="test")) == 1319
+    assert len(data.load("gsm8kinstruct", "en")) == 7473
+    q = data.load("gsm8kinstruct_question", "ru")
+    assert len(q) == 7360 and set(q.column_names) >= {"id", "question", "question_en"}
+    assert len(data.load("flores", "th", split="devtest")) == 1012
+    gold = data.gold_answers("mgsm", "en")
+    assert len(gold) == 250 and all(isinstance(v, float) for v in gold.values())
+
+
+def test_real_question_pairs_aligned_by_id(real_data):
+    # zh and de cover different GSM8K rows: the same example id must carry the same English question
+    en_by_id = {r["id"]: r["question"] for r in data.read_rows("gsm8k", split="train")}
+    rows = data.build("x2en_question", "zh", limit=50)
+    for row in rows:
+        ident = int(row["id"].split("-")[1])
+        assert " ".join(row["completion"].split()) == " ".join(en_by_id[ident].split())
+
+
+def test_real_missing_datasets_are_errors(real_data):
+    with pytest.raises(DataError, match=r"missing file .*gsm8kinstruct_question/bn.jsonl: the bn and th translations"):
+        data.build("x2en_question", "bn")
+    with pytest.raises(DataError, match=r"missing file .*metamathqa.jsonl: MetaMathQA is not in the offline snapshot.*qalign data download"):
+        data.build("metamathqa")
+    with pytest.raises(DataError, match=r"missing file .*gsm8kinstruct/de.jsonl: multilingual GSM8KInstruct answers"):
+        data.build("x2en_response", "de")
+
+
+def test_requested_language_absent_is_error(real_data):
+    with pytest.raises(DataError, match="has no language 'te'"):
+        data.load_benchmark("msvamp", "te")
+    with pytest.raises(ValueError, match="langs for x2en_question.*'en'|unknown or unsupported language code.*en"):
+        data.build("x2en_question", "en")
+    with pytest.raises(DataError, match="unknown task"):
+        data.build("x2en_answers", "de")
+    with pytest.raises(DataError, match="unknown benchmark"):
+        data.load_benchmark("gsm8k", "en")
+
+
+def _write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def test_malformed_rows_name_file_line_field(tmp_path, monkeypatch):
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
+    p = tmp_path / "mgsm" / "de.jsonl"
+    _write(p, [json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n", json.dumps({"id": 1, "question": "b"}) + "\n"])
+    with pytest.raises(DataError, match=r"mgsm/de.jsonl:2: missing field 'answer'"):
+        data.load_benchmark("mgsm", "de")
+    _write(p, [json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n", "{not json\n"])
+    with pytest.raises(DataError, match=r"mgsm/de.jsonl:2: not valid JSON"):
+        data.load_benchmark("mgsm", "de")
+    _write(p, [json.dumps({"id": 0, "question": "a", "answer": "eighteen"}) + "\n"])
+    with pytest.raises(DataError, match=r"mgsm/de.jsonl: row 1 \(id 0\): field 'answer' = 'eighteen' is not a number"):
+        data.load_benchmark("mgsm", "de")
+    _write(p, [json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n"] * 2)
+    with pytest.raises(DataError, match="duplicate id 0"):
+        data.load_benchmark("mgsm", "de")
+    _write(tmp_path / "flores/devtest/de.txt", ["a\n", "\n", "c\n"])
+    with pytest.raises(DataError, match=r"flores/devtest/de.txt:2: empty sentence"):
+        data.read_rows("flores", "de")
+
+
+def test_parallel_files_share_no_id_is_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
+    _write(tmp_path / "gsm8kinstruct/en.jsonl", [json.dumps({"id": 1, "question": "q", "answer": "a"}) + "\n"])
+    _write(tmp_path / "gsm8kinstruct/de.jsonl", [json.dumps({"id": 2, "question": "q", "answer": "a"}) + "\n"])
+    with pytest.raises(DataError, match="share no id"):
+        data.build("x2en_response", "de")
+    _write(tmp_path / "flores/devtest/en.txt", ["a\n", "b\n"])
+    _write(tmp_path / "flores/devtest/de.txt", ["a\n"])
+    with pytest.raises(DataError, match="must be line-aligned"):
+        data.build("flores_x2en", "de")
+
+
+def test_limit_is_per_language(real_data):
+    rows = data.build("x2en_question", "de,zh", limit=3)
+    assert [r["lang"] for r in rows] == ["de"] * 3 + ["zh"] * 3
+
+
+def test_check_table(real_data):
+    table, missing = data.check({"mgsm": ["en"], "gsm8kinstruct_question": ["de", "bn"]})
+    assert "mgsm" in table and "250*" in table
+    assert len(missing) == 1 and "gsm8kinstruct_question [bn]" in missing[0]

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from qalign_lib import scoring
+from qalign_lib.io import DataError
+from qalign_lib.scoring import extract_reference as ref, extract_strict as strict
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is 18.", 18.0),                       # trailing period
+    ("She makes $1,234 a week", 1234.0),               # thousands comma
+    ("Total: 1,234,567 apples", 1234567.0),            # several thousands commas
+    # one left-to-right pass of re.sub(r"(\d),(\d)") turns "1,2,3" into "12,3" (the "2" is consumed), so 3
+    ("1,2,3", 3.0),
+    ("It costs 3.50 dollars", 3.5),                    # decimal
+    ("The temperature is -5 degrees", 5.0),            # reference ignores the minus sign
+    ("no number here", 0.0),                           # no number -> 0.0
+    ("He ran 5km then 12km", 12.0),                    # numbers inside units: last one
+    ("x = 7\n#### 72", 72.0),                          # last number wins
+    ("3.", 3.0),
+    ("1.5.2", 2.0),                                    # matches "1.5" then "2": the last is 2
+])
+def test_reference_extraction(text, expected):
+    assert ref(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The temperature is -5 degrees", -5.0),
+    ("no number here", None),
+    ("1,2,3", 123.0),                  # every comma between digits removed
+    ("$1,234.50.", 1234.5),
+    ("He ran 5km then 12km", 12.0),
+    ("difference: 10-4 = 6", 6.0),
+    ("owes -1,000", -1000.0),
+])
+def test_strict_extraction(text, expected):
+    assert strict(text) == expected
+
+
+def test_tolerance_and_no_number():
+    assert scoring.is_correct(18.0004, 18)
+    assert not scoring.is_correct(18.002, 18)
+    assert not scoring.is_correct(None, 0)
+    # reference: no number predicts 0.0, which is "correct" when gold is 0; strict counts it wrong
+    assert scoring.is_correct(ref("I don't know"), 0)
+    assert not scoring.is_correct(strict("I don't know"), 0)
+
+
+def gold():
+    return {"en": {0: 18.0, 1: 3.0}, "de": {0: 18.0, 1: 3.0}, "te": {0: 18.0}}
+
+
+def test_score_rows_averages():
+    rows = [{"lang": "en", "id": 0, "response": "18"}, {"lang": "en", "id": 1, "response": "4"},
+            {"lang": "de", "id": 0, "response": "18"}, {"lang": "de", "id": 1, "response": "3"},
+            {"lang": "te", "id": 0, "response": "no"}]
+    r = scoring.score_rows(rows, gold(), "mgsm")
+    assert r["accuracy"] == {"de": 100.0, "en": 50.0, "te": 0.0}
+    assert r["n"] == {"de": 2, "en": 2, "te": 1}
+    assert r["average"] == 75.0          # de and en; Telugu is reported but never averaged
+    assert r["average_non_en"] == 100.0
+    assert r["average_langs"] == ["de", "en"]
+
+
+def test_score_rows_errors():
+    with pytest.raises(DataError, match="not a mgsm en question"):
+        scoring.score_rows([{"lang": "en", "id": 99, "response": "1"}], gold(), "mgsm")
+    with pytest.raises(DataError, match="'xx' is not part of mgsm"):
+        scoring.score_rows([{"lang": "xx", "id": 0, "response": "1"}], gold(), "mgsm")
+    with pytest.raises(DataError, match="'te' is not part of msvamp"):
+        scoring.score_rows([{"lang": "te", "id": 0, "response": "1"}], gold(), "msvamp")
+    with pytest.raises(DataError, match="appears twice"):
+        scoring.score_rows([{"lang": "en", "id": 0, "response": "1"}] * 2, gold(), "mgsm")
+    with pytest.raises(ValueError, match="unknown scorer"):
+        scoring.extract("1", "fuzzy")
+
+
+def test_score_file_on_real_gold(real_data, tmp_path):
+    rows = [{"lang": "en", "id": 0, "response": "She makes 9 * 2 = $18."},
+            {"lang": "en", "id": 1, "response": "It takes 2 + 1 = 3 bolts"},
+            {"lang": "de", "id": 0, "response": "Die Antwort ist 17"}]
+    path = tmp_path / "gen.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = scoring.score_file(path, "mgsm")
+    assert r["accuracy"] == {"de": 0.0, "en": 100.0}
+    assert r["average"] == 50.0
