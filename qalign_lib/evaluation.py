@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import config, data, modeling, prompts, scoring
-from .generation import done_ids, generate_to_file
+from .generation import done_ids, generate_to_files
 from .io import read_jsonl, write_json
 from .languages import BENCHMARK_LANGS, parse_langs
 from .training import is_done, run_dir
@@ -64,15 +64,17 @@ def evaluate(cfg: dict, run: str | None = None, model: str | None = None, benchm
                 print(f"{benchmark}: generation settings changed; moving the old generations to {aside}")
                 os.replace(root / benchmark, aside)
         write_json(settings_path, settings)
+        todo = []  # every missing question of this benchmark, all languages together: fuller batches
         for lang in bench_langs:
-            questions = data.load_benchmark(benchmark, lang, limit=limit)
-            path = root / benchmark / f"{lang}.jsonl"
-            items = [{"id": q["id"], "lang": lang, "prompt": prompts.alpaca(q["question"])} for q in questions]
-            if {it["id"] for it in items} - done_ids(path):
-                if loaded is None:
-                    loaded = _load(cfg, model_ref)
-                generate_to_file(*loaded, items, path, settings["max_new_tokens"], cfg["eval_batch_size"],
-                                 cfg.get("eval_token_budget"), desc=f"{benchmark} {lang}")
+            have = done_ids(root / benchmark / f"{lang}.jsonl")
+            todo += [{"id": q["id"], "lang": lang, "prompt": prompts.alpaca(q["question"])}
+                     for q in data.load_benchmark(benchmark, lang, limit=limit) if q["id"] not in have]
+        if todo:
+            if loaded is None:
+                loaded = _load(cfg, model_ref)
+            print(f"{benchmark}: generating {len(todo)} responses ({len(bench_langs)} languages) with {model_ref}")
+            generate_to_files(*loaded, todo, root / benchmark, settings["max_new_tokens"], cfg["eval_batch_size"],
+                              cfg.get("eval_token_budget"), desc=benchmark)
         rows = [r for lang in bench_langs for r in _rows(root / benchmark / f"{lang}.jsonl", limit, benchmark, lang)]
         gold = {lang: data.gold_answers(benchmark, lang) for lang in bench_langs}
         metrics[benchmark] = {s: _public(scoring.score_rows(rows, gold, benchmark, s)) for s in scoring.SCORERS}

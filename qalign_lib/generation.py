@@ -87,15 +87,16 @@ def done_ids(path: Path) -> set:
     return ids
 
 
-def generate_to_file(model, tokenizer, items: list[dict], path: Path, max_new_tokens: int, batch_size: int,
-                     token_budget: int | None = None, desc: str = "") -> int:
-    """Generate for ``items`` ({"id", "lang", "prompt"}) not yet in ``path``; append each batch as it is produced."""
-    have = done_ids(path)
-    todo = [it for it in items if it["id"] not in have]
-    if not todo:
-        return 0
-    for results in generate(model, tokenizer, [it["prompt"] for it in todo], max_new_tokens, batch_size,
-                            token_budget, desc=desc or str(path)):
-        append_jsonl(path, [{"lang": todo[i]["lang"], "id": todo[i]["id"], "response": text, "new_tokens": n}
-                            for i, text, n in sorted(results)])
-    return len(todo)
+def generate_to_files(model, tokenizer, items: list[dict], folder: Path, max_new_tokens: int, batch_size: int,
+                      token_budget: int | None = None, desc: str = "") -> int:
+    """Generate for ``items`` ({"id", "lang", "prompt"}) and append each batch's rows, as they are produced, to
+    ``folder/<lang>.jsonl``. The caller passes only what is missing (see ``done_ids``)."""
+    for results in generate(model, tokenizer, [it["prompt"] for it in items], max_new_tokens, batch_size,
+                            token_budget, desc=desc or str(folder)):
+        by_lang: dict[str, list[dict]] = {}
+        for i, text, n in sorted(results):
+            by_lang.setdefault(items[i]["lang"], []).append(
+                {"lang": items[i]["lang"], "id": items[i]["id"], "response": text, "new_tokens": n})
+        for lang, rows in by_lang.items():
+            append_jsonl(Path(folder) / f"{lang}.jsonl", rows)
+    return len(items)

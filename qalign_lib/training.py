@@ -25,7 +25,7 @@ from . import config, data, modeling
 from .io import read_jsonl, write_json, write_jsonl
 
 TRAIN_KEYS = ("model", "dtype", "lr", "epochs", "batch_size", "per_device_batch_size", "scheduler", "warmup_ratio",
-              "weight_decay", "max_length", "seed", "gradient_checkpointing", "train_limit")
+              "weight_decay", "max_length", "seed", "gradient_checkpointing", "stage1_limit", "stage2_limit")
 
 
 def run_dir(size: str, name: str) -> Path:
@@ -62,7 +62,7 @@ def prepare(cfg: dict, name: str, tasks: list[str], langs, init: str = "base", s
     same inputs. A finished run whose inputs changed is moved aside (``<name>.replaced-<time>``), never overwritten."""
     out = run_dir(cfg["size"], name)
     start = init_ref(cfg, init)
-    examples = data.build_mixture(tasks, langs, cfg.get("train_limit"), cfg["seed"])
+    examples = data.build_mixture(tasks, langs, cfg.get(f"stage{stage}_limit"), cfg["seed"])
     if not examples:
         raise data.DataError(f"run {name}: no training examples for {tasks} {langs}")
     fp = _fingerprint(cfg, tasks, langs, init, examples)
@@ -111,7 +111,8 @@ def training_args(cfg: dict, out: Path, world_size: int = 1):
         completion_only_loss=True,
         bf16=bf16,
         tf32=True if bf16 else None,
-        gradient_checkpointing=cfg["gradient_checkpointing"],
+        activation_checkpointing=cfg["gradient_checkpointing"],
+        gradient_checkpointing=False,  # deprecated alias (TRL's default is True): the line above decides
         seed=cfg["seed"],
         data_seed=cfg["seed"],
         logging_steps=1,
@@ -139,33 +140,45 @@ def _loss_logger(path: Path):
     return LossLogger()
 
 
-def fit(out: Path) -> Path:
-    """Train a prepared run (resuming from its last checkpoint) and save model/, the log and the loss curve."""
+def make_trainer(out: Path, callbacks=()):
+    """The SFTTrainer of a prepared run (model, tokenizer with a pad token, tokenized prompt-completion data)."""
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    out = Path(out)
-    meta = json.loads((out / "run.json").read_text())
-    cfg = meta["config"]
-    examples = read_jsonl(out / "train.jsonl", ("prompt", "completion"))
+    meta = json.loads((Path(out) / "run.json").read_text())
+    examples = read_jsonl(Path(out) / "train.jsonl", ("prompt", "completion"))
     tokenizer = modeling.load_tokenizer(meta["init_model"])
     model = modeling.load_model(meta["init_model"], "float32", for_training=True)  # fp32 master weights, bf16 autocast
     if modeling.ensure_pad_token(tokenizer, model):
         print(f"the tokenizer had no pad token: added {modeling.PAD_TOKEN} (vocabulary {len(tokenizer)}, new rows = mean)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in examples])
-    trainer = SFTTrainer(model=model, args=training_args(cfg, out, world), train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[_loss_logger(out / "train_log.jsonl")])
+    trainer = SFTTrainer(model=model, args=training_args(meta["config"], Path(out), world), train_dataset=dataset,
+                         processing_class=tokenizer, callbacks=[_loss_logger(Path(out) / "train_log.jsonl"), *callbacks])
+    kept, max_length = len(trainer.train_dataset), meta["config"]["max_length"]
+    if kept == 0:
+        raise data.DataError(f"run {meta['name']}: every example's prompt is longer than max_length={max_length} tokens, "
+                             "so no completion token is left to train on; raise max_length")
+    if kept < len(dataset):
+        print(f"warning: {len(dataset) - kept} of {len(dataset)} examples dropped: their prompt fills max_length={max_length}")
+    return trainer
+
+
+def fit(out: Path, callbacks=()) -> Path:
+    """Train a prepared run (resuming from its last checkpoint) and save model/, the log and the loss curve."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(out)
+    trainer = make_trainer(out, callbacks)
     last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
     if last:
-        print(f"resuming {meta['name']} from {last}")
+        print(f"resuming {out.name} from {last}")
     trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         shutil.rmtree(out / ".model-tmp", ignore_errors=True)
     trainer.save_model(str(out / ".model-tmp"))
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(out / ".model-tmp")
+        trainer.processing_class.save_pretrained(out / ".model-tmp")
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(out / ".model-tmp", out / "model")
         finish(out)
