@@ -16,7 +16,7 @@ from pathlib import Path
 from . import config, data, modeling, prompts, scoring
 from .generation import done_ids, generate_to_files
 from .io import read_jsonl, write_json
-from .languages import BENCHMARK_LANGS, parse_langs
+from .languages import BENCHMARK_LANGS, MGSM_LANGS, parse_langs
 from .training import is_done, run_dir
 
 
@@ -51,10 +51,11 @@ def evaluate(cfg: dict, run: str | None = None, model: str | None = None, benchm
     model_ref, root = target(cfg, run, model)
     limit = cfg.get("eval_limit") if limit is None else limit
     langs = cfg["eval_langs"] if langs is None else langs
+    requested = parse_langs(langs, allowed=MGSM_LANGS, what="langs")
     loaded = None
     metrics = {"model": model_ref, "size": cfg["size"], "limit": limit, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     for benchmark in benchmarks:
-        bench_langs = parse_langs(langs, allowed=BENCHMARK_LANGS[benchmark], what=f"langs for {benchmark}")
+        bench_langs = [lang for lang in requested if lang in BENCHMARK_LANGS[benchmark]]  # te: mGSM only
         settings = _settings(cfg, benchmark, model_ref)
         settings_path = root / benchmark / "settings.json"
         if settings_path.is_file():
@@ -80,6 +81,28 @@ def evaluate(cfg: dict, run: str | None = None, model: str | None = None, benchm
         metrics[benchmark] = {s: _public(scoring.score_rows(rows, gold, benchmark, s)) for s in scoring.SCORERS}
     write_json(root / "metrics.json", metrics)
     return metrics
+
+
+def is_complete(cfg: dict, run: str | None = None, model: str | None = None, benchmarks=("mgsm", "msvamp"),
+                langs=None, limit: int | None = None) -> bool:
+    """True when metrics.json covers every requested question with the current generation settings."""
+    try:
+        model_ref, root = target(cfg, run, model)
+    except modeling.ModelError:
+        return False
+    if not (root / "metrics.json").is_file():
+        return False
+    metrics = json.loads((root / "metrics.json").read_text())
+    limit = cfg.get("eval_limit") if limit is None else limit
+    requested = parse_langs(cfg["eval_langs"] if langs is None else langs, allowed=MGSM_LANGS, what="langs")
+    for benchmark in benchmarks:
+        settings = root / benchmark / "settings.json"
+        if benchmark not in metrics or not settings.is_file() or json.loads(settings.read_text()) != _settings(cfg, benchmark, model_ref):
+            return False
+        want = {lang: len(data.load_benchmark(benchmark, lang, limit=limit)) for lang in requested if lang in BENCHMARK_LANGS[benchmark]}
+        if metrics[benchmark]["reference"]["n"] != want:
+            return False
+    return True
 
 
 def _rows(path: Path, limit, benchmark, lang) -> list[dict]:

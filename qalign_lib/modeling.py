@@ -124,11 +124,12 @@ def load_tokenizer(ref: str, padding_side: str = "right"):
     return tok
 
 
-def load_model(ref: str, dtype: str = "float32", for_training: bool = False):
+def load_model(ref: str, dtype: str = "float32", for_training: bool = False, attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve(ref), dtype=torch_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(resolve(ref), dtype=torch_dtype(dtype), **kwargs)
     except OSError as e:
         raise ModelError(f"cannot load model {ref!r}: {str(e).splitlines()[0]}. A Hub id needs internet or the "
                          "weights in the local Hugging Face cache; a local path needs config.json and the weights.") from None

@@ -25,7 +25,7 @@ from . import config, data, modeling
 from .io import read_jsonl, write_json, write_jsonl
 
 TRAIN_KEYS = ("model", "dtype", "lr", "epochs", "batch_size", "per_device_batch_size", "scheduler", "warmup_ratio",
-              "weight_decay", "max_length", "seed", "gradient_checkpointing", "stage1_limit", "stage2_limit")
+              "weight_decay", "max_length", "seed", "stage1_limit", "stage2_limit")  # what changes the result
 
 
 def run_dir(size: str, name: str) -> Path:
@@ -87,6 +87,14 @@ def data_langs(tasks, langs) -> list[str]:
     return sorted({lang for t in tasks for lang in data.task_langs(t, langs)})
 
 
+def _liger_available() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
 def training_args(cfg: dict, out: Path, world_size: int = 1):
     """SFTConfig for the paper recipe: effective batch = per-device batch x accumulation x processes."""
     import torch
@@ -107,7 +115,10 @@ def training_args(cfg: dict, out: Path, world_size: int = 1):
         lr_scheduler_type=cfg["scheduler"],
         warmup_steps=cfg["warmup_ratio"],  # a float below 1 is a ratio of the total steps
         weight_decay=cfg["weight_decay"],
-        max_length=cfg["max_length"],
+        max_length=None if cfg.get("padding_free") else cfg["max_length"],  # inputs are already cut (tokenize)
+        padding_free=bool(cfg.get("padding_free")),  # examples concatenated, position ids reset per example
+        train_sampling_strategy="group_by_length" if cfg.get("group_by_length") else "random",
+        use_liger_kernel=bool(cfg.get("liger")) and _liger_available(),
         completion_only_loss=True,
         bf16=bf16,
         tf32=True if bf16 else None,
@@ -124,6 +135,25 @@ def training_args(cfg: dict, out: Path, world_size: int = 1):
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
+
+
+def tokenize(examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Token ids and completion masks of prompt-completion examples, EOS appended, cut at ``max_length``.
+
+    The completion starts where the tokenized prompt and prompt+completion diverge (tokens can merge across the
+    boundary, as in TRL). Examples with no completion token left within ``max_length`` are dropped; returns
+    (rows, number dropped)."""
+    rows, dropped = [], 0
+    for ex in examples:
+        prompt = tokenizer(ex["prompt"])["input_ids"]
+        full = tokenizer(ex["prompt"] + ex["completion"])["input_ids"] + [tokenizer.eos_token_id]
+        start = next((k for k, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+        ids = full[:max_length]
+        if len(ids) <= start:
+            dropped += 1
+            continue
+        rows.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
+    return rows, dropped
 
 
 def _loss_logger(path: Path):
@@ -148,19 +178,20 @@ def make_trainer(out: Path, callbacks=()):
     meta = json.loads((Path(out) / "run.json").read_text())
     examples = read_jsonl(Path(out) / "train.jsonl", ("prompt", "completion"))
     tokenizer = modeling.load_tokenizer(meta["init_model"])
-    model = modeling.load_model(meta["init_model"], "float32", for_training=True)  # fp32 master weights, bf16 autocast
+    model = modeling.load_model(meta["init_model"], "float32", for_training=True,  # fp32 master weights, bf16 autocast
+                                attn_implementation=meta["config"].get("attn_implementation"))
     if modeling.ensure_pad_token(tokenizer, model):
         print(f"the tokenizer had no pad token: added {modeling.PAD_TOKEN} (vocabulary {len(tokenizer)}, new rows = mean)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in examples])
-    trainer = SFTTrainer(model=model, args=training_args(meta["config"], Path(out), world), train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[_loss_logger(Path(out) / "train_log.jsonl"), *callbacks])
-    kept, max_length = len(trainer.train_dataset), meta["config"]["max_length"]
-    if kept == 0:
-        raise data.DataError(f"run {meta['name']}: every example's prompt is longer than max_length={max_length} tokens, "
+    cfg = meta["config"]
+    rows, dropped = tokenize(examples, tokenizer, cfg["max_length"])
+    if not rows:
+        raise data.DataError(f"run {meta['name']}: every example's prompt is longer than max_length={cfg['max_length']} tokens, "
                              "so no completion token is left to train on; raise max_length")
-    if kept < len(dataset):
-        print(f"warning: {len(dataset) - kept} of {len(dataset)} examples dropped: their prompt fills max_length={max_length}")
+    if dropped:
+        print(f"warning: {dropped} of {len(examples)} examples dropped: their prompt fills max_length={cfg['max_length']}")
+    trainer = SFTTrainer(model=model, args=training_args(cfg, Path(out), world), train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, callbacks=[_loss_logger(Path(out) / "train_log.jsonl"), *callbacks])
     return trainer
 
 

@@ -109,3 +109,34 @@ def test_big_size_without_gpu_stops_early():
         pytest.skip("a GPU is present")
     with pytest.raises(modeling.ModelError, match="needs a CUDA GPU"):
         training.stage1(config.resolve("13b"))
+
+
+def test_tokenize_appends_eos_masks_prompt_and_drops_overflow(tiny_model):
+    tok = modeling.load_tokenizer(tiny_model)
+    examples = [{"prompt": "### Instruction:\nHallo\n\n### Response:", "completion": " Hello"},
+                {"prompt": "x " * 300, "completion": "y"}]
+    rows, dropped = training.tokenize(examples, tok, max_length=64)
+    assert dropped == 1 and len(rows) == 1
+    ids, mask = rows[0]["input_ids"], rows[0]["completion_mask"]
+    assert ids[-1] == tok.eos_token_id and len(ids) == len(mask)
+    assert tok.decode([t for t, m in zip(ids, mask) if m][:-1]) == " Hello"
+    assert tok.decode([t for t, m in zip(ids, mask) if not m]) == examples[0]["prompt"]
+
+
+def test_padding_free_loss_equals_padded_loss(real_data, tiny_model):
+    """The same batch, padded (reference) and padding-free (examples concatenated, position ids reset), gives the
+    same loss: no attention across examples, no pad token counted."""
+    losses = {}
+    for padding_free in (False, True):
+        cfg = cfg_for(tiny_model, padding_free=padding_free)
+        out = training.prepare(cfg, f"pf-{padding_free}", ["x2en_question"], "de,fr", "base", 1)
+        trainer = training.make_trainer(out)
+        features = [trainer.train_dataset[i] for i in range(4)]
+        batch = trainer.data_collator(features)
+        assert ("attention_mask" in batch) != padding_free
+        if padding_free:
+            assert batch["input_ids"].shape[0] == 1 and (batch["input_ids"] != trainer.processing_class.pad_token_id).all()
+        model = trainer.model.eval()
+        with torch.no_grad():
+            losses[padding_free] = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}).loss.item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
