@@ -281,7 +281,7 @@ def plot_bars(long, path: Path, title: str, x: str = "lang", hue: str = "system"
     ax.set_ylabel(ylabel)
     ax.set_xlabel("")
     ax.set_title(title, fontsize=9, loc="left")
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save_fig(fig, path)
 
@@ -295,7 +295,11 @@ def write_report(s, out_dir: Path | None = None, extra_models: list[str] = (), n
     groups = s.groups or {"main": list(s.systems)}
     main = [x for x in groups.get("main", list(s.systems)) + [f"model: {m}" for m in extra_models] if x in results]
     cap = f"_{s.caption}_" if s.caption else ""
-    note = "".join(f"\n- {k}: {v}" for k, v in absent.items())
+
+    def note(systems) -> str:
+        lines = "".join(f"\n- {k}: {v}" for k, v in absent.items() if k in systems)
+        return f"\n\nNot in the table:{lines}" if lines else ""
+
     written: dict[str, Path] = {}
     wide_all, long_tables = {}, {}
     for b in s.benchmarks:  # CIs once per system and benchmark; each table takes its rows
@@ -307,7 +311,7 @@ def write_report(s, out_dir: Path | None = None, extra_models: list[str] = (), n
         long = long_tables[b][long_tables[b]["system"].isin(main)] if len(long_tables[b]) else long_tables[b]
         caption = (f"**{number.title()[:-1]} {number[-1]}: {BENCH_NAMES[b]} accuracy (%)**, reference scorer, 95% bootstrap CIs "
                    f"in `{number}_{b}_ci.csv`; Avg = mean over the 10 languages (English included), Telugu not averaged. {cap}"
-                   + (f"\n\nNot in the table:{note}" if note else ""))
+                   + note(groups.get("main", s.systems)))
         _save_table(wide, out / f"{number}_{b}", caption)
         _save_table(long.set_index(["system", "lang"]) if len(long) else long, out / f"{number}_{b}_ci", caption, 2)
         written[f"{number}_{b}"] = out / f"{number}_{b}.md"
@@ -329,13 +333,14 @@ def write_report(s, out_dir: Path | None = None, extra_models: list[str] = (), n
             table.columns = [f"{bench} {stat}" for stat, bench in table.columns]
             table = table.loc[[x for x in groups["ablation"] if x in table.index]]
         _save_table(table, out / "table4_ablation", f"**Table 4: stage-1 data ablations**, each followed by the same stage 2; "
-                    f"10-language averages (%) with 95% CIs. {cap}" + (f"\n\nNot in the table:{note}" if note else ""))
+                    f"10-language averages (%) with 95% CIs. {cap}" + note(groups["ablation"]))
         written["table4"] = out / "table4_ablation.md"
     # Figure 2: mixed supervision (grouped bars of averages)
     if "mixed" in groups:
         avg = averages(groups["mixed"])
         if len(avg):
-            _save_table(avg.set_index(["benchmark", "system"]), out / "figure2_mixed", f"**Figure 2: mixed supervision**, averages with 95% CIs. {cap}")
+            _save_table(avg.set_index(["benchmark", "system"]), out / "figure2_mixed",
+                        f"**Figure 2: mixed supervision**, averages with 95% CIs. {cap}" + note(groups["mixed"]))
             written["figure2"] = plot_bars(avg, out / "figure2_mixed.png", f"Mixed supervision — size {s.size}", x="benchmark")
     # Figure 3: cross-lingual consistency, and the paired tests of QAlign vs MonoReason
     pair = [x for x in groups.get("consistency", []) if x in results]
@@ -359,7 +364,7 @@ def write_report(s, out_dir: Path | None = None, extra_models: list[str] = (), n
         import seaborn as sns
 
         grid = sns.catplot(data=melted, x="lang", y="value", hue="system", row="measure", col="benchmark", kind="bar",
-                           height=2.6, aspect=1.8, sharey=False)
+                           height=2.6, aspect=1.8, sharey=False, sharex=False)
         grid.set_axis_labels("", "%")
         grid.figure.suptitle(f"Cross-lingual consistency with English — size {s.size}", fontsize=10, y=1.02)
         written["figure3"] = _save_fig(grid.figure, out / "figure3_consistency.png")

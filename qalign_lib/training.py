@@ -132,7 +132,8 @@ def training_args(cfg: dict, out: Path, world_size: int = 1):
         save_total_limit=2,
         report_to="none",
         dataset_num_proc=None,
-        use_cpu=not torch.cuda.is_available(),
+        # under `accelerate launch` with DeepSpeed, DeepSpeed picks the device itself (DS_ACCELERATOR=cpu on a CPU)
+        use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
         disable_tqdm=False,
     )
 

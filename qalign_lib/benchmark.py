@@ -1,0 +1,437 @@
+"""Speed benchmark: the reference recipe against ours, in one run, on the same model and the same data.
+
+Training -- stage-2 data (GSM8K train, Alpaca prompt) through the library's own path: training.tokenize ->
+training.training_args -> TRL's SFTTrainer, as training.make_trainer builds it.
+  reference  right-padded random batches: padding_free, group_by_length and liger off, sdpa attention
+  ours       padding-free batches, length-grouped sampling, Liger kernels and flash-attention-2 where installed (GPU)
+  Each recipe trains a fresh copy of the model: `warmup_steps` optimizer steps (a train() call of their own), then a
+  timed train() call over the SAME `train_steps` x `train_batch_size` examples for both recipes (one micro-batch
+  per step). On GPU both recipes use fp32 master weights + bf16 autocast, as the paper's recipe does, so the ratio
+  measures batching and kernels, not precision.
+Generation -- mGSM questions of several languages, greedy, one model object for both recipes.
+  reference  prompts in dataset order, fixed batches of `gen_batch_size`, left padding, HF generate
+  ours       generation.generate: sorted by length, at most `gen_batch_size` prompts and `token_budget` tokens a batch
+  and the number of prompts whose greedy output differs between the two (0 expected in fp32).
+Fairness -- with `repeats` > 1 the recipes alternate (ref, ours, ours, ref, ...) and times are summed.
+
+Metrics
+  tokens/s  real (non-pad) training tokens / seconds of the timed train() call (on_train_begin to on_train_end)
+  MFU       (6 N T + 12 n_layers d sum_i L_i^2) / seconds / peak FLOP/s.  N = weights used in matmuls (every
+            parameter but the input embedding table; a tied output head counts once), T = real tokens, L_i = length
+            of example i, d = hidden size. The second term is attention (scores and values, forward + backward, no
+            causal halving; PaLM, appendix B). Padding is waste, never useful work.
+  peak      GPU: the bf16 dense datasheet peak of the device (PEAK_BF16), else a measured bf16 matmul; CPU: a measured
+            fp32 matmul (2048^3, best of 3) on this machine, so CPU MFU is relative to what its BLAS reaches.
+  memory    GPU: torch.cuda.max_memory_allocated during the timed part; CPU: the process's peak RSS (VmHWM of
+            /proc/self/status, reset before the timed part; it includes the Python process's baseline).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib.util
+import json
+import platform
+import re
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import config, data, generation, modeling, prompts, training
+
+PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12)]  # dense, no sparsity
+LLAMA2_7B = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008, vocab_size=32000)
+RECIPES = ("reference", "ours")
+TRAIN_METRICS = {"tokens_per_s": "train tokens/s", "mfu": "train MFU", "peak_mem_gib": "train peak memory (GiB)"}
+GEN_METRICS = {"questions_per_s": "questions/s", "new_tokens_per_s": "generated tokens/s"}
+
+
+def cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def settings(device: str = "auto", **overrides) -> dict:
+    """The device section (cpu or cuda) of params/bench.yaml with the recipes; None overrides are ignored."""
+    raw = config.read_yaml(config.params_dir() / "bench.yaml")
+    kind = ("cuda" if cuda() else "cpu") if device == "auto" else device
+    s = {**raw[kind], **{k: raw[k] for k in ("reference", "ours", "recipe")}, "device": kind}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        if key not in s:
+            raise config.ConfigError(f"unknown benchmark parameter {key!r}; known: {', '.join(sorted(s))}")
+        s[key] = [v.strip() for v in value.split(",")] if isinstance(value, str) and isinstance(s[key], list) else value
+    s["given"] = sorted(given)
+    return s
+
+
+def for_model(s: dict, name: str) -> dict:
+    """Settings for one model: the device's, then its per_model entry, then what the caller gave explicitly."""
+    return {**s, **s["per_model"].get(name, {}), **{k: s[k] for k in s["given"]}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data, models, measurements
+
+
+def gen_prompts(langs, per_lang: int) -> list[str]:
+    """Alpaca prompts of the first ``per_lang`` mGSM questions of each language, in dataset order."""
+    return [prompts.alpaca(r["question"]) for lang in langs for r in data.read_rows("mgsm", lang)[:per_lang]]
+
+
+def corpus() -> list[str]:
+    """Texts the random models' BPE tokenizers are trained on: GSM8K train and mGSM, so lengths are realistic."""
+    texts = [e["prompt"] + e["completion"] for e in data.build("gsm8k", limit=2000)]
+    return texts + [r["question"] for lang in data.DATASETS["mgsm"].langs for r in data.read_rows("mgsm", lang)]
+
+
+def _random_llama(work: Path, name: str, vocab: int) -> Path:
+    """A tiny random LLaMA with a BPE tokenizer of ``vocab`` entries trained on corpus(), built once per run."""
+    path = work / name
+    if not (path / "config.json").is_file():
+        modeling.tiny_random_llama(path, corpus(), vocab_size=vocab, hidden=64, layers=2, heads=4)
+    return path
+
+
+def fit_layers(batch_tokens: int, h: int = 4096, inter: int = 11008, vocab: int = 32000, max_layers: int = 32) -> int:
+    """Layers of the 7B-shaped model that fit in free GPU memory for training, estimated: 18 bytes a parameter
+    (fp32 weights, gradients and two Adam moments, a bf16 autocast copy), activations of 34 h bytes a token and
+    layer (Korthikanti et al. 2022, bf16, no recomputation, fused attention: no seq^2 term), logits of 6 x 4 bytes a
+    token and vocabulary entry; 10% of free memory and 2 GiB kept back."""
+    free, _ = torch.cuda.mem_get_info()
+    per_layer = 18 * (4 * h * h + 3 * h * inter) + 34 * h * batch_tokens
+    fixed = 18 * 2 * vocab * h + 24 * batch_tokens * vocab + 2 * 2**30
+    return max(1, min(max_layers, int((0.9 * free - fixed) // per_layer)))
+
+
+def load(name: str, s: dict, work: Path, dtype: str, attn: str = "sdpa"):
+    """(model on the device, tokenizer with a pad token) for a benchmark model name or a model reference.
+    llama2-7b-shape is randomly initialised with seed ``s["recipe"]["seed"]``; its tokenizer is a 32000-entry BPE
+    trained on corpus() (LLaMA-2's own is not available offline)."""
+    if name == "llama2-7b-shape":
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        tok = modeling.load_tokenizer(str(_random_llama(work, "bpe-32000", 32000)))
+        cfg = LlamaConfig(**LLAMA2_7B, num_hidden_layers=s["layers"], max_position_embeddings=4096, rms_norm_eps=1e-5,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+        torch.manual_seed(s["recipe"]["seed"])
+        with torch.device(modeling.device()):
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=modeling.torch_dtype(dtype))
+    else:
+        ref = str(_random_llama(work, "tiny-random", 1000)) if name == "tiny-random" else name
+        tok = modeling.load_tokenizer(ref)
+        model = modeling.load_model(ref, dtype, for_training=True, attn_implementation=attn).to(modeling.device())
+    modeling.ensure_pad_token(tok, model)
+    return model, tok
+
+
+def matmul_params(model) -> int:
+    """Weights used in matmuls: every parameter but the input embedding table (a tied output head counts once)."""
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    tied = head is not None and head.weight is emb
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else emb.numel())
+
+
+def peak_flops(s: dict) -> tuple[float, str]:
+    """The device's peak FLOP/s and where the number comes from."""
+    if s.get("peak_flops"):
+        return float(s["peak_flops"]), "given (peak_flops)"
+    if cuda():
+        name = torch.cuda.get_device_name()
+        for key, value in PEAK_BF16:
+            if key in name:
+                return value, f"bf16 dense datasheet peak of the {key}"
+    n, dtype = (8192, torch.bfloat16) if cuda() else (2048, torch.float32)
+    a, b = (torch.randn(n, n, dtype=dtype, device=modeling.device()) for _ in range(2))
+    best = float("inf")
+    for _ in range(4):  # the first is a warm-up
+        _sync()
+        t = time.perf_counter()
+        a @ b
+        _sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best, f"measured: {str(dtype).split('.')[-1]} matmul {n}x{n}x{n}, best of 3"
+
+
+def _sync():
+    if cuda():
+        torch.cuda.synchronize()
+
+
+def _reset_peak():
+    gc.collect()
+    if cuda():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed memory back, so RSS is this recipe's
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def _peak_gib() -> float:
+    if cuda():
+        return torch.cuda.max_memory_allocated() / 2**30
+    m = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()) if Path("/proc/self/status").exists() else None
+    if m:
+        return int(m.group(1)) / 2**20
+    import resource  # not resettable: the peak of the whole process so far
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One recipe
+
+
+def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]) -> dict:
+    """Warm up, then time one train() call of ``recipe`` on a fresh copy of the model."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import SaveStrategy
+    from trl import SFTTrainer
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            _sync()
+            self.start = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            _sync()
+            self.seconds = time.perf_counter() - self.start
+
+    rc = {**s["recipe"], **s[recipe]}
+    if rc["attn_implementation"] == "auto":
+        rc["attn_implementation"] = "flash_attention_2" if cuda() and importlib.util.find_spec("flash_attn") else "sdpa"
+    model, tok = load(name, s, work, "float32", rc["attn_implementation"])  # fp32 master weights, as make_trainer
+    bs = s["train_batch_size"]
+    n_warm, n = s["warmup_steps"] * bs, (s["warmup_steps"] + s["train_steps"]) * bs
+    rows = training.tokenize(examples, tok, s["max_length"])[0][:n]
+    if len(rows) < n:
+        raise data.DataError(f"benchmark: {len(rows)} training examples left after tokenization, {n} needed")
+    cfg = {**rc, "dtype": s["dtype"], "batch_size": bs, "per_device_batch_size": bs, "epochs": 1,
+           "max_length": s["max_length"], "save_steps": 10**9}
+    args = training.training_args(cfg, work / recipe, 1)
+    args.save_strategy = SaveStrategy.NO  # the Trainer would save a checkpoint at the end of each train() call
+    clock = Clock()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[clock])
+    slots = []  # positions per batch (real + pad), counted as the collator builds it
+    collate = trainer.data_collator
+
+    def counting(features):
+        batch = collate(features)
+        slots.append(batch["input_ids"].numel())
+        return batch
+
+    trainer.data_collator = counting
+    prepared = trainer.train_dataset
+    if n_warm:
+        trainer.train_dataset = prepared.select(range(n_warm))
+        trainer.train()
+    trainer.train_dataset, slots[:] = prepared.select(range(n_warm, n)), []
+    _reset_peak()
+    trainer.train()
+    lengths = [len(r["input_ids"]) for r in rows[n_warm:]]
+    c = model.config
+    flops = 6 * matmul_params(model) * sum(lengths) + 12 * c.num_hidden_layers * c.hidden_size * sum(x * x for x in lengths)
+    result = {"seconds": clock.seconds, "tokens": sum(lengths), "slots": sum(slots), "flops": flops, "peak_mem_gib": _peak_gib(),
+              "recipe": {"padding_free": args.padding_free, "sampling": str(args.train_sampling_strategy),
+                         "liger": args.use_liger_kernel, "bf16": args.bf16, "attn": rc["attn_implementation"]}}
+    del trainer, model, prepared
+    _reset_peak()
+    return result
+
+
+def generate_once(model, tok, prompts_: list[str], recipe: str, s: dict) -> tuple[dict, list]:
+    """Time greedy generation of every prompt with ``recipe``; returns metrics and the (text, new tokens) outputs."""
+    ours = recipe == "ours"
+    outputs = [None] * len(prompts_)
+    _reset_peak()
+    _sync()
+    start = time.perf_counter()
+    for batch in generation.generate(model, tok, prompts_, s["max_new_tokens"], s["gen_batch_size"],
+                                     s["token_budget"] if ours else None, sort=ours, desc=recipe):
+        for i, text, n in batch:
+            outputs[i] = (text, n)
+    _sync()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "questions": len(prompts_), "new_tokens": sum(n for _, n in outputs),
+            "peak_mem_gib": _peak_gib()}, outputs
+
+
+def alternate(fn, repeats: int) -> dict[str, list]:
+    """fn(recipe) for both recipes ``repeats`` times, alternating which goes first (ref, ours, ours, ref, ...)."""
+    runs = {r: [] for r in RECIPES}
+    for k in range(repeats):
+        for recipe in RECIPES if k % 2 == 0 else RECIPES[::-1]:
+            print(f"  {recipe} (round {k + 1}/{repeats})", flush=True)
+            runs[recipe].append(fn(recipe))
+    return runs
+
+
+def summarize(runs: list[dict], peak: float) -> dict:
+    """Sum the runs of one recipe (times and counts), keep the largest memory peak, and derive the rates."""
+    total = {k: sum(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, (int, float)) and k != "peak_mem_gib"}
+    out = {**total, "peak_mem_gib": max(r["peak_mem_gib"] for r in runs), "seconds_per_round": [r["seconds"] for r in runs]}
+    for k in ("tokens", "questions", "new_tokens"):
+        if k in total:
+            out[f"{k}_per_s"] = total[k] / total["seconds"]
+    if "flops" in total:
+        out["mfu"] = total["flops"] / total["seconds"] / peak
+        out["pad_share"] = 1 - total["tokens"] / total["slots"]
+    if "recipe" in runs[0]:
+        out["recipe"] = runs[0]["recipe"]
+    return out
+
+
+def compare(runs: dict[str, list], peak: float, metrics) -> dict:
+    ref, ours = (summarize(runs[r], peak) for r in RECIPES)
+    return {"reference": ref, "ours": ours, "ratio": {m: ours[m] / ref[m] for m in metrics if ref.get(m)}}
+
+
+def bench_model(name: str, s: dict, work: Path, peak: float) -> dict:
+    """Training and generation, reference against ours, for one model."""
+    if name == "llama2-7b-shape" and s["layers"] in (None, "auto"):
+        s = {**s, "layers": fit_layers(s["train_batch_size"] * s["max_length"]) if cuda() else 2}
+    examples = data.build("gsm8k", limit=2 * (s["warmup_steps"] + s["train_steps"]) * s["train_batch_size"])
+    print(f"{name}: training, {s['train_steps']} timed steps of {s['train_batch_size']} examples", flush=True)
+    train = compare(alternate(lambda r: train_once(name, r, s, work, examples), s["repeats"]), peak, TRAIN_METRICS)
+
+    items = gen_prompts(s["gen_langs"], s["gen_per_lang"])
+    print(f"{name}: generating for {len(items)} mGSM questions ({','.join(s['gen_langs'])}), {s['max_new_tokens']} new tokens", flush=True)
+    model, tok = load(name, s, work, s["dtype"])
+    model.eval()
+    list(generation.generate(model, tok, items[:2], 4, 2, desc="warm-up"))
+    outputs = {r: [] for r in RECIPES}
+
+    def gen(recipe):
+        metrics, out = generate_once(model, tok, items, recipe, s)
+        outputs[recipe].append(out)
+        return metrics
+
+    gen_result = compare(alternate(gen, s["repeats"]), peak, GEN_METRICS)
+    first = outputs["reference"][0]
+    differ = [i for i in range(len(items)) if any(run[i] != first[i] for r in RECIPES for run in outputs[r])]
+    gen_result.update(mismatches=len(differ), mismatch_ids=differ[:10], n=len(items))
+    info = {"params": sum(p.numel() for p in model.parameters()), "matmul_params": matmul_params(model),
+            "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size, "vocab": len(tok),
+            "settings": {k: s[k] for k in ("train_steps", "warmup_steps", "train_batch_size", "max_length", "repeats",
+                                           "gen_langs", "gen_per_lang", "max_new_tokens", "gen_batch_size", "token_budget")}}
+    del model
+    _reset_peak()
+    return {**info, "train": train, "generate": gen_result}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The whole benchmark and its outputs
+
+
+def device_name() -> str:
+    if cuda():
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    m = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else None
+    return f"{m.group(1).strip() if m else platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "accelerate", "liger-kernel", "flash-attn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run(s: dict, out_dir: str | Path | None = None) -> dict:
+    """Benchmark every model of ``s["models"]``; writes results.json, results.md and ratios.png to ``out_dir``
+    (default: <figures>/bench) and returns the results."""
+    out = Path(out_dir) if out_dir else config.figures_dir() / "bench"
+    start = time.perf_counter()
+    peak, source = peak_flops(s)
+    results = {"device": device_name(), "device_type": s["device"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "versions": versions(), "peak_flops": peak, "peak_source": source, "settings": s, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="qalign-bench-") as work:
+        for name in s["models"]:
+            results["models"][name] = bench_model(name, for_model(s, name), Path(work), peak)
+    results["seconds"] = time.perf_counter() - start
+    write(results, out)
+    return results
+
+
+def rows(results: dict) -> list[tuple]:
+    """(model, metric label, reference, ours, ratio) for every metric with a ratio."""
+    out = []
+    for name, m in results["models"].items():
+        for part, metrics in (("train", TRAIN_METRICS), ("generate", GEN_METRICS)):
+            for key, label in metrics.items():
+                r = m[part]
+                out.append((name, label, r["reference"][key], r["ours"][key], r["ratio"].get(key)))
+    return out
+
+
+def _fmt(key_label: str, x) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f}%" if "MFU" in key_label else f"{x:.3g}" if x < 100 else f"{x:,.0f}"
+
+
+def table(results: dict) -> str:
+    """The Markdown report: the table of metrics and ratios, then how they were measured."""
+    lines = [f"# Speed benchmark: ours / reference\n",
+             f"{results['device']}, {results['date']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+             f"\nPeak {results['peak_flops'] / 1e12:.3g} TFLOP/s ({results['peak_source']}). Total {results['seconds']:.0f} s.\n",
+             "| model | metric | reference | ours | ours / reference |", "|---|---|---:|---:|---:|"]
+    for name, label, ref, ours, ratio in rows(results):
+        lines.append(f"| {name} | {label} | {_fmt(label, ref)} | {_fmt(label, ours)} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+    lines.append("")
+    mem = "torch.cuda.max_memory_allocated" if results["device_type"] == "cuda" else "peak RSS of the process (VmHWM)"
+    for name, m in results["models"].items():
+        t, g = m["train"], m["generate"]
+        lines.append(f"- **{name}** ({m['params'] / 1e6:.1f}M parameters, {m['layers']} layers, hidden {m['hidden']}): "
+                     f"training pad share {100 * t['reference']['pad_share']:.0f}% (reference) vs {100 * t['ours']['pad_share']:.0f}% (ours); "
+                     f"recipes {t['reference']['recipe']} vs {t['ours']['recipe']}; "
+                     f"greedy outputs differing between the recipes: {g['mismatches']} of {g['n']}; settings {m['settings']}.")
+    lines.append(f"\nMemory: {mem}. MFU = (6 N T + 12 layers hidden sum L_i^2) / seconds / peak, real tokens only "
+                 "(qalign_lib/benchmark.py). Higher is better for every metric except memory.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data_ = [(f"{name.split(':')[-1]}: {label}", ratio) for name, label, _, _, ratio in rows(results) if ratio is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(data_) + 1.2))
+    y = range(len(data_))
+    ax.barh(list(y), [r for _, r in data_], color=["tab:green" if r >= 1 else "tab:red" for _, r in data_])
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_yticks(list(y), [label for label, _ in data_], fontsize=8)
+    ax.invert_yaxis()
+    for k, (_, r) in enumerate(data_):
+        ax.text(r, k, f" {r:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel("ours / reference (memory: lower is better)")
+    ax.set_title(f"Speed benchmark on {results['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write(results: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "results.json", "md": out / "results.md", "png": out / "ratios.png"}
+    files["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    files["md"].write_text(table(results))
+    plot(results, files["png"])
+    results["files"] = {k: str(v) for k, v in files.items()}
+    return files
