@@ -57,6 +57,8 @@ def settings(device: str = "auto", **overrides) -> dict:
     """The device section (cpu or cuda) of params/bench.yaml with the recipes; None overrides are ignored."""
     raw = config.read_yaml(config.params_dir() / "bench.yaml")
     kind = ("cuda" if cuda() else "cpu") if device == "auto" else device
+    if kind not in ("cpu", "cuda") or (kind == "cuda" and not cuda()):
+        raise config.ConfigError(f"device {device!r}: choose auto, cpu or cuda (cuda needs a visible GPU)")
     s = {**raw[kind], **{k: raw[k] for k in ("reference", "ours", "recipe")}, "device": kind}
     given = {k: v for k, v in overrides.items() if v is not None}
     for key, value in given.items():
@@ -176,7 +178,8 @@ def _reset_peak():
 def _peak_gib() -> float:
     if cuda():
         return torch.cuda.max_memory_allocated() / 2**30
-    m = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()) if Path("/proc/self/status").exists() else None
+    status = Path("/proc/self/status")
+    m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text()) if status.exists() else None
     if m:
         return int(m.group(1)) / 2**20
     import resource  # not resettable: the peak of the whole process so far
@@ -218,7 +221,8 @@ def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]
     args = training.training_args(cfg, work / recipe, 1)
     args.save_strategy = SaveStrategy.NO  # the Trainer would save a checkpoint at the end of each train() call
     clock = Clock()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[clock])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         callbacks=[clock])
     slots = []  # positions per batch (real + pad), counted as the collator builds it
     collate = trainer.data_collator
 
@@ -238,7 +242,8 @@ def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]
     lengths = [len(r["input_ids"]) for r in rows[n_warm:]]
     c = model.config
     flops = 6 * matmul_params(model) * sum(lengths) + 12 * c.num_hidden_layers * c.hidden_size * sum(x * x for x in lengths)
-    result = {"seconds": clock.seconds, "tokens": sum(lengths), "slots": sum(slots), "flops": flops, "peak_mem_gib": _peak_gib(),
+    result = {"seconds": clock.seconds, "tokens": sum(lengths), "slots": sum(slots), "flops": flops,
+              "peak_mem_gib": _peak_gib(),
               "recipe": {"padding_free": args.padding_free, "sampling": str(args.train_sampling_strategy),
                          "liger": args.use_liger_kernel, "bf16": args.bf16, "attn": rc["attn_implementation"]}}
     del trainer, model, prepared
@@ -302,7 +307,8 @@ def bench_model(name: str, s: dict, work: Path, peak: float) -> dict:
     train = compare(alternate(lambda r: train_once(name, r, s, work, examples), s["repeats"]), peak, TRAIN_METRICS)
 
     items = gen_prompts(s["gen_langs"], s["gen_per_lang"])
-    print(f"{name}: generating for {len(items)} mGSM questions ({','.join(s['gen_langs'])}), {s['max_new_tokens']} new tokens", flush=True)
+    print(f"{name}: generating for {len(items)} mGSM questions ({','.join(s['gen_langs'])}), "
+          f"{s['max_new_tokens']} new tokens", flush=True)
     model, tok = load(name, s, work, s["dtype"])
     model.eval()
     list(generation.generate(model, tok, items[:2], 4, 2, desc="warm-up"))
@@ -335,7 +341,8 @@ def device_name() -> str:
         return torch.cuda.get_device_name()
     cpuinfo = Path("/proc/cpuinfo")
     m = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else None
-    return f"{m.group(1).strip() if m else platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"{m.group(1).strip() if m else platform.processor() or 'CPU'} ({n} thread{'s' * (n > 1)})"
 
 
 def versions() -> dict:
@@ -354,13 +361,19 @@ def run(s: dict, out_dir: str | Path | None = None) -> dict:
     """Benchmark every model of ``s["models"]``; writes results.json, results.md and ratios.png to ``out_dir``
     (default: <figures>/bench) and returns the results."""
     out = Path(out_dir) if out_dir else config.figures_dir() / "bench"
-    start = time.perf_counter()
-    peak, source = peak_flops(s)
-    results = {"device": device_name(), "device_type": s["device"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "versions": versions(), "peak_flops": peak, "peak_source": source, "settings": s, "models": {}}
-    with tempfile.TemporaryDirectory(prefix="qalign-bench-") as work:
-        for name in s["models"]:
-            results["models"][name] = bench_model(name, for_model(s, name), Path(work), peak)
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    if s.get("threads"):
+        torch.set_num_threads(s["threads"])
+    try:
+        peak, source = peak_flops(s)
+        results = {"device": device_name(), "device_type": s["device"],
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
+                   "peak_flops": peak, "peak_source": source, "settings": s, "models": {}}
+        with tempfile.TemporaryDirectory(prefix="qalign-bench-") as work:
+            for name in s["models"]:
+                results["models"][name] = bench_model(name, for_model(s, name), Path(work), peak)
+    finally:
+        torch.set_num_threads(threads)
     results["seconds"] = time.perf_counter() - start
     write(results, out)
     return results
@@ -387,20 +400,25 @@ def table(results: dict) -> str:
     """The Markdown report: the table of metrics and ratios, then how they were measured."""
     lines = [f"# Speed benchmark: ours / reference\n",
              f"{results['device']}, {results['date']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
-             f"\nPeak {results['peak_flops'] / 1e12:.3g} TFLOP/s ({results['peak_source']}). Total {results['seconds']:.0f} s.\n",
+             f"\nPeak {results['peak_flops'] / 1e12:.3g} TFLOP/s ({results['peak_source']}). "
+             f"Total {results['seconds']:.0f} s.\n",
              "| model | metric | reference | ours | ours / reference |", "|---|---|---:|---:|---:|"]
     for name, label, ref, ours, ratio in rows(results):
-        lines.append(f"| {name} | {label} | {_fmt(label, ref)} | {_fmt(label, ours)} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+        shown = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"| {name} | {label} | {_fmt(label, ref)} | {_fmt(label, ours)} | {shown} |")
     lines.append("")
     mem = "torch.cuda.max_memory_allocated" if results["device_type"] == "cuda" else "peak RSS of the process (VmHWM)"
     for name, m in results["models"].items():
         t, g = m["train"], m["generate"]
         lines.append(f"- **{name}** ({m['params'] / 1e6:.1f}M parameters, {m['layers']} layers, hidden {m['hidden']}): "
-                     f"training pad share {100 * t['reference']['pad_share']:.0f}% (reference) vs {100 * t['ours']['pad_share']:.0f}% (ours); "
+                     f"training pad share {100 * t['reference']['pad_share']:.0f}% (reference) vs "
+                     f"{100 * t['ours']['pad_share']:.0f}% (ours); "
                      f"recipes {t['reference']['recipe']} vs {t['ours']['recipe']}; "
-                     f"greedy outputs differing between the recipes: {g['mismatches']} of {g['n']}; settings {m['settings']}.")
-    lines.append(f"\nMemory: {mem}. MFU = (6 N T + 12 layers hidden sum L_i^2) / seconds / peak, real tokens only "
-                 "(qalign_lib/benchmark.py). Higher is better for every metric except memory.")
+                     f"greedy outputs differing between the recipes: {g['mismatches']} of {g['n']}; "
+                     f"settings {m['settings']}.")
+    lines.append(f"\nMemory: {mem}. Times of each round are in results.json (seconds_per_round); on a shared CPU a single "
+                 "round can be off by tens of percent. MFU = (6 N T + 12 layers hidden sum L_i^2) / seconds / peak, "
+                 "real tokens only (qalign_lib/benchmark.py). Higher is better for every metric except memory.")
     return "\n".join(lines) + "\n"
 
 
@@ -413,7 +431,8 @@ def plot(results: dict, path: Path) -> Path:
     data_ = [(f"{name.split(':')[-1]}: {label}", ratio) for name, label, _, _, ratio in rows(results) if ratio is not None]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(data_) + 1.2))
     y = range(len(data_))
-    ax.barh(list(y), [r for _, r in data_], color=["tab:green" if r >= 1 else "tab:red" for _, r in data_])
+    better = [(r <= 1) if "memory" in label else (r >= 1) for label, r in data_]
+    ax.barh(list(y), [r for _, r in data_], color=["tab:green" if b else "tab:red" for b in better])
     ax.axvline(1, color="k", lw=0.8)
     ax.set_yticks(list(y), [label for label, _ in data_], fontsize=8)
     ax.invert_yaxis()

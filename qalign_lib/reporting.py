@@ -45,7 +45,7 @@ def show_config(cfg: dict, stage: int | None = None) -> None:
     import pandas as pd
 
     keys = ["model", "dtype", "lr", "epochs", "batch_size", "scheduler", "warmup_ratio", "max_length", "seed",
-            "launch", "num_processes"] + ([f"stage{stage}_limit"] if stage else [])
+            "launch", "num_processes", "num_machines", "padding_free", "group_by_length"] + ([f"stage{stage}_limit"] if stage else [])
     keys += ["stage1_langs"] if stage == 1 else ["stage2_data"] if stage == 2 else []
     _display(pd.DataFrame({"value": [str(cfg.get(k)) for k in keys]}, index=keys).rename_axis(f"size {cfg['size']}"))
 

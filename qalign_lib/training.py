@@ -198,11 +198,17 @@ def make_trainer(out: Path, callbacks=()):
 
 def fit(out: Path, callbacks=()) -> Path:
     """Train a prepared run (resuming from its last checkpoint) and save model/, the log and the loss curve."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     out = Path(out)
     trainer = make_trainer(out, callbacks)
-    last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+
+    def complete(checkpoint: Path) -> bool:  # trainer_state.json is written last: a checkpoint cut short has none
+        try:
+            return bool(json.loads((checkpoint / "trainer_state.json").read_text()))
+        except (OSError, ValueError):
+            return False
+
+    done = [c for c in (out / "checkpoints").glob("checkpoint-*") if complete(c)]
+    last = str(max(done, key=lambda c: int(c.name.split("-")[-1]))) if done else None
     if last:
         print(f"resuming {out.name} from {last}")
     trainer.train(resume_from_checkpoint=last)

@@ -14,7 +14,7 @@ from qalign_lib import config, runner, study as studies
 from tests.conftest import ROOT
 from tests.helpers import tiny_llama
 
-NOTEBOOKS = ["stage1", "stage2", "evaluate", "report"]
+NOTEBOOKS = ["stage1", "stage2", "evaluate", "report", "benchmark"]
 
 
 @pytest.fixture

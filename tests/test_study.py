@@ -115,3 +115,24 @@ def test_report_notebook_on_synthetic_results(real_data, tmp_path, monkeypatch):
     assert (consistency["jaccard"] == 100.0).all()  # the same first-k ids are right in every language
     for f in ("table2_mgsm.png", "table3_msvamp.png", "figure2_mixed.png", "figure3_consistency.png", "accuracy_mgsm.png", "README.md"):
         assert (fig / f).is_file(), f
+
+
+def test_published_checkpoint_row_joins_the_report(real_data, tmp_path, monkeypatch):
+    from qalign_lib import data, evaluation
+
+    params = tmp_path / "params"
+    shutil.copytree(ROOT / "params", params)
+    cfg = yaml.safe_load((params / "tiny.yaml").read_text())
+    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
+    s = studies.load("tiny")
+    _, root = evaluation.target(s.cfg, model="Wenhao97/QAlign-MetaMathQA-7B")
+    assert root == config.runs_dir() / "tiny" / "models" / "Wenhao97_QAlign-MetaMathQA-7B" / "eval"
+    for benchmark in ("mgsm", "msvamp"):
+        for lang in cfg["eval_langs"]:
+            rows = [{"lang": lang, "id": q["id"], "response": q["answer"]} for q in data.load_benchmark(benchmark, lang, limit=cfg["eval_limit"])]
+            (root / benchmark).mkdir(parents=True, exist_ok=True)
+            (root / benchmark / f"{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "metrics.json").write_text("{}")
+    reporting.write_report(s, extra_models=["Wenhao97/QAlign-MetaMathQA-7B"], n_boot=500)
+    table = pd.read_csv(config.figures_dir() / "tiny" / "table2_mgsm.csv", index_col=0)
+    assert table.loc["model: Wenhao97/QAlign-MetaMathQA-7B", "Avg"] == 100.0

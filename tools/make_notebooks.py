@@ -80,3 +80,25 @@ nb([
     new_code_cell("for name, path in written.items():\n    path = Path(path)\n    if path.suffix == \".md\":\n        display(Markdown(path.read_text()))\n"
                   "    elif path.suffix == \".png\":\n        display(Image(filename=str(path)))"),
 ], "notebooks/report.ipynb")
+
+nb([
+    new_markdown_cell("# Speed benchmark: the reference recipe against ours\n\nOne run, same model, same data. **Training** (GSM8K train, the "
+                      "stage-2 length distribution): reference = TRL SFTTrainer with right-padded random batches; ours = padding-free batches, "
+                      "length-grouped sampling, Liger kernels and flash-attention-2 where installed (GPU). **Generation** (mGSM, several languages, "
+                      "greedy): reference = dataset order, fixed batches, left padding, HF generate; ours = `generation.generate` (sorted by length, "
+                      "token budget), with a check that the greedy outputs are identical. Settings: `params/bench.yaml` (a `cpu` and a `cuda` "
+                      "section); how each metric is measured: `qalign_lib/benchmark.py`.\n\n"
+                      "Headless: `papermill notebooks/benchmark.ipynb out.ipynb -p train_steps 10`. Writes `figures/bench/`: `results.json`, "
+                      "`results.md`, `ratios.png`."),
+    params('device = "auto"          # settings section of params/bench.yaml: auto (cuda if a GPU is visible, else cpu) | cpu | cuda\n'
+           'models = None            # e.g. "tiny-random,embedded:smollm2-135m-instruct"; None = the section\'s models\n'
+           'repeats = None           # rounds, alternating which recipe goes first\ntrain_steps = None\nwarmup_steps = None\n'
+           'train_batch_size = None\nmax_length = None\ngen_per_lang = None\nmax_new_tokens = None\n'
+           'layers = None            # llama2-7b-shape: a number, or "auto" (as many as fit in GPU memory)\n'
+           'out_dir = None           # None = figures/bench'),
+    new_code_cell("from IPython.display import Image, Markdown, display\n\nfrom qalign_lib import benchmark\n\n"
+                  "s = benchmark.settings(device, models=models, repeats=repeats, train_steps=train_steps, warmup_steps=warmup_steps,\n"
+                  "                       train_batch_size=train_batch_size, max_length=max_length, gen_per_lang=gen_per_lang,\n"
+                  "                       max_new_tokens=max_new_tokens, layers=layers)\nresults = benchmark.run(s, out_dir)"),
+    new_code_cell("display(Markdown(benchmark.table(results)))\ndisplay(Image(filename=results[\"files\"][\"png\"]))"),
+], "notebooks/benchmark.ipynb")

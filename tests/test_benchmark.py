@@ -1,0 +1,39 @@
+"""Smoke test of the speed benchmark on the random tiny LLaMA: structure, ratios, identical greedy outputs.
+Speed itself is never asserted (that is what notebooks/benchmark.ipynb measures)."""
+import json
+
+import pytest
+
+from qalign_lib import benchmark
+
+
+def test_benchmark_smoke(real_data, tmp_path):
+    s = benchmark.settings("cpu", models="tiny-random", repeats=2, warmup_steps=1, train_steps=2, train_batch_size=4,
+                           max_length=256, gen_langs="en,de", gen_per_lang=3, max_new_tokens=4, gen_batch_size=4)
+    results = benchmark.run(s, tmp_path / "bench")
+    m = results["models"]["tiny-random"]
+    for part, metrics in (("train", benchmark.TRAIN_METRICS), ("generate", benchmark.GEN_METRICS)):
+        r = m[part]
+        for k in metrics:
+            assert r["reference"][k] > 0 and r["ours"][k] > 0, (part, k)
+            assert r["ratio"][k] == pytest.approx(r["ours"][k] / r["reference"][k]), (part, k)
+        assert len(r["reference"]["seconds_per_round"]) == len(r["ours"]["seconds_per_round"]) == 2  # ABBA rounds
+    train = m["train"]
+    assert train["reference"]["tokens"] == train["ours"]["tokens"]  # both recipes timed on the same examples
+    assert train["ours"]["pad_share"] == 0 and train["reference"]["pad_share"] > 0
+    assert train["ours"]["recipe"]["padding_free"] and train["ours"]["recipe"]["sampling"] == "group_by_length"
+    assert not train["reference"]["recipe"]["padding_free"] and train["reference"]["recipe"]["sampling"] == "random"
+    assert m["generate"]["n"] == 6 and m["generate"]["mismatches"] == 0  # fp32 greedy: identical outputs
+    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert saved["models"]["tiny-random"]["train"]["ratio"] == pytest.approx(train["ratio"])
+    assert {"torch", "transformers"} <= set(saved["versions"]) and saved["device"] and saved["peak_flops"] > 0
+    assert "| tiny-random | train tokens/s |" in (tmp_path / "bench" / "results.md").read_text()
+    assert (tmp_path / "bench" / "ratios.png").stat().st_size > 0
+
+
+def test_settings_overrides_and_errors():
+    s = benchmark.settings("cpu", models="a,b", train_steps=7)
+    assert s["models"] == ["a", "b"] and benchmark.for_model(s, "tiny-random")["train_steps"] == 7
+    assert benchmark.for_model(benchmark.settings("cpu"), "tiny-random")["train_steps"] != benchmark.settings("cpu")["train_steps"]
+    with pytest.raises(benchmark.config.ConfigError, match="unknown benchmark parameter"):
+        benchmark.settings("cpu", lr=1)

@@ -1,0 +1,245 @@
+"""Multi-process training on CPU through ``launch()``: real DDP on gloo, DeepSpeed ZeRO-3, worker errors, kill -9.
+
+``python -m tests.test_distributed RUN_DIR`` is the worker entry point of the DDP test: ``fit`` with a callback that
+writes, per rank, which examples it trained on and a hash of its final weights to RUN_DIR/rank<k>.json.
+"""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from qalign_lib import config, modeling, training
+from qalign_lib.launch import LaunchError, launch, worker_error
+from tests.helpers import tiny_llama
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RankProbe(TrainerCallback):
+    """Records the examples each forward pass of this rank sees and, at the end, a hash of its weights."""
+
+    def __init__(self, out: Path):
+        self.out, self.seen = Path(out), []
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        self.seen += [example_hash(ids) for ids in split_examples(kwargs["input_ids"], kwargs.get("position_ids"),
+                                                                  kwargs.get("attention_mask"))]
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        weights = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        rank = int(os.environ.get("RANK", "0"))
+        (self.out / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "examples": self.seen,
+             "weights": weights.hexdigest(), "steps": state.global_step,
+             "zero3_partitioned": all(hasattr(p, "ds_id") for p in model.parameters())}))
+
+
+def split_examples(input_ids, position_ids=None, attention_mask=None) -> list[list[int]]:
+    """The examples of a batch: padding-free rows are cut where the position ids restart, padded rows unpadded."""
+    out = []
+    for r, row in enumerate(input_ids.tolist()):
+        if attention_mask is not None:
+            out.append([t for t, m in zip(row, attention_mask[r].tolist()) if m])
+        elif position_ids is not None:
+            starts = [k for k, p in enumerate(position_ids[r].tolist()) if p == 0] + [len(row)]
+            out += [row[a:b] for a, b in zip(starts, starts[1:])]
+        else:
+            out.append(row)
+    return out
+
+
+def example_hash(ids) -> str:
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture
+def workers_env(monkeypatch):
+    """What `accelerate launch` workers need here: the project importable (tests.*), few threads, quiet warnings."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    for var in ("MACHINE_RANK", "MAIN_PROCESS_IP", "MAIN_PROCESS_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MAIN_PROCESS_PORT", str(29500 + os.getpid() % 1000))  # no clash with a parallel run
+
+
+def cfg_for(model, **kw):
+    base = dict(model=model, stage1_limit=4, epochs=1, batch_size=8, per_device_batch_size=4, lr=1e-3,
+                max_length=1024, save_steps=100)
+    return config.resolve("tiny", **{**base, **kw})
+
+
+def test_launch_configs_parse_and_unknown_name_is_clear():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from qalign_lib.launch import command, launch_configs
+
+    assert set(launch_configs()) >= {"single", "ddp", "fsdp", "zero3", "zero3_offload"}
+    kinds = {name: str(load_config_from_file(str(path)).distributed_type) for name, path in launch_configs().items()}
+    assert kinds["ddp"].endswith("MULTI_GPU") and kinds["fsdp"].endswith("FSDP") and kinds["zero3"].endswith("DEEPSPEED")
+    zero3 = load_config_from_file(str(launch_configs()["zero3"])).deepspeed_config
+    assert zero3["zero_stage"] == 3 and zero3["zero3_save_16bit_model"] is True
+    assert load_config_from_file(str(launch_configs()["zero3_offload"])).deepspeed_config["offload_param_device"] == "cpu"
+    assert config.resolve("7b")["launch"] == "fsdp" and config.resolve("13b")["launch"] == "zero3"
+    cfg = config.resolve("13b", launch="zero3_offload", num_processes=16, num_machines=2)  # papermill -p overrides
+    cmd = command(cfg, Path("/runs/x"))
+    assert cmd[cmd.index("--num_processes") + 1] == "16" and cmd[cmd.index("--num_machines") + 1] == "2"
+    assert cmd[cmd.index("--config_file") + 1].endswith("params/launch/zero3_offload.yaml")
+    assert cmd[-3:] == ["-m", "qalign_lib.training", "/runs/x"]
+    with pytest.raises(config.ConfigError, match=r"launch 'zero4'.*choose one of .*ddp.*zero3"):
+        launch(config.resolve("tiny", launch="zero4", num_processes=2), Path("/runs/x"))
+    with pytest.raises(config.ConfigError, match="launch single runs one process"):
+        launch(config.resolve("tiny", num_processes=2), Path("/runs/x"))
+
+
+def test_ddp_two_ranks_see_different_data_and_end_with_identical_weights(real_data, tiny_model, workers_env, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # with --multi_gpu (ddp.yaml): 2 CPU processes on gloo
+    cfg = cfg_for(tiny_model, launch="ddp", num_processes=2)
+    run = training.prepare(cfg, "ddp", ["x2en_question"], "de,fr,es,ru", "base", 1)  # 16 examples
+    launch(cfg, run, module="tests.test_distributed")
+    ranks = [json.loads((run / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [2, 2]  # 16 / (4 x 2)
+    seen = [r["examples"] for r in ranks]
+    tok = modeling.load_tokenizer(str(run / "model"))
+    rows, dropped = training.tokenize(training.read_jsonl(run / "train.jsonl"), tok, cfg["max_length"])
+    assert dropped == 0 and len(rows) == 16
+    assert len(seen[0]) == len(seen[1]) == 8
+    assert not set(seen[0]) & set(seen[1])                                      # different data on each rank ...
+    assert set(seen[0]) | set(seen[1]) == {example_hash(r["input_ids"]) for r in rows}  # ... together all of it
+    assert ranks[0]["weights"] == ranks[1]["weights"]                          # gradients all-reduced: same model
+    assert training.is_done(run) and "resum" not in (run / "launch.log").read_text()
+    trained, base = modeling.load_model(str(run)), modeling.load_model(tiny_model)
+    assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_deepspeed_zero3_saves_consolidated_weights_that_reload(real_data, tiny_model, workers_env):
+    pytest.importorskip("deepspeed")
+    # no ACCELERATE_USE_CPU here: with it accelerate drops DeepSpeed; DeepSpeed finds no GPU and uses its CPU
+    # accelerator (gloo) by itself, and training_args leaves the device to it (use_cpu=False under DeepSpeed)
+    cfg = cfg_for(tiny_model, launch="zero3", num_processes=1, batch_size=4)  # 8 examples: 2 steps (the 1st at lr 0)
+    run = training.prepare(cfg, "zero3", ["x2en_question"], "de,fr", "base", 1)
+    launch(cfg, run, module="tests.test_distributed")
+    assert json.loads((run / "rank0.json").read_text())["zero3_partitioned"]  # the parameters were ZeRO-3's
+    assert training.is_done(run) and len(training.read_log(run)) == 2
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(run / "model"))    # consolidated weights, not ZeRO shards
+    assert not list((run / "model").glob("global_step*")) and (run / "model" / "model.safetensors").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    tok = modeling.load_tokenizer(str(run / "model"), "left")
+    generated = model.generate(**tok(["### Instruction:\nHallo"], return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > 0
+
+
+def test_two_machines_on_localhost(real_data, tiny_model, workers_env, tmp_path):
+    """Multi-node as in docs/distributed.md: each "machine" runs the same stage call with MACHINE_RANK etc. set;
+    machine 1 returns only once machine 0 has written the finished run to the shared runs/."""
+    overrides = dict(model=tiny_model, stage1_limit=4, epochs=1, batch_size=8, per_device_batch_size=4, lr=1e-3,
+                     max_length=1024, launch="ddp", num_processes=2, num_machines=2)
+    script = ("from qalign_lib import config, training; "
+              f"training.stage1(config.resolve('tiny', **{overrides!r}), 'x2en_question', 'de,fr,es,ru', name='mm')")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "MAIN_PROCESS_IP": "127.0.0.1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env={**env, "MACHINE_RANK": str(k)}, text=True,
+                              stdout=open(tmp_path / f"machine{k}.out", "w"), stderr=subprocess.STDOUT) for k in (0, 1)]
+    codes = [p.wait(timeout=300) for p in procs]
+    out = [(tmp_path / f"machine{k}.out").read_text() for k in (0, 1)]
+    assert codes == [0, 0], out[0][-3000:] + out[1][-3000:]
+    run = training.run_dir("tiny", "mm")
+    assert training.is_done(run) and (run / "launch.log").is_file() and (run / "launch.machine1.log").is_file()
+    assert "--machine_rank 1 --main_process_ip 127.0.0.1" in out[1] and "waiting for machine 0" in out[1]
+    assert [r["step"] for r in training.read_log(run)] == [1, 2]  # 16 examples / (4 x 2 processes)
+
+
+def test_worker_failure_raises_the_workers_error(real_data, tiny_model, workers_env, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    cfg = cfg_for(tiny_model, launch="ddp", num_processes=2)
+    run = training.prepare(cfg, "broken", ["x2en_question"], "de", "base", 1)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "init_model": "/nonexistent/model"}))
+    with pytest.raises(LaunchError) as err:
+        launch(cfg, run)
+    message = str(err.value)
+    assert message.startswith("qalign_lib.modeling.ModelError: model '/nonexistent/model' is neither an embedded model")
+    assert "exit code 1" in message and str(run / "launch.log") in message
+    assert "ChildFailedError" not in message.splitlines()[0] and (run / "launch.log").is_file()
+
+
+def test_worker_error_parsing():
+    log = "\n".join([
+        "loading", "[rank1]: Traceback (most recent call last):", "Traceback (most recent call last):",
+        '[rank1]:   File "x.py", line 1, in <module>', '  File "y.py", line 2, in f', "[rank1]:     f()",
+        "    g()", "[rank1]:     ^^^", "[rank1]: ValueError: Please correct these values:",
+        "KeyError: 'a'", "", "During handling of the above exception, another exception occurred:", "",
+        "Traceback (most recent call last):", '  File "y.py", line 3, in f', "RuntimeError: wrapped",
+        "[rank1]: - ds bf16.enabled=True", "E1121 15:13:06.126000 8494 api.py:1002] failed (exitcode: 1)",
+        "Traceback (most recent call last):", '  File "launch.py", line 9', "    raise ChildFailedError(",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "=====", "exitcode  : 1"])
+    assert worker_error(log) == "ValueError: Please correct these values:\n- ds bf16.enabled=True"
+    assert worker_error(log.replace("[rank1]: ", "[rank1]: #")).startswith("RuntimeError: wrapped")  # chained: last
+    assert worker_error("Traceback (most recent call last):\n  File x\nsubprocess.CalledProcessError: 9\nexitcode: -9"
+                        ).endswith("exitcode: -9")  # only the launcher's error: the log's last lines
+
+
+def complete_checkpoints(run: Path) -> list[int]:
+    """Steps of the checkpoints whose trainer_state.json (written last) is there and whole."""
+    steps = []
+    for state in run.glob("checkpoints/checkpoint-*/trainer_state.json"):
+        try:
+            steps.append(json.loads(state.read_text())["global_step"])
+        except (OSError, ValueError):
+            pass
+    return sorted(steps)
+
+
+def test_kill_9_mid_run_resumes_from_the_last_checkpoint(real_data, tiny_model, workers_env):
+    # 8 examples, batch 1: 8 steps an epoch, 40 in all; a checkpoint every 5 steps
+    cfg = cfg_for(tiny_model, epochs=5, batch_size=1, per_device_batch_size=1, save_steps=5)
+    run = training.prepare(cfg, "killed", ["x2en_question"], "de,fr", "base", 1)
+    cmd = [sys.executable, "-m", "qalign_lib.training", str(run)]
+    with open(run / "first.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while not complete_checkpoints(run) and proc.poll() is None:
+            assert time.time() < deadline, "no checkpoint within 2 minutes"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
+    steps_before = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    complete = complete_checkpoints(run)
+    assert not training.is_done(run) and complete and steps_before[-1] < 40
+    # a checkpoint being written when the kill came has no trainer_state.json yet: the resume must skip it
+    partial = run / "checkpoints" / "checkpoint-39"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"")
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    last = complete[-1]
+    assert f"resuming killed from {run / 'checkpoints' / f'checkpoint-{last}'}" in second.stdout
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps[len(steps_before):] == list(range(last + 1, 41))        # continued at last+1, not at 1
+    assert training.is_done(run) and [r["step"] for r in training.read_log(run)] == list(range(1, 41))
+    model = modeling.load_model(str(run))
+    assert model.config.vocab_size == len(modeling.load_tokenizer(str(run)))
+
+
+if __name__ == "__main__":  # worker entry point of the DDP test (see the module docstring)
+    training.fit(Path(sys.argv[1]), callbacks=[RankProbe(Path(sys.argv[1]))])
