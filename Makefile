@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 export QALIGN_DATA_DIR ?= $(CURDIR)/data
 export PYTHONUNBUFFERED := 1
 
-.PHONY: study test venv data-check bench clean-runs
+.PHONY: study test venv data-check bench wheels clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ data-check: venv
 
 bench: venv            ## speed benchmark (separate from the tests) -> figures/bench/
 	$(VENV)/bin/papermill notebooks/benchmark.ipynb runs/benchmark.ipynb
+
+# Wheels for an offline GPU machine that already has torch, transformers, accelerate (and peft): copy the repo with
+# .whl/ there, then  pip install --no-index --no-deps .whl/*.whl && pip install --no-deps --no-build-isolation -e .
+GPU_WHEELS ?= trl datasets papermill nbformat nbclient ipykernel jupyter-client jupyter-core traitlets tenacity \
+	entrypoints ansicolors pyarrow dill xxhash multiprocess fsspec seaborn gguf liger-kernel
+wheels: venv
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
 
 clean-runs:
 	rm -rf runs/tiny

@@ -234,7 +234,13 @@ def finish(out: Path) -> None:
 def read_log(out: Path) -> list[dict]:
     """Loss per step; after a resume the last value logged for a step wins."""
     path = Path(out) / "train_log.jsonl"
-    rows = {r["step"]: r for r in read_jsonl(path)} if path.is_file() else {}
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill mid-write
+            continue
+        rows[row["step"]] = row
     return [rows[k] for k in sorted(rows)]
 
 
