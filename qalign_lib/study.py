@@ -65,8 +65,7 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
             bad = [t for t in tasks if t not in data.STAGE2_DATA]
             if bad:
                 raise ConfigError(f"{where}: unknown stage-2 data {bad}; choose from {', '.join(data.STAGE2_DATA)}")
-            langs = list(spec.get("langs", "all")) if not isinstance(spec.get("langs", "all"), str) else spec.get("langs", "all")
-            langs = data.task_langs("gsm8kinstruct", langs) if "gsm8kinstruct" in tasks else ["en"]
+            langs = data.task_langs("gsm8kinstruct", spec.get("langs", "all")) if "gsm8kinstruct" in tasks else ["en"]
         runs[run_name] = Run(run_name, spec["stage"], spec.get("init", "base"), tasks, langs)
     for run in runs.values():
         if run.init != "base" and run.init not in runs:

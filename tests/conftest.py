@@ -9,9 +9,13 @@ REAL_DATA = Path(os.environ.get("QALIGN_DATA_DIR") or ROOT.parent / "shared" / "
 
 @pytest.fixture
 def real_data(monkeypatch):
-    """The real data directory ($QALIGN_DATA_DIR, as CI sets it); tests using it are skipped where it is absent."""
+    """The real data directory ($QALIGN_DATA_DIR, as CI sets it). Where it is absent the tests using it are skipped,
+    except under QALIGN_REQUIRE_DATA=1 (CI), where they fail."""
     if not (REAL_DATA / "mgsm" / "en.jsonl").is_file():
-        pytest.skip(f"real data not found at {REAL_DATA}; set QALIGN_DATA_DIR")
+        message = f"real data not found at {REAL_DATA}; set QALIGN_DATA_DIR"
+        if os.environ.get("QALIGN_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     monkeypatch.setenv("QALIGN_DATA_DIR", str(REAL_DATA))
     return REAL_DATA
 

@@ -204,7 +204,7 @@ def test_sources_cover_the_language_registry():
 def _real_fields(rel: str) -> list[str]:
     path = DATA / rel
     if not path.is_file():
-        pytest.skip(f"{path} not present (set QALIGN_DATA_DIR)")
+        (pytest.fail if os.environ.get("QALIGN_REQUIRE_DATA") == "1" else pytest.skip)(f"{path} not present (set QALIGN_DATA_DIR)")
     with path.open(encoding="utf-8") as f:
         return list(json.loads(f.readline()))
 
