@@ -170,8 +170,9 @@ def check(requirements: dict[str, list[str]] | None = None, root=None) -> tuple[
                     cells.append("·")
                     continue
                 n = available(dataset, lang, split or None, root)
-                need = lang in requirements.get(label, requirements.get(dataset, [])) and (split == s.splits[0] or label in requirements)
-                cells.append(("-" if n is None else str(n)) + ("*" if need else ""))
+                # "gsm8k:train" names a split; a bare "gsm8k" means its first split
+                wanted = requirements.get(label) or (requirements.get(dataset) if split == s.splits[0] else None) or []
+                cells.append(("-" if n is None else str(n)) + ("*" if lang in wanted else ""))
             lines.append(f"{label:<28}" + "".join(f"{c:>7}" for c in cells))
     missing = []
     for key, langs in requirements.items():

@@ -65,18 +65,19 @@ def evaluate(cfg: dict, run: str | None = None, model: str | None = None, benchm
                 print(f"{benchmark}: generation settings changed; moving the old generations to {aside}")
                 os.replace(root / benchmark, aside)
         write_json(settings_path, settings)
+        questions = {lang: data.load_benchmark(benchmark, lang, limit=limit) for lang in bench_langs}
         todo = []  # every missing question of this benchmark, all languages together: fuller batches
         for lang in bench_langs:
             have = done_ids(root / benchmark / f"{lang}.jsonl")
             todo += [{"id": q["id"], "lang": lang, "prompt": prompts.alpaca(q["question"])}
-                     for q in data.load_benchmark(benchmark, lang, limit=limit) if q["id"] not in have]
+                     for q in questions[lang] if q["id"] not in have]
         if todo:
             if loaded is None:
                 loaded = _load(cfg, model_ref)
             print(f"{benchmark}: generating {len(todo)} responses ({len(bench_langs)} languages) with {model_ref}")
             generate_to_files(*loaded, todo, root / benchmark, settings["max_new_tokens"], cfg["eval_batch_size"],
                               cfg.get("eval_token_budget"), desc=benchmark)
-        rows = [r for lang in bench_langs for r in _rows(root / benchmark / f"{lang}.jsonl", limit, benchmark, lang)]
+        rows = [r for lang in bench_langs for r in _rows(root / benchmark / f"{lang}.jsonl", set(questions[lang]["id"]))]
         gold = {lang: data.gold_answers(benchmark, lang) for lang in bench_langs}
         metrics[benchmark] = {s: _public(scoring.score_rows(rows, gold, benchmark, s)) for s in scoring.SCORERS}
     write_json(root / "metrics.json", metrics)
@@ -105,8 +106,8 @@ def is_complete(cfg: dict, run: str | None = None, model: str | None = None, ben
     return True
 
 
-def _rows(path: Path, limit, benchmark, lang) -> list[dict]:
-    wanted = {q["id"] for q in data.load_benchmark(benchmark, lang, limit=limit)}
+def _rows(path: Path, wanted: set) -> list[dict]:
+    """The generation rows of ``path`` whose id is among ``wanted`` (the evaluated subset)."""
     return [r for r in read_jsonl(path, ("lang", "id", "response")) if r["id"] in wanted]
 
 
@@ -125,5 +126,5 @@ def _load(cfg: dict, model_ref: str):
 
 def load_generations(root: Path, benchmark: str, langs, limit=None) -> dict[str, list[dict]]:
     """lang -> generation rows of one eval root (for reports)."""
-    return {lang: _rows(root / benchmark / f"{lang}.jsonl", limit, benchmark, lang) for lang in langs
-            if (root / benchmark / f"{lang}.jsonl").is_file()}
+    return {lang: _rows(root / benchmark / f"{lang}.jsonl", set(data.load_benchmark(benchmark, lang, limit=limit)["id"]))
+            for lang in langs if (root / benchmark / f"{lang}.jsonl").is_file()}
