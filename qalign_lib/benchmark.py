@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from . import config, data, generation, modeling, prompts, training
+from .io import atomic_write
 
 PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12)]  # dense, no sparsity
 LLAMA2_7B = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008, vocab_size=32000)
@@ -398,7 +399,7 @@ def _fmt(key_label: str, x) -> str:
 
 def table(results: dict) -> str:
     """The Markdown report: the table of metrics and ratios, then how they were measured."""
-    lines = [f"# Speed benchmark: ours / reference\n",
+    lines = ["# Speed benchmark: ours / reference\n",
              f"{results['device']}, {results['date']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
              f"\nPeak {results['peak_flops'] / 1e12:.3g} TFLOP/s ({results['peak_source']}). "
              f"Total {results['seconds']:.0f} s.\n",
@@ -423,10 +424,7 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .reporting import _save_fig, plt
 
     data_ = [(f"{name.split(':')[-1]}: {label}", ratio) for name, label, _, _, ratio in rows(results) if ratio is not None]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(data_) + 1.2))
@@ -441,16 +439,16 @@ def plot(results: dict, path: Path) -> Path:
     ax.set_xlabel("ours / reference (memory: lower is better)")
     ax.set_title(f"Speed benchmark on {results['device']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_fig(fig, Path(path), dpi=120)
 
 
 def write(results: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "results.json", "md": out / "results.md", "png": out / "ratios.png"}
-    files["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
-    files["md"].write_text(table(results))
+    with atomic_write(files["json"]) as f:
+        f.write(json.dumps(results, indent=2, default=str) + "\n")
+    with atomic_write(files["md"]) as f:
+        f.write(table(results))
     plot(results, files["png"])
     results["files"] = {k: str(v) for k, v in files.items()}
     return files

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .io import append_jsonl
+from .io import append_jsonl, atomic_write
 
 
 def batches(lengths: list[int], batch_size: int, max_new_tokens: int, token_budget: int | None = None) -> list[list[int]]:
@@ -83,7 +83,8 @@ def done_ids(path: Path) -> set:
         good.append(line if line.endswith("\n") else line + "\n")
         ids.add(row["id"])
     if len(good) != len(lines) or (lines and not lines[-1].endswith("\n")):
-        path.write_text("".join(good), encoding="utf-8")
+        with atomic_write(path) as f:  # a crash during the repair must not lose the rows kept
+            f.write("".join(good))
     return ids
 
 

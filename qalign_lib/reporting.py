@@ -20,12 +20,7 @@ def plot_loss(log: list[dict], path: Path, title: str = "") -> Path:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_fig(fig, Path(path), dpi=120)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,10 +237,11 @@ def _save_table(frame, path: Path, caption: str, digits: int = 1) -> None:
         f.write(f"{caption}\n\n{body}\n")
 
 
-def _save_fig(fig, path: Path) -> Path:
+def _save_fig(fig, path: Path, dpi: int = 130) -> Path:
+    """Save and close a figure; written to a temporary file and renamed, so no half-written image is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
     return path
