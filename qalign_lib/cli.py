@@ -5,7 +5,6 @@ Every error that a user can fix is printed as one message (``qalign: error: ...`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .config import ConfigError
