@@ -40,8 +40,11 @@ from pathlib import Path
 
 import torch
 
-from . import config, data, generation, modeling, prompts, training
+from . import config, data, figures, generation, log, modeling, prompts, training
+from .errors import ConfigError
 from .io import atomic_write
+
+logger = log.get(__name__)
 
 PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12)]  # dense, no sparsity
 LLAMA2_7B = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008, vocab_size=32000)
@@ -59,12 +62,12 @@ def settings(device: str = "auto", **overrides) -> dict:
     raw = config.read_yaml(config.params_dir() / "bench.yaml")
     kind = ("cuda" if cuda() else "cpu") if device == "auto" else device
     if kind not in ("cpu", "cuda") or (kind == "cuda" and not cuda()):
-        raise config.ConfigError(f"device {device!r}: choose auto, cpu or cuda (cuda needs a visible GPU)")
+        raise ConfigError(f"device {device!r}: choose auto, cpu or cuda (cuda needs a visible GPU)")
     s = {**raw[kind], **{k: raw[k] for k in ("reference", "ours", "recipe")}, "device": kind}
     given = {k: v for k, v in overrides.items() if v is not None}
     for key, value in given.items():
         if key not in s:
-            raise config.ConfigError(f"unknown benchmark parameter {key!r}; known: {', '.join(sorted(s))}")
+            raise ConfigError(f"unknown benchmark parameter {key!r}; known: {', '.join(sorted(s))}")
         s[key] = [v.strip() for v in value.split(",")] if isinstance(value, str) and isinstance(s[key], list) else value
     s["given"] = sorted(given)
     return s
@@ -217,8 +220,9 @@ def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]
     rows = training.tokenize(examples, tok, s["max_length"])[0][:n]
     if len(rows) < n:
         raise data.DataError(f"benchmark: {len(rows)} training examples left after tokenization, {n} needed")
-    cfg = {**rc, "dtype": s["dtype"], "batch_size": bs, "per_device_batch_size": bs, "epochs": 1,
-           "max_length": s["max_length"], "save_steps": 10**9}
+    cfg = config.build({**rc, "model": name, "dtype": s["dtype"], "batch_size": bs, "per_device_batch_size": bs,
+                        "epochs": 1, "max_length": s["max_length"], "save_steps": 10**9, "report_to": ["none"]},
+                       source="params/bench.yaml")
     args = training.training_args(cfg, work / recipe, 1)
     args.save_strategy = SaveStrategy.NO  # the Trainer would save a checkpoint at the end of each train() call
     clock = Clock()
@@ -274,7 +278,7 @@ def alternate(fn, repeats: int) -> dict[str, list]:
     runs = {r: [] for r in RECIPES}
     for k in range(repeats):
         for recipe in RECIPES if k % 2 == 0 else RECIPES[::-1]:
-            print(f"  {recipe} (round {k + 1}/{repeats})", flush=True)
+            logger.info("  %s (round %d/%d)", recipe, k + 1, repeats)
             runs[recipe].append(fn(recipe))
     return runs
 
@@ -304,12 +308,12 @@ def bench_model(name: str, s: dict, work: Path, peak: float) -> dict:
     if name == "llama2-7b-shape" and s["layers"] in (None, "auto"):
         s = {**s, "layers": fit_layers(s["train_batch_size"] * s["max_length"]) if cuda() else 2}
     examples = data.build("gsm8k", limit=2 * (s["warmup_steps"] + s["train_steps"]) * s["train_batch_size"])
-    print(f"{name}: training, {s['train_steps']} timed steps of {s['train_batch_size']} examples", flush=True)
+    logger.info("%s: training, %s timed steps of %s examples", name, s["train_steps"], s["train_batch_size"])
     train = compare(alternate(lambda r: train_once(name, r, s, work, examples), s["repeats"]), peak, TRAIN_METRICS)
 
     items = gen_prompts(s["gen_langs"], s["gen_per_lang"])
-    print(f"{name}: generating for {len(items)} mGSM questions ({','.join(s['gen_langs'])}), "
-          f"{s['max_new_tokens']} new tokens", flush=True)
+    logger.info("%s: generating for %d mGSM questions (%s), %s new tokens", name, len(items), ",".join(s["gen_langs"]),
+                s["max_new_tokens"])
     model, tok = load(name, s, work, s["dtype"])
     model.eval()
     list(generation.generate(model, tok, items[:2], 4, 2, desc="warm-up"))
@@ -424,7 +428,7 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    from .reporting import _save_fig, plt
+    import matplotlib.pyplot as plt
 
     data_ = [(f"{name.split(':')[-1]}: {label}", ratio) for name, label, _, _, ratio in rows(results) if ratio is not None]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(data_) + 1.2))
@@ -439,7 +443,7 @@ def plot(results: dict, path: Path) -> Path:
     ax.set_xlabel("ours / reference (memory: lower is better)")
     ax.set_title(f"Speed benchmark on {results['device']}", fontsize=9)
     fig.tight_layout()
-    return _save_fig(fig, Path(path), dpi=120)
+    return figures.save(fig, Path(path), dpi=120)
 
 
 def write(results: dict, out: Path) -> dict[str, Path]:

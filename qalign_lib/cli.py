@@ -1,21 +1,22 @@
-"""The ``qalign`` command: data download/check/build, scoring, and the study runner.
+"""The ``qalign`` command: data download/check/build, scoring, the config schema, and the study runner.
 
-Every error that a user can fix is printed as one message (``qalign: error: ...``) with exit status 2.
+Every error that a user can fix (a :class:`~qalign_lib.errors.QAlignError`) is printed as one line
+(``qalign: error: ...``) with exit status 1; a usage error (argparse) exits with 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .config import ConfigError
-from .io import DataError
+from . import benchmarks, log, scoring
+from .errors import QAlignError
 
 
 def _data_download(args) -> int:
     from . import hub
 
     hub.download(args.out, datasets=args.datasets.split(",") if args.datasets else None)
-    print(f"wrote the normalized data to {args.out}; use it with: export QALIGN_DATA_DIR={args.out}")
+    log.get(__name__).info("wrote the normalized data to %s; use it with: export QALIGN_DATA_DIR=%s", args.out, args.out)
     return 0
 
 
@@ -57,6 +58,16 @@ def _score(args) -> int:
     return 0
 
 
+def _config(args) -> int:
+    from . import config
+
+    cfg = config.resolve(args.size, **dict(kv.split("=", 1) for kv in args.set or [])) if args.size else None
+    where = f"size {args.size} ({config.size_file(args.size)})" if args.size else "the declared defaults"
+    print(f"Parameters ({where}); sizes: {', '.join(config.sizes())}\n")
+    print(config.describe(cfg))
+    return 0
+
+
 def _study(args) -> int:
     from . import runner
 
@@ -89,11 +100,16 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_data_build)
 
     s = sub.add_parser("score", help="score generations {lang,id,response} against the gold answers")
-    s.add_argument("--benchmark", required=True, choices=["mgsm", "msvamp"])
+    s.add_argument("--benchmark", required=True, choices=list(benchmarks.NAMES))
     s.add_argument("--generations", required=True, help="JSONL file with rows {lang, id, response}")
-    s.add_argument("--scorer", default="reference", choices=["reference", "strict"])
+    s.add_argument("--scorer", default=scoring.DEFAULT, choices=list(scoring.SCORERS))
     s.add_argument("--data-dir")
     s.set_defaults(func=_score)
+
+    c = sub.add_parser("config", help="every parameter: type, default, what it affects, meaning (and a size's values)")
+    c.add_argument("--size", help="show the resolved values of this size")
+    c.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="overrides to check and apply")
+    c.set_defaults(func=_config)
 
     st = sub.add_parser("study", help="run a study's chain of notebooks in dependency order, then the report")
     st.add_argument("--study", default="tiny", help="study name (default: tiny)")
@@ -101,17 +117,19 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--only", nargs="+", help="only these systems or runs (and what they depend on)")
     st.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     st.add_argument("--no-report", action="store_true", help="skip the report notebook")
+    st.add_argument("--log-level", default="INFO", choices=list(log.LEVELS))
     st.set_defaults(func=_study)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    log.setup(getattr(args, "log_level", "INFO"))
     try:
         return args.func(args)
-    except (DataError, ConfigError, ValueError) as e:
+    except QAlignError as e:
         print(f"qalign: error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from . import prompts
-from .io import DataError, read_jsonl, write_jsonl
-from .languages import LANGS, MGSM_LANGS, NON_EN, parse_langs
+from . import benchmarks, prompts
+from .errors import DataError
+from .io import read_jsonl, write_jsonl
+from .languages import LANGS, NON_EN, parse_langs
 
 FETCH = "fetch it with `qalign data download --out DIR` on a machine with internet and set QALIGN_DATA_DIR=DIR"
 
@@ -37,8 +38,7 @@ class Spec:
 
 
 DATASETS: dict[str, Spec] = {
-    "mgsm": Spec("mgsm/{lang}.jsonl", MGSM_LANGS, ("id", "question", "answer"), "mGSM test, 250 per language"),
-    "msvamp": Spec("msvamp/{lang}.jsonl", LANGS, ("id", "question", "answer"), "mSVAMP test, 1000 per language"),
+    **{b.name: Spec(b.path, b.langs, ("id", b.question_field, b.answer_field), b.about) for b in benchmarks.REGISTRY.values()},
     "gsm8k": Spec("gsm8k/{split}.jsonl", ("en",), ("id", "question", "answer"), "GSM8K (English)", ("train", "test")),
     "gsm8kinstruct": Spec(
         "gsm8kinstruct/{lang}.jsonl", LANGS, ("id", "question", "answer"),
@@ -56,7 +56,6 @@ DATASETS: dict[str, Spec] = {
         note="MetaMathQA is not in the offline snapshot",
     ),
 }
-BENCHMARKS = ("mgsm", "msvamp")
 
 
 def spec(dataset: str) -> Spec:
@@ -116,8 +115,8 @@ def read_rows(dataset: str, lang: str = "en", split: str | None = None, root=Non
         for i, row in enumerate(rows):
             row.setdefault("id", i)
     _check_ids(rows, path)
-    if dataset in BENCHMARKS:
-        _check_numeric(rows, path, "answer")
+    if dataset in benchmarks.REGISTRY:
+        _check_numeric(rows, path, benchmarks.get(dataset).answer_field)
     return rows
 
 
@@ -128,15 +127,17 @@ def load(dataset: str, lang: str = "en", split: str | None = None, root=None, li
 
 
 def load_benchmark(benchmark: str, lang: str, root=None, limit: int | None = None) -> Dataset:
-    """A test set (mgsm or msvamp) with fields id, question, answer (gold number as a string)."""
-    if benchmark not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
-    return load(benchmark, lang, root=root, limit=limit)
+    """A test set of the benchmark registry with fields id, question, answer (gold number as a string)."""
+    b = benchmarks.get(benchmark)
+    rows = read_rows(b.name, lang, root=root)
+    rows = [{"id": r["id"], "question": r[b.question_field], "answer": r[b.answer_field]} for r in rows]
+    return Dataset.from_list(rows[:limit] if limit else rows)
 
 
 def gold_answers(benchmark: str, lang: str, root=None) -> dict:
     """id -> gold number (float) for one benchmark language."""
-    return {r["id"]: float(str(r["answer"]).replace(",", "")) for r in read_rows(benchmark, lang, root=root)}
+    field = benchmarks.get(benchmark).answer_field
+    return {r["id"]: float(str(r[field]).replace(",", "")) for r in read_rows(benchmark, lang, root=root)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def check(requirements: dict[str, list[str]] | None = None, root=None) -> tuple[
     ``requirements`` maps a dataset (optionally ``name:split``) to the languages a study needs.
     """
     requirements = requirements or {}
-    cols = list(MGSM_LANGS)
+    cols = list(benchmarks.all_langs())
     header = f"{'dataset':<28}" + "".join(f"{c:>7}" for c in cols)
     lines = [f"data directory: {data_dir(root)}", header, "-" * len(header)]
     for dataset, s in DATASETS.items():

@@ -1,130 +1,122 @@
-"""Evaluation of one system: generations per benchmark and language, then scores with both scorers.
+"""Evaluation of one system: generations per benchmark and language, then scores with every registered scorer.
 
-Layout: ``<eval root>/<benchmark>/<lang>.jsonl`` (appended while generating; a rerun resumes at the first missing
-id), ``<eval root>/<benchmark>/settings.json`` and ``<eval root>/metrics.json``. The eval root of a run is
-``runs/<size>/<run>/eval``; of the base model ``runs/<size>/base/eval``; of any other model (Hub id or path)
-``runs/<size>/models/<name>/eval``.
+Where the files live is :mod:`qalign_lib.layout`'s business (an eval root per run, per base model, per published
+model). Generations are appended per language as they are produced; a rerun resumes at the first missing id. The
+generation settings (model, template, decoding and every parameter declared as ``generated``) are kept beside the
+generations; when they change, the old generations are moved aside.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
 import time
-from pathlib import Path
 
-from . import config, data, modeling, prompts, scoring
+from . import benchmarks as registry
+from . import config, data, layout, log, modeling, prompts, scoring
+from .config import Config
 from .generation import done_ids, generate_to_files
 from .io import read_jsonl, write_json
-from .languages import BENCHMARK_LANGS, MGSM_LANGS, parse_langs
-from .training import is_done, run_dir
+from .errors import RunError
+from .languages import parse_langs
+
+logger = log.get(__name__)
 
 
-def target(cfg: dict, run: str | None = None, model: str | None = None) -> tuple[str, Path]:
-    """(model reference, eval root) for a run name, ``base``, or an explicit model."""
-    if model:
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/")).strip("_")
-        return model, config.runs_dir() / cfg["size"] / "models" / safe / "eval"
-    run = run or "base"
-    if run == "base":
-        return cfg["model"], run_dir(cfg["size"], "base") / "eval"
-    path = run_dir(cfg["size"], run)
-    if not is_done(path):
-        raise modeling.ModelError(f"run {run!r} ({path}) is not finished; train it first")
-    return str(path), path / "eval"
+def target(cfg: Config, run: str | None = None, model: str | None = None) -> layout.EvalRoot:
+    """The eval root (and the model it evaluates) of a run name, ``base``, or an explicit model."""
+    return layout.eval_root(cfg.size, cfg.model, run, model)
 
 
-def _settings(cfg: dict, benchmark: str, model_ref: str) -> dict:
-    return {"model": model_ref, "max_new_tokens": _max_new(cfg, benchmark), "template": prompts.ALPACA_TEMPLATE,
-            "decoding": "greedy"}
+def settings(cfg: Config, benchmark: str, model_ref: str) -> dict:
+    """What determines a benchmark's generations: derived from the parameters declared ``generated``."""
+    out = {"model": model_ref, "template": prompts.ALPACA_TEMPLATE, "decoding": "greedy"}
+    for key in config.params("generated"):
+        out[key] = cfg.max_new(benchmark) if key == "max_new_tokens" else getattr(cfg, key)
+    return out
 
 
-def _max_new(cfg: dict, benchmark: str) -> int:
-    m = cfg["max_new_tokens"]
-    return int(m[benchmark]) if isinstance(m, dict) else int(m)
+def requested(cfg: Config, benchmark: str, langs=None) -> list[str]:
+    """The languages of ``benchmark`` among those asked for (each benchmark takes those it has)."""
+    asked = parse_langs(cfg.eval_langs if langs is None else langs, allowed=registry.all_langs(), what="langs")
+    return [lang for lang in asked if lang in registry.get(benchmark).langs]
 
 
-def evaluate(cfg: dict, run: str | None = None, model: str | None = None, benchmarks=("mgsm", "msvamp"),
+def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benchmarks=None,
              langs=None, limit: int | None = None) -> dict:
     """Generate what is missing and score everything; returns and writes metrics.json."""
     modeling.preflight(cfg)
-    model_ref, root = target(cfg, run, model)
-    limit = cfg.get("eval_limit") if limit is None else limit
-    langs = cfg["eval_langs"] if langs is None else langs
-    requested = parse_langs(langs, allowed=MGSM_LANGS, what="langs")
+    root = target(cfg, run, model)
+    names = registry.parse(benchmarks)
+    limit = cfg.eval_limit if limit is None else limit
     loaded = None
-    metrics = {"model": model_ref, "size": cfg["size"], "limit": limit, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for benchmark in benchmarks:
-        bench_langs = [lang for lang in requested if lang in BENCHMARK_LANGS[benchmark]]  # te: mGSM only
-        settings = _settings(cfg, benchmark, model_ref)
-        settings_path = root / benchmark / "settings.json"
-        if settings_path.is_file():
-            old = json.loads(settings_path.read_text())
-            if old != settings:
-                aside = root / f"{benchmark}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-                print(f"{benchmark}: generation settings changed; moving the old generations to {aside}")
-                os.replace(root / benchmark, aside)
-        write_json(settings_path, settings)
-        questions = {lang: data.load_benchmark(benchmark, lang, limit=limit) for lang in bench_langs}
+    metrics = {"model": root.model, "size": cfg.size, "limit": limit, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for name in names:
+        bench_langs = requested(cfg, name, langs)
+        want = settings(cfg, name, root.model)
+        old = root.read_settings(name)
+        if old is not None and old != want:
+            layout.move_aside(root.bench_dir(name), "generation settings changed")
+        write_json(root.settings(name), want)
+        questions = {lang: data.load_benchmark(name, lang, limit=limit) for lang in bench_langs}
         todo = []  # every missing question of this benchmark, all languages together: fuller batches
         for lang in bench_langs:
-            have = done_ids(root / benchmark / f"{lang}.jsonl")
+            have = done_ids(root.generations(name, lang))
             todo += [{"id": q["id"], "lang": lang, "prompt": prompts.alpaca(q["question"])}
                      for q in questions[lang] if q["id"] not in have]
         if todo:
             if loaded is None:
-                loaded = _load(cfg, model_ref)
-            print(f"{benchmark}: generating {len(todo)} responses ({len(bench_langs)} languages) with {model_ref}")
-            generate_to_files(*loaded, todo, root / benchmark, settings["max_new_tokens"], cfg["eval_batch_size"],
-                              cfg.get("eval_token_budget"), desc=benchmark)
-        rows = [r for lang in bench_langs for r in _rows(root / benchmark / f"{lang}.jsonl", set(questions[lang]["id"]))]
-        gold = {lang: data.gold_answers(benchmark, lang) for lang in bench_langs}
-        metrics[benchmark] = {s: _public(scoring.score_rows(rows, gold, benchmark, s)) for s in scoring.SCORERS}
-    write_json(root / "metrics.json", metrics)
+                loaded = _load(cfg, root.model)
+            logger.info("%s: generating %d responses (%d languages) with %s", name, len(todo), len(bench_langs), root.model)
+            generate_to_files(*loaded, todo, root.bench_dir(name), want["max_new_tokens"], cfg.eval_batch_size,
+                              cfg.eval_token_budget, desc=name)
+        rows = [r for lang in bench_langs for r in generations(root, name, lang, set(questions[lang]["id"]))]
+        gold = {lang: data.gold_answers(name, lang) for lang in bench_langs}
+        metrics[name] = {s: scoring.public(scoring.score_rows(rows, gold, name, s, source=str(root.bench_dir(name))))
+                         for s in scoring.SCORERS}
+    write_json(root.metrics, metrics)
     return metrics
 
 
-def is_complete(cfg: dict, run: str | None = None, model: str | None = None, benchmarks=("mgsm", "msvamp"),
+def is_complete(cfg: Config, run: str | None = None, model: str | None = None, benchmarks=None,
                 langs=None, limit: int | None = None) -> bool:
     """True when metrics.json covers every requested question with the current generation settings."""
     try:
-        model_ref, root = target(cfg, run, model)
-    except modeling.ModelError:
+        root = target(cfg, run, model)
+    except RunError:
         return False
-    if not (root / "metrics.json").is_file():
+    metrics = root.read_metrics()
+    if metrics is None:
         return False
-    metrics = json.loads((root / "metrics.json").read_text())
-    limit = cfg.get("eval_limit") if limit is None else limit
-    requested = parse_langs(cfg["eval_langs"] if langs is None else langs, allowed=MGSM_LANGS, what="langs")
-    for benchmark in benchmarks:
-        settings = root / benchmark / "settings.json"
-        if benchmark not in metrics or not settings.is_file() or json.loads(settings.read_text()) != _settings(cfg, benchmark, model_ref):
+    limit = cfg.eval_limit if limit is None else limit
+    for name in registry.parse(benchmarks):
+        if name not in metrics or root.read_settings(name) != settings(cfg, name, root.model):
             return False
-        want = {lang: len(data.load_benchmark(benchmark, lang, limit=limit)) for lang in requested if lang in BENCHMARK_LANGS[benchmark]}
-        if metrics[benchmark]["reference"]["n"] != want:
+        want = {lang: len(data.load_benchmark(name, lang, limit=limit)) for lang in requested(cfg, name, langs)}
+        if metrics[name].get(scoring.DEFAULT, {}).get("n") != want:
             return False
     return True
 
 
-def _rows(path: Path, wanted: set) -> list[dict]:
-    """The generation rows of ``path`` whose id is among ``wanted`` (the evaluated subset)."""
-    return [r for r in read_jsonl(path, ("lang", "id", "response")) if r["id"] in wanted]
+def generations(root: layout.EvalRoot, benchmark: str, lang: str, wanted: set | None = None) -> list[dict]:
+    """The generation rows of one language whose id is among ``wanted`` (the evaluated subset); [] if none yet."""
+    path = root.generations(benchmark, lang)
+    if not path.is_file():
+        return []
+    rows = read_jsonl(path, ("lang", "id", "response"))
+    return [r for r in rows if wanted is None or r["id"] in wanted]
 
 
-def _public(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "per_question"}
+def load_generations(root: layout.EvalRoot, benchmark: str, langs, limit=None) -> dict[str, list[dict]]:
+    """lang -> generation rows of one eval root (for reports), restricted to the first ``limit`` questions."""
+    out = {}
+    for lang in langs:
+        if root.generations(benchmark, lang).is_file():
+            out[lang] = generations(root, benchmark, lang, set(data.load_benchmark(benchmark, lang, limit=limit)["id"]))
+    return out
 
 
-def _load(cfg: dict, model_ref: str):
+def _load(cfg: Config, model_ref: str):
     import torch
 
-    dtype = cfg["dtype"] if torch.cuda.is_available() else "float32"
+    dtype = cfg.dtype if torch.cuda.is_available() else "float32"
     tokenizer = modeling.load_tokenizer(model_ref, padding_side="left")
     model = modeling.load_model(model_ref, dtype).to(modeling.device())
     return model, tokenizer
-
-
-def load_generations(root: Path, benchmark: str, langs, limit=None) -> dict[str, list[dict]]:
-    """lang -> generation rows of one eval root (for reports)."""
-    return {lang: _rows(root / benchmark / f"{lang}.jsonl", set(data.load_benchmark(benchmark, lang, limit=limit)["id"]))
-            for lang in langs if (root / benchmark / f"{lang}.jsonl").is_file()}

@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
+from .errors import ResultsError
 from .io import append_jsonl, atomic_write
 
 
@@ -79,7 +80,9 @@ def done_ids(path: Path) -> set:
         except json.JSONDecodeError:
             if k == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{k + 1}: corrupt line in the middle of a generations file; delete the file to regenerate it") from None
+            raise ResultsError(f"{path}:{k + 1}: corrupt line in the middle of a generations file; delete the file to regenerate it") from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise ResultsError(f"{path}:{k + 1}: expected a JSON object with an 'id'; delete the file to regenerate it")
         good.append(line if line.endswith("\n") else line + "\n")
         ids.add(row["id"])
     if len(good) != len(lines) or (lines and not lines[-1].endswith("\n")):

@@ -42,8 +42,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .io import DataError, atomic_write, write_jsonl
-from .languages import LANGS, MGSM_LANGS, NAMES, NON_EN
+from . import benchmarks
+from .errors import DataError
+from .io import atomic_write, write_jsonl
+from .languages import LANGS, NAMES, NON_EN
 
 # -----------------------------------------------------------------------------
 # sources (data)
@@ -62,9 +64,9 @@ FLORES_CONFIGS = {"en": "eng_Latn", "bn": "ben_Beng", "th": "tha_Thai", "sw": "s
                   "zh": "cmn_Hans", "de": "deu_Latn", "fr": "fra_Latn", "ru": "rus_Cyrl", "es": "spa_Latn"}
 
 SOURCES: dict[str, Source] = {
-    "mgsm": Source("juletxara/mgsm", ("test",), {lang: lang for lang in MGSM_LANGS},
+    "mgsm": Source("juletxara/mgsm", ("test",), {lang: lang for lang in benchmarks.get("mgsm").langs},
                    data_files="{config}/{split}/*.parquet", revision="refs/convert/parquet"),
-    "msvamp": Source("Mathoctopus/MSVAMP", ("test",), {lang: NAMES[lang] for lang in LANGS},
+    "msvamp": Source("Mathoctopus/MSVAMP", ("test",), {lang: NAMES[lang] for lang in benchmarks.get("msvamp").langs},
                      data_files="test_{config}.json"),
     "gsm8k": Source("openai/gsm8k", ("train", "test"), {"": "main"}),
     "gsm8kinstruct": Source("Mathoctopus/GSM8KInstruct_Parallel", ("train",), {"": None}),
@@ -344,10 +346,9 @@ def load_rows(src: Source, config: str | None, split: str) -> list[dict]:
 
 def _outputs(key: str, fetch) -> dict[str, list]:
     """{relative path: rows (.jsonl) or lines (.txt)} of one dataset key; fetch(key, lang, split) -> hub rows."""
-    if key == "mgsm":
-        return {f"mgsm/{lang}.jsonl": normalize_mgsm(fetch(key, lang, "test"), f"mgsm {lang}") for lang in MGSM_LANGS}
-    if key == "msvamp":
-        return {f"msvamp/{lang}.jsonl": normalize_msvamp(fetch(key, lang, "test"), f"msvamp {lang}") for lang in LANGS}
+    if key in benchmarks.REGISTRY:
+        b, normalize = benchmarks.get(key), {"mgsm": normalize_mgsm, "msvamp": normalize_msvamp}[key]
+        return {b.path.format(lang=lang): normalize(fetch(key, lang, "test"), f"{key} {lang}") for lang in b.langs}
     if key == "gsm8k":
         return {f"gsm8k/{s}.jsonl": normalize_gsm8k(fetch(key, "", s), f"gsm8k {s}") for s in ("train", "test")}
     if key == "gsm8kinstruct":

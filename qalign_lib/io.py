@@ -8,9 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-
-class DataError(ValueError):
-    """Bad or missing input data. The message names the file, the line or field, and the fix."""
+from .errors import DataError
 
 
 @contextlib.contextmanager

@@ -1,9 +1,11 @@
-"""The one language registry of the project.
+"""The one language registry of the project: ISO 639-1 codes and their English names.
 
-ISO 639-1 codes, with the English names exactly as the paper's prompts spell them
-("Translate the following sentences from German to English. ...").
+``NAMES`` spells the languages as people read them (tables, figures, prompts of the stage-1 instruction).
+Which benchmark has which language is declared in :mod:`qalign_lib.benchmarks`.
 """
 from __future__ import annotations
+
+from .errors import ConfigError
 
 NAMES: dict[str, str] = {
     "bn": "Bengali",
@@ -23,10 +25,7 @@ NAMES: dict[str, str] = {
 LANGS: tuple[str, ...] = ("bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es", "en")
 # The nine non-English languages of question alignment (stage 1).
 NON_EN: tuple[str, ...] = tuple(lang for lang in LANGS if lang != "en")
-# mGSM also has Telugu; it is reported but never part of an average.
-MGSM_LANGS: tuple[str, ...] = LANGS + ("te",)
-
-BENCHMARK_LANGS: dict[str, tuple[str, ...]] = {"mgsm": MGSM_LANGS, "msvamp": LANGS}
+KNOWN: tuple[str, ...] = tuple(NAMES)
 
 
 def name(code: str) -> str:
@@ -34,32 +33,28 @@ def name(code: str) -> str:
     try:
         return NAMES[code]
     except KeyError:
-        raise ValueError(f"unknown language code {code!r}: known codes are {' '.join(NAMES)}") from None
+        raise ConfigError(f"unknown language code {code!r}: known codes are {' '.join(NAMES)}") from None
 
 
-def parse_langs(value, allowed=MGSM_LANGS, what: str = "langs") -> list[str]:
+def parse_langs(value, allowed=KNOWN, what: str = "langs") -> list[str]:
     """Parse ``"de,zh"`` / ``["de", "zh"]`` / ``"all"`` / ``"non_en"`` into a list of known codes.
 
-    Raises ValueError naming the parameter and the allowed codes for anything unknown.
+    Raises ConfigError naming the parameter and the allowed codes for anything unknown.
     """
     if value is None:
-        raise ValueError(f"{what}: no languages given; use a comma-separated list such as 'de,zh', 'all' or 'non_en'")
+        raise ConfigError(f"{what}: no languages given; use a comma-separated list such as 'de,zh', 'all' or 'non_en'")
     if isinstance(value, str):
         key = value.strip().lower()
         if key == "all":
-            return [lang for lang in LANGS if lang in allowed]
+            return [lang for lang in (*LANGS, *[a for a in allowed if a not in LANGS]) if lang in allowed]
         if key in ("non_en", "non-en", "x"):
             return [lang for lang in NON_EN if lang in allowed]
         items = [v.strip() for v in value.split(",") if v.strip()]
     else:
         items = [str(v).strip() for v in value]
     if not items:
-        raise ValueError(f"{what}: empty language list")
+        raise ConfigError(f"{what}: empty language list")
     bad = [v for v in items if v not in allowed]
     if bad:
-        raise ValueError(f"{what}: unknown or unsupported language code(s) {', '.join(bad)}; allowed: {' '.join(allowed)}")
-    seen: list[str] = []
-    for v in items:
-        if v not in seen:
-            seen.append(v)
-    return seen
+        raise ConfigError(f"{what}: unknown or unsupported language code(s) {', '.join(bad)}; allowed: {' '.join(allowed)}")
+    return list(dict.fromkeys(items))

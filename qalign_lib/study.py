@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import config, data
-from .config import ConfigError
-from .languages import BENCHMARK_LANGS
+from . import benchmarks as registry
+from . import config, data, layout
+from .config import Config
+from .errors import ConfigError
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Run:
 class Study:
     name: str
     size: str
-    cfg: dict
+    cfg: Config
     runs: dict[str, Run]
     systems: dict[str, str]  # display name -> run name ("base" = the untrained model)
     benchmarks: list[str]
@@ -52,15 +53,14 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
         where = f"{path}: run {run_name!r}"
         if not isinstance(spec, dict) or spec.get("stage") not in (1, 2):
             raise ConfigError(f"{where}: needs 'stage: 1' or 'stage: 2'")
-        if run_name == "base":
-            raise ConfigError(f"{where}: 'base' is reserved for the untrained model")
+        layout.check_name(run_name, f"{path}: run name")
         if spec["stage"] == 1:
             tasks = [spec.get("task", "x2en_question")]
             if tasks[0] not in data.STAGE1_TASKS:
                 raise ConfigError(f"{where}: unknown stage-1 task {tasks[0]!r}; choose one of {', '.join(data.STAGE1_TASKS)}")
-            langs = data.task_langs(tasks[0], spec.get("langs", cfg["stage1_langs"]))
+            langs = data.task_langs(tasks[0], spec.get("langs", cfg.stage1_langs))
         else:
-            tasks = spec.get("data", cfg["stage2_data"])
+            tasks = spec.get("data", cfg.stage2_data)
             tasks = [tasks] if isinstance(tasks, str) else list(tasks)
             bad = [t for t in tasks if t not in data.STAGE2_DATA]
             if bad:
@@ -74,10 +74,7 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
     for system, run_name in systems.items():
         if run_name != "base" and run_name not in runs and not str(run_name).startswith("model:"):
             raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}")
-    benchmarks = list(raw.get("benchmarks") or data.BENCHMARKS)
-    for b in benchmarks:
-        if b not in data.BENCHMARKS:
-            raise ConfigError(f"{path}: unknown benchmark {b!r}; choose from {', '.join(data.BENCHMARKS)}")
+    benchmarks = registry.parse(raw.get("benchmarks"), what=f"{path}: benchmarks")
     study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), raw.get("groups") or {}, str(path))
     order(study)  # validates that there is no cycle
     return study
@@ -128,7 +125,7 @@ def requirements(study: Study, runs: list[str] | None = None) -> dict[str, list[
             need.setdefault(key, [])
             need[key] += [lang for lang in langs if lang not in need[key]]
     for b in study.benchmarks:
-        need[b] = [lang for lang in study.cfg["eval_langs"] if lang in BENCHMARK_LANGS[b]]
+        need[b] = [lang for lang in study.cfg.eval_langs if lang in registry.get(b).langs]
     return need
 
 

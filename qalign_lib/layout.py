@@ -1,0 +1,199 @@
+"""The run layout: the one module that knows where runs, evaluations and executed notebooks live.
+
+::
+
+    runs/<size>/<run>/             a training run (RunDir)
+        run.json                   the resolved config, data, init and fingerprint
+        train.jsonl                exactly the examples it is trained on
+        checkpoints/               Trainer checkpoints (removed once the run is finished)
+        train_log.jsonl, loss.png  loss and learning rate per optimizer step, and its curve
+        tensorboard/               the experiment-tracking log (report_to: tensorboard)
+        launch.log                 output of the accelerate workers (multi-process runs)
+        model/                     the final model and tokenizer
+        DONE                       written last, holding the fingerprint
+        eval/                      its evaluation (EvalRoot)
+    runs/<size>/base/eval/         evaluation of the size's untrained base model
+    runs/<size>/models/<id>/eval/  evaluation of any other model (a published checkpoint, a path)
+    runs/<size>/notebooks/         notebooks executed by `qalign study`
+    <eval root>/<benchmark>/<lang>.jsonl, <benchmark>/settings.json, metrics.json
+
+Run names are plain names (letters, digits, ``._+-``, not starting with a dot); ``base``, ``models`` and
+``notebooks`` are reserved. Every path built here resolves inside its root. Replacing a finished run or stale
+generations moves them aside (``<name>.replaced-<time>``), never deletes them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import figures_dir, runs_dir
+from .errors import ConfigError, ResultsError, RunError
+
+NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
+RESERVED = ("base", "models", "notebooks")
+
+
+def check_name(name: str, what: str = "run_name") -> str:
+    if not isinstance(name, str) or not NAME.match(name) or name.endswith(".") or ".replaced-" in name:
+        raise ConfigError(f"{what}={name!r}: a run name is a plain name of letters, digits and ._+- (not starting "
+                          "with a dot, no slashes), e.g. s1-x2en_question")
+    if name in RESERVED:
+        raise ConfigError(f"{what}={name!r} is reserved ({', '.join(RESERVED)}); choose another name")
+    return name
+
+
+def _inside(path: Path, root: Path) -> Path:
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(f"{path} resolves outside {root}; refusing to write there")
+    return path
+
+
+def size_root(size: str) -> Path:
+    check_name(size, "size")
+    return _inside(runs_dir() / size, runs_dir())
+
+
+@dataclass(frozen=True)
+class EvalRoot:
+    """Where one system's generations and metrics live."""
+    path: Path
+    model: str  # the model reference it evaluates
+
+    def bench_dir(self, benchmark: str) -> Path:
+        return self.path / benchmark
+
+    def generations(self, benchmark: str, lang: str) -> Path:
+        return self.path / benchmark / f"{lang}.jsonl"
+
+    def settings(self, benchmark: str) -> Path:
+        return self.path / benchmark / "settings.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    def read_metrics(self) -> dict | None:
+        return read_json(self.metrics) if self.metrics.is_file() else None
+
+    def read_settings(self, benchmark: str) -> dict | None:
+        path = self.settings(benchmark)
+        return read_json(path) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One training run's directory."""
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    model = property(lambda self: self.path / "model")
+    model_tmp = property(lambda self: self.path / ".model-tmp")
+    run_json = property(lambda self: self.path / "run.json")
+    train_jsonl = property(lambda self: self.path / "train.jsonl")
+    train_log = property(lambda self: self.path / "train_log.jsonl")
+    loss_png = property(lambda self: self.path / "loss.png")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    done_marker = property(lambda self: self.path / "DONE")
+
+    def launch_log(self, machine: int = 0) -> Path:
+        return self.path / (f"launch.machine{machine}.log" if machine else "launch.log")
+
+    @property
+    def eval(self) -> EvalRoot:
+        return EvalRoot(self.path / "eval", str(self.path))
+
+    def is_done(self) -> bool:
+        return self.done_marker.is_file() and (self.model / "config.json").is_file()
+
+    def meta(self) -> dict:
+        """run.json; errors name the file."""
+        if not self.run_json.is_file():
+            raise RunError(f"run {self.name!r} ({self.path}) has no run.json: it was never prepared; train it first")
+        return read_json(self.run_json)
+
+    def fingerprint(self) -> str | None:
+        return self.meta().get("fingerprint") if self.run_json.is_file() else None
+
+    def mark_done(self) -> None:
+        from .io import atomic_write
+
+        with atomic_write(self.done_marker) as f:
+            f.write(self.meta()["fingerprint"] + "\n")
+
+    def require_done(self) -> "RunDir":
+        if not self.is_done():
+            raise RunError(f"run {self.name!r} ({self.path}) is not finished; train it first (its notebook or `qalign study`)")
+        return self
+
+
+def run(size: str, name: str) -> RunDir:
+    check_name(name)
+    return RunDir(_inside(size_root(size) / name, runs_dir()))
+
+
+def base_eval(size: str, model: str) -> EvalRoot:
+    return EvalRoot(size_root(size) / "base" / "eval", model)
+
+
+def model_eval(size: str, model: str) -> EvalRoot:
+    """Eval root of a model given by Hub id or path: runs/<size>/models/<sanitised id>/eval."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model).strip("/")).strip("_.")
+    if not safe:
+        raise ConfigError(f"model={model!r}: give a Hub id (owner/name) or a local path")
+    return EvalRoot(_inside(size_root(size) / "models" / safe / "eval", runs_dir()), str(model))
+
+
+def eval_root(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> EvalRoot:
+    """The eval root of a run name, ``base`` (the size's model) or an explicit model; a run must be finished."""
+    if model:
+        return model_eval(size, model)
+    if run_name in (None, "base"):
+        return base_eval(size, base_model)
+    return run(size, run_name).require_done().eval
+
+
+def notebooks_dir(size: str) -> Path:
+    return size_root(size) / "notebooks"
+
+
+def report_dir(size: str) -> Path:
+    check_name(size, "size")
+    return figures_dir() / size
+
+
+def move_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` to ``<name>.replaced-<time>`` beside it (never deleted); returns the new path."""
+    from . import log
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.replaced-{stamp}")
+    k = 1
+    while aside.exists():
+        k += 1
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{k}")
+    log.get(__name__).info("%s: %s; moving the old one to %s", path.name, why, aside)
+    os.replace(path, aside)
+    return aside
+
+
+def read_json(path: Path) -> dict:
+    """A JSON results file; errors name it and say how to repair it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: cannot be read ({e})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); delete it and rerun to rebuild it") from None
+    if not isinstance(obj, dict):
+        raise ResultsError(f"{path}: expected a JSON object; delete it and rerun to rebuild it")
+    return obj
