@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 export QALIGN_DATA_DIR ?= $(CURDIR)/data
 export PYTHONUNBUFFERED := 1
 
-.PHONY: study test venv data-check bench wheels clean-runs
+.PHONY: study test test-fast venv data-check bench wheels clean-runs notebooks-clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,15 @@ study: venv            ## the tiny study: train, evaluate, report -> figures/tin
 	$(VENV)/bin/qalign data check --study tiny
 	$(VENV)/bin/qalign study --study tiny
 
-test: venv             ## the test suite on CPU
-	$(PY) -m pytest -q
+test: venv             ## the whole test suite on CPU: fast unit tests, then the slow integration tier
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+test-fast: venv        ## the inner loop: unit tests only (synthetic data, tiny random LLaMA; no shared data needed)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+notebooks-clean: venv  ## strip outputs and execution counts after editing notebooks in JupyterLab (tests check it)
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 data-check: venv
 	$(VENV)/bin/qalign data check --study tiny

@@ -22,15 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import config
+from . import config, layout, log
+from .config import Config
+from .errors import ConfigError, LaunchError
+from .training import fit
 
+logger = log.get(__name__)
 NODE_ENV = {"MACHINE_RANK": "--machine_rank", "MAIN_PROCESS_IP": "--main_process_ip",
             "MAIN_PROCESS_PORT": "--main_process_port"}
 LAUNCHER_ERRORS = ("ChildFailedError", "CalledProcessError")  # the launcher saying that a worker failed
-
-
-class LaunchError(RuntimeError):
-    """Multi-process training failed: the worker's own error, the exit code and the path of the full log."""
 
 
 def launch_configs() -> dict[str, Path]:

@@ -144,8 +144,7 @@ def training_args(cfg: config.Config, out: Path, world_size: int = 1):
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        report_to=report_to(cfg),
-        logging_dir=str(run.tensorboard),
+        report_to=report_to(cfg),  # TensorBoard writes to the run directory: see make_trainer
         dataset_num_proc=None,
         # under `accelerate launch` with DeepSpeed, DeepSpeed picks the device itself (DS_ACCELERATOR=cpu on a CPU)
         use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
@@ -214,8 +213,12 @@ def make_trainer(out: Path, callbacks=()):
     run = layout.RunDir(Path(out))
     _, cfg, tokenizer, model, rows = load_for_training(run.path)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return SFTTrainer(model=model, args=training_args(cfg, run.path, world), train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer, callbacks=[_loss_logger(run.train_log), *callbacks])
+    trainer = SFTTrainer(model=model, args=training_args(cfg, run.path, world), train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, callbacks=[_loss_logger(run.train_log), *callbacks])
+    for callback in trainer.callback_handler.callbacks:  # transformers 5 logs under output_dir (checkpoints/, removed
+        if type(callback).__name__ == "TensorBoardCallback":  # at the end) unless told: keep it in the run directory
+            callback.logging_dir = str(run.tensorboard)
+    return trainer
 
 
 def last_checkpoint(out: Path) -> str | None:

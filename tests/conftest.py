@@ -48,17 +48,23 @@ def _isolated_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("QALIGN_FIGURES_DIR", str(tmp_path / "figures"))
 
 
+# where a test that forgot its temporary directories would write: the outputs (ignored by git, so listed with
+# --ignored), the notebooks it executes and the parameter files it configures
+WATCHED = ("runs", "figures", "notebooks", "params", "data")
+
+
 def _tree_state() -> str | None:
     try:
-        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout
+        return subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", *WATCHED],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None  # not a git checkout
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _repository_untouched():
-    """Tests never write into the repository: its git status is the same after the session as before."""
+    """Tests never write into the repository: the git status of the watched folders (ignored files included) is the
+    same after the session as before."""
     before = _tree_state()
     yield
     after = _tree_state()
