@@ -1,0 +1,277 @@
+"""The study report: every table and figure of a study, written to ``figures/<size>/`` with an index README.md.
+
+What the report contains is declared data, :data:`ITEMS`: each item names its files, the group of the study whose
+systems it shows (``params/study*.yaml``: ``groups``), the table builder (:mod:`qalign_lib.tables`), its caption and
+optionally a figure (:mod:`qalign_lib.figures`). An item whose name holds ``{bench}`` is written once per benchmark
+of the study. This module only decides file names and writes: tables as CSV and Markdown through an atomic write,
+figures through :func:`qalign_lib.figures.save`.
+
+Outputs (``<table_id>`` is the benchmark registry's ``table`` without spaces, e.g. "Table 2" -> ``table2``):
+
+* ``<table_id>_<bench>.{csv,md,png}``  accuracy per language with the averages (group ``main``)
+* ``<table_id>_<bench>_ci.{csv,md}``, ``accuracy_<bench>.png``  the same with 95% bootstrap CIs, as bars
+* ``paired_<bench>.{csv,md}``  the second system of group ``consistency`` against the first, per language
+* ``table4_ablation.{csv,md}``  stage-1 ablations, averages with CIs (group ``ablation``)
+* ``figure2_mixed.{csv,md,png}``  mixed supervision, averages with CIs (group ``mixed``)
+* ``figure3_consistency.{csv,md,png}``  cross-lingual consistency with English (group ``consistency``)
+* ``paper_vs_us.{csv,md}``  our averages beside the paper's (params/paper.yaml)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from . import benchmarks as registry
+from . import figures, layout, log, scoring, tables
+from . import results as collected_results
+from .io import atomic_write
+from .languages import name as language_name
+from .study import Study
+
+logger = log.get(__name__)
+
+MAIN = "main"  # the group of Tables 2-3; a study without groups shows every system there
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str                                   # file stem (a template, like Item.name)
+    draw: Callable[[pd.DataFrame, str], object]  # (the item's table, title) -> matplotlib Figure
+    title: str                                  # template
+
+
+@dataclass(frozen=True)
+class Item:
+    """One table of the report (CSV + Markdown), and optionally a figure drawn from it.
+
+    ``name``, ``caption`` and the figure's name and title are templates filled with :meth:`Context.fields` and the
+    table's ``attrs``. ``build(ctx, benchmark)`` returns the table, or None where the item does not apply to the
+    study. An empty table is written as "_no results_" unless ``keep_empty`` is False (then nothing is written).
+    """
+    name: str
+    group: str | None  # the study group whose systems it shows; None: not tied to a group (always written)
+    build: Callable[["Context", str | None], pd.DataFrame | None]
+    caption: str
+    digits: int = 1
+    keep_empty: bool = True
+    figure: Figure | None = None
+
+    @property
+    def per_benchmark(self) -> bool:
+        return "{bench}" in self.name
+
+
+@dataclass
+class Context:
+    """What the builders read: the study, its rescored results, and the accuracy tables of every system."""
+    study: Study
+    results: dict
+    absent: dict
+    extra_models: tuple = ()
+    n_boot: int = 10_000
+    scorer: str = scoring.DEFAULT
+    wide: dict = field(default_factory=dict)  # benchmark -> wide accuracy table of every system with results
+    long: dict = field(default_factory=dict)  # benchmark -> the same with CIs (long format)
+
+    def __post_init__(self):
+        for b in self.study.benchmarks:  # CIs once per system and benchmark; each table takes its rows
+            self.wide[b], self.long[b] = tables.accuracy_table(self.results, list(self.results), b, self.n_boot)
+
+    def applies(self, item: Item) -> bool:
+        return item.group in (None, MAIN) or item.group in (self.study.groups or {})
+
+    def members(self, group: str | None) -> list[str]:
+        """The systems a group declares (``main`` also takes the extra models); None: every system."""
+        return members(self.study, group, self.extra_models)
+
+    def present(self, group: str | None) -> list[str]:
+        return [x for x in self.members(group) if x in self.results]
+
+    def note(self, group: str | None) -> str:
+        if group is None:
+            return ""
+        lines = "".join(f"\n- {x}: {self.absent[x]}" for x in self.members(group) if x in self.absent)
+        return f"\n\nNot in the table:{lines}" if lines else ""
+
+    def fields(self, benchmark: str | None) -> dict:
+        s = self.study
+        n_avg = {len(registry.get(b).averaged) for b in s.benchmarks}
+        out = {"size": s.size, "scorer": self.scorer,
+               "n_avg": f"{n_avg.pop()}-language" if len(n_avg) == 1 else "averaged-language"}
+        if benchmark is not None:
+            b = registry.get(benchmark)
+            out.update(bench=b.name, display=b.display, table=b.table or f"{b.display} table",
+                       table_id=b.table.lower().replace(" ", "") or "table", averaged=_averaged_note(b))
+        return out
+
+
+def members(study: Study, group: str | None, extra_models=()) -> list[str]:
+    """The systems of one group of a study, in the order declared: ``main`` (every system where the study declares
+    no groups) also takes the extra models; None: every system and extra model."""
+    every = list(collected_results.systems(study, extra_models))
+    if group is None:
+        return every
+    groups = study.groups or {}
+    if group == MAIN:
+        return list(groups.get(MAIN, study.systems)) + [collected_results.extra_system(m) for m in extra_models]
+    return list(groups.get(group, []))
+
+
+def _averaged_note(b: registry.Benchmark) -> str:
+    text = f"Avg = mean over the {len(b.averaged)} languages" + (" (English included)" if "en" in b.averaged else "")
+    if b.extra:
+        text += ", " + " and ".join(language_name(lang) for lang in b.extra) + " not averaged"
+    return text + "; Avg non-En = the same without English"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Builders: the rows of each item, from the context
+
+
+def _accuracy(ctx: Context, b: str) -> pd.DataFrame:
+    wide = ctx.wide[b]
+    return wide.loc[[x for x in ctx.present(MAIN) if x in wide.index]]
+
+
+def _accuracy_ci(ctx: Context, b: str) -> pd.DataFrame:
+    long = ctx.long[b]
+    return long[long["system"].isin(ctx.present(MAIN))].set_index(["system", "lang"])
+
+
+def _paired(ctx: Context, b: str) -> pd.DataFrame | None:
+    pair = ctx.members("consistency")
+    if len(pair) != 2:  # the paired tests compare exactly two systems
+        return None
+    tests = tables.paired_tests(ctx.results, pair[0], pair[1], b, ctx.n_boot)
+    tests = tests.set_index("lang") if len(tests) else tests
+    tests.attrs.update(a=pair[0], b=pair[1])
+    return tests
+
+
+def _ablation(ctx: Context, _) -> pd.DataFrame:
+    return tables.average_table(ctx.long, ctx.present("ablation"))
+
+
+def _mixed(ctx: Context, _) -> pd.DataFrame:
+    return tables.averages(ctx.long, ctx.present("mixed")).set_index(["benchmark", "system"])
+
+
+def _consistency(ctx: Context, _) -> pd.DataFrame:
+    frames = [tables.consistency(ctx.results, ctx.present("consistency"), b).assign(benchmark=registry.get(b).display)
+              for b in ctx.study.benchmarks]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).set_index(["benchmark", "system", "lang"])
+
+
+def _paper_vs_us(ctx: Context, _) -> pd.DataFrame:
+    pvu = tables.paper_vs_us(ctx.long, ctx.study.size)
+    source = pvu.attrs["source"]
+    pvu = pvu.set_index("system") if len(pvu) else pvu
+    pvu.attrs["source"] = source
+    return pvu
+
+
+def _bars_per_language(table: pd.DataFrame, title: str):
+    long = table.reset_index()
+    return figures.bars(long[long["lang"] != tables.AVG_NON_EN], title)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report, declared
+
+ITEMS: tuple[Item, ...] = (
+    Item("{table_id}_{bench}", MAIN, _accuracy,
+         "**{table}: {display} accuracy (%)**, {scorer} scorer, 95% bootstrap CIs in `{table_id}_{bench}_ci.csv`; {averaged}.",
+         figure=Figure("{table_id}_{bench}", figures.table_heatmap, "{display} accuracy (%) — size {size}")),
+    Item("{table_id}_{bench}_ci", MAIN, _accuracy_ci,
+         "**{table}: {display} accuracy (%) with 95% bootstrap CIs**, {scorer} scorer; {averaged}.", digits=2,
+         figure=Figure("accuracy_{bench}", _bars_per_language, "{display} accuracy per language, 95% CI — size {size}")),
+    Item("table4_ablation", "ablation", _ablation,
+         "**Table 4: stage-1 data ablations**, each followed by the same stage 2; {n_avg} averages (%) with 95% CIs, "
+         "{scorer} scorer."),
+    Item("figure2_mixed", "mixed", _mixed,
+         "**Figure 2: mixed supervision**, {n_avg} averages (%) with 95% CIs, {scorer} scorer.", keep_empty=False,
+         figure=Figure("figure2_mixed", lambda t, title: figures.bars(t.reset_index(), title, x="benchmark"),
+                       "Mixed supervision — size {size}")),
+    Item("paired_{bench}", "consistency", _paired,
+         "**{b} vs {a} on {display}**, per language: difference (points) with 95% paired-bootstrap CI, paired-bootstrap "
+         "p, McNemar p (exact below 25 discordant pairs) and Holm-adjusted McNemar p ({scorer} scorer).", digits=3),
+    Item("figure3_consistency", "consistency", _consistency,
+         "**Figure 3: cross-lingual prediction consistency with English.** jaccard = |C_en ∩ C_x| / |C_en ∪ C_x| over "
+         "the questions answered correctly (%); agreement = share of questions whose predicted numbers agree (%).",
+         keep_empty=False,
+         figure=Figure("figure3_consistency", lambda t, title: figures.consistency_grid(t.reset_index(), title),
+                       "Cross-lingual consistency with English — size {size}")),
+    Item("paper_vs_us", None, _paper_vs_us,
+         "**Paper vs us**: {n_avg} averages (%); ours with 95% bootstrap CIs ({scorer} scorer). Paper numbers: "
+         "{source} (params/paper.yaml)."),
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _save_table(frame: pd.DataFrame, stem: Path, caption: str, digits: int = 1) -> Path:
+    """``<stem>.csv`` and ``<stem>.md`` (caption, then the table rounded to ``digits``), each written atomically;
+    returns the Markdown file."""
+    stem = Path(stem)
+    with atomic_write(stem.with_name(stem.name + ".csv")) as f:
+        frame.to_csv(f)
+    flat = frame.reset_index() if frame.index.nlevels > 1 or frame.index.name else frame
+    body = flat.round(digits).to_markdown(index=flat is frame) if len(frame) else "_no results_"
+    md = stem.with_name(stem.name + ".md")
+    with atomic_write(md) as f:
+        f.write(f"{caption}\n\n{body}\n")
+    return md
+
+
+def _write_index(study: Study, out: Path, written: dict[str, Path], absent: dict) -> Path:
+    lines = [f"# Report: study {study.name}, size {study.size}\n", f"{study.caption}\n" if study.caption else "",
+             "| output | file |", "|---|---|"] + [f"| {k} | `{Path(p).name}` |" for k, p in written.items()]
+    if absent:
+        lines += ["", "Systems without results:"] + [f"- {k}: {v}" for k, v in absent.items()]
+    path = out / "README.md"
+    with atomic_write(path) as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def write_report(study: Study, out_dir: Path | None = None, extra_models=(), n_boot: int = 10_000, *,
+                 scorer: str = scoring.DEFAULT, collected: tuple[dict, dict] | None = None) -> dict[str, Path]:
+    """Write every item of :data:`ITEMS` that applies to ``study`` into ``out_dir`` (default ``figures/<size>/``),
+    then the index README.md. Returns output name -> path: each table's Markdown file under the table's name,
+    each figure under ``<figure name>_png``.
+
+    ``collected`` is :func:`qalign_lib.results.collect`'s ``(results, absent)`` when already computed (for the same
+    scorer and extra models); else the systems are rescored here.
+    """
+    out = Path(out_dir) if out_dir is not None else layout.report_dir(study.size)
+    extra = tuple(extra_models)
+    results, absent = collected if collected is not None else collected_results.collect(study, scorer, extra)
+    ctx = Context(study, results, absent, extra, n_boot, scorer)
+    tail = f" _{study.caption}_" if study.caption else ""
+    written: dict[str, Path] = {}
+    for item in ITEMS:
+        if not ctx.applies(item):
+            continue
+        for b in study.benchmarks if item.per_benchmark else [None]:
+            table = item.build(ctx, b)
+            if table is None or (not len(table) and not item.keep_empty):
+                continue
+            fields = {**ctx.fields(b), **table.attrs}
+            name = item.name.format(**fields)
+            caption = item.caption.format(**fields) + tail + ctx.note(item.group)
+            written[name] = _save_table(table, out / name, caption, item.digits)
+            if item.figure is not None and len(table):
+                fig_name = item.figure.name.format(**fields)
+                fig = item.figure.draw(table, item.figure.title.format(**fields))
+                written[f"{fig_name}_png"] = figures.save(fig, out / f"{fig_name}.png")
+    _write_index(study, out, written, absent)
+    logger.info("report: %d outputs in %s (%d systems, %d absent)", len(written), out, len(results), len(absent))
+    return written
