@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -213,16 +214,15 @@ def _check(tp, value, p: Param):
                 raise _Bad from None
         raise _Bad
     if tp is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _Bad
-        if isinstance(value, (int, float)):
-            return _range(float(value), p)
-        if isinstance(value, str):
-            try:
-                return _range(float(value.strip()), p)
-            except ValueError:
-                raise _Bad from None
-        raise _Bad
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            raise _Bad from None
+        if not math.isfinite(number):  # nan passes every range comparison
+            raise _Bad
+        return _range(number, p)
     if tp is str:
         if isinstance(value, str):
             return value

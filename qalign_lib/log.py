@@ -56,16 +56,22 @@ def setup(level: str | int = "INFO") -> logging.Logger:
     logger = logging.getLogger(ROOT)
     logger.setLevel(level)
     logger.propagate = False
-    ours = [h for h in logger.handlers if getattr(h, "_qalign", False)]
-    if not ours:
-        handler = logging.StreamHandler(sys.stdout)
-        handler._qalign = True  # type: ignore[attr-defined]
-        handler.setFormatter(_Format("%(message)s"))
-        handler.addFilter(_MainProcessOnly())
-        logger.addHandler(handler)
-    else:  # a notebook kernel may have replaced sys.stdout since the first call
-        ours[0].setStream(sys.stdout)
+    if not any(getattr(h, "_qalign", False) for h in logger.handlers):
+        logger.addHandler(_handler(_Format("%(message)s")))
     return logger
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time of the record (a notebook kernel or pytest may replace it)."""
+    stream = property(lambda self: sys.stdout, lambda self, value: None)
+
+
+def _handler(formatter: logging.Formatter) -> logging.Handler:
+    handler = _Stdout()
+    handler._qalign = True  # type: ignore[attr-defined]
+    handler.setFormatter(formatter)
+    handler.addFilter(_MainProcessOnly())
+    return handler
 
 
 def attach(name: str, level: int = logging.INFO) -> None:
@@ -73,9 +79,5 @@ def attach(name: str, level: int = logging.INFO) -> None:
     other = logging.getLogger(name)
     other.setLevel(level)
     if not any(getattr(h, "_qalign", False) for h in other.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler._qalign = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.addFilter(_MainProcessOnly())
-        other.addHandler(handler)
+        other.addHandler(_handler(logging.Formatter("%(message)s")))
         other.propagate = False

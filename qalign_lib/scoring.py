@@ -59,8 +59,13 @@ def extract_strict(text: str) -> float | None:
     return float(found[-1]) if found else None
 
 
-SCORERS: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT = "reference"
+
+
+def __getattr__(name: str):
+    if name == "SCORERS":  # the registered scorers' names, read at use: a scorer registered later is included
+        return tuple(REGISTRY)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name: str) -> Scorer:

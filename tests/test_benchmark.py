@@ -5,9 +5,25 @@ import json
 import pytest
 
 from qalign_lib import benchmark
+from tests.synthetic import make_data_dir
 
 
-def test_benchmark_smoke(real_data, tmp_path):
+@pytest.fixture
+def varied_data(tmp_path, monkeypatch):
+    """Synthetic data whose GSM8K answers differ in length (the synthetic ones are nearly all alike), so that the
+    reference recipe's padded batches do hold padding."""
+    root = make_data_dir(tmp_path / "data")
+    path = root / "gsm8k" / "train.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for i, row in enumerate(rows):
+        row["answer"] = "Let us think. " * (i % 9) + row["answer"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(root))
+    return root
+
+
+@pytest.mark.slow
+def test_benchmark_smoke(varied_data, tmp_path):
     s = benchmark.settings("cpu", models="tiny-random", repeats=2, warmup_steps=1, train_steps=2, train_batch_size=4,
                            max_length=256, gen_langs="en,de", gen_per_lang=3, max_new_tokens=4, gen_batch_size=4)
     results = benchmark.run(s, tmp_path / "bench")

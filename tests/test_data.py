@@ -3,24 +3,35 @@ import json
 import pytest
 from datasets import Dataset
 
-from qalign_lib import data, languages
+from qalign_lib import benchmarks, data, languages
+from qalign_lib.errors import ConfigError
 from qalign_lib.io import DataError
+from tests.synthetic import N_BENCH, N_TRAIN, make_data_dir, numbers
 
 
 def test_language_registry():
     assert languages.LANGS == ("bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es", "en")
     assert [languages.name(c) for c in languages.LANGS] == [
         "Bengali", "Thai", "Swahili", "Japanese", "Chinese", "German", "French", "Russian", "Spanish", "English"]
-    assert languages.MGSM_LANGS[-1] == "te" and "en" not in languages.NON_EN
+    assert benchmarks.get("mgsm").langs[-1] == "te" and "en" not in languages.NON_EN
+    assert benchmarks.get("mgsm").extra == ("te",) and benchmarks.get("msvamp").langs == languages.LANGS
     assert languages.parse_langs("de, zh,de") == ["de", "zh"]
     assert languages.parse_langs("non_en") == list(languages.NON_EN)
-    with pytest.raises(ValueError, match="unknown or unsupported language code.*xx"):
+    with pytest.raises(ConfigError, match="unknown or unsupported language code.*xx"):
         languages.parse_langs("de,xx")
+    with pytest.raises(ConfigError, match="unknown language code 'xx'"):
+        languages.name("xx")
+
+
+def test_datasets_cover_the_benchmark_registry():
+    for b in benchmarks.REGISTRY.values():
+        assert data.DATASETS[b.name].langs == b.langs and data.DATASETS[b.name].path == b.path
 
 
 def test_real_data_loaders(real_data):
     mgsm = data.load_benchmark("mgsm", "te")
-    assert isinstance(mgsm, Dataset) and len(mgsm) == 250 and mgsm[0]["answer"] == "18" or mgsm[0]["id"] == 0
+    assert isinstance(mgsm, Dataset) and len(mgsm) == 250
+    assert mgsm[0]["id"] == 0 and mgsm[0]["answer"] == "18"  # Janet's ducks, in Telugu
     assert len(data.load_benchmark("msvamp", "bn")) == 1000
     assert len(data.load("gsm8k", split="train")) == 7473 and len(data.load("gsm8k", split="test")) == 1319
     assert len(data.load("gsm8kinstruct", "en")) == 7473
@@ -49,14 +60,23 @@ def test_real_missing_datasets_are_errors(real_data):
         data.build("x2en_response", "de")
 
 
-def test_requested_language_absent_is_error(real_data):
+def test_synthetic_loaders(synthetic_data):
+    mgsm = data.load_benchmark("mgsm", "te")
+    assert isinstance(mgsm, Dataset) and len(mgsm) == N_BENCH and mgsm.column_names == ["id", "question", "answer"]
+    assert data.load_benchmark("msvamp", "de", limit=3)["id"] == [0, 1, 2]
+    assert data.gold_answers("mgsm", "sw") == {i: float(sum(numbers(i))) for i in range(N_BENCH)}
+    assert len(data.load("gsm8k", split="train")) == N_TRAIN
+    assert set(data.load("gsm8kinstruct_question", "ru").column_names) >= {"id", "question", "question_en"}
+
+
+def test_requested_language_absent_is_error(synthetic_data):
     with pytest.raises(DataError, match="has no language 'te'"):
         data.load_benchmark("msvamp", "te")
-    with pytest.raises(ValueError, match="langs for x2en_question.*'en'|unknown or unsupported language code.*en"):
+    with pytest.raises(ConfigError, match="langs for x2en_question.*unknown or unsupported language code.*en"):
         data.build("x2en_question", "en")
     with pytest.raises(DataError, match="unknown task"):
         data.build("x2en_answers", "de")
-    with pytest.raises(DataError, match="unknown benchmark"):
+    with pytest.raises(ConfigError, match="unknown benchmark 'gsm8k'; choose from mgsm, msvamp"):
         data.load_benchmark("gsm8k", "en")
 
 
@@ -97,12 +117,37 @@ def test_parallel_files_share_no_id_is_error(tmp_path, monkeypatch):
         data.build("flores_x2en", "de")
 
 
-def test_limit_is_per_language(real_data):
+def test_limit_is_per_language(synthetic_data):
     rows = data.build("x2en_question", "de,zh", limit=3)
     assert [r["lang"] for r in rows] == ["de"] * 3 + ["zh"] * 3
 
 
-def test_check_table(real_data):
+def test_question_pairs_aligned_by_id(synthetic_data):
+    # each language's question file misses a different id: pairs are matched by id, never by line
+    en_by_id = {r["id"]: r["question"] for r in data.read_rows("gsm8k", split="train")}
+    for lang in ("bn", "de"):
+        rows = data.build("x2en_question", lang)
+        assert len(rows) == N_TRAIN - 1
+        for row in rows:
+            assert row["completion"] == en_by_id[int(row["id"].split("-")[1])]
+
+
+def test_mixture_shuffles_with_the_seed(synthetic_data):
+    a = data.build_mixture(["x2en_question", "gsm8kinstruct"], "de,fr", limit=4, seed=1)
+    assert a == data.build_mixture(["x2en_question", "gsm8kinstruct"], "de,fr", limit=4, seed=1)
+    b = data.build_mixture(["x2en_question", "gsm8kinstruct"], "de,fr", limit=4, seed=2)
+    assert a != b and sorted(map(str, a)) == sorted(map(str, b)) and len(a) == 16
+
+
+def test_check_table(tmp_path):
+    root = make_data_dir(tmp_path / "data", drop=["gsm8kinstruct_question/bn.jsonl"])
+    table, missing = data.check({"mgsm": ["en"], "gsm8kinstruct_question": ["de", "bn"]}, root=root)
+    assert "mgsm" in table and f"{N_BENCH}*" in table and f"{N_TRAIN - 1}*" in table
+    assert len(missing) == 1 and "gsm8kinstruct_question [bn]" in missing[0] and "qalign data download" in missing[0]
+    assert data.check(root=root)[1] == []
+
+
+def test_check_table_on_the_real_snapshot(real_data):
     table, missing = data.check({"mgsm": ["en"], "gsm8kinstruct_question": ["de", "bn"]})
     assert "mgsm" in table and "250*" in table
     assert len(missing) == 1 and "gsm8kinstruct_question [bn]" in missing[0]

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from qalign_lib import config, evaluation, generation, modeling
+from qalign_lib import config, evaluation, generation, layout, modeling
+from qalign_lib.errors import ConfigError, RunError
 from tests.helpers import tiny_llama
 
 
@@ -32,21 +33,34 @@ def test_sorted_batches_give_the_same_greedy_outputs(tiny_model):
     assert run(batch_size=2) == reference and run(batch_size=1) == reference and run(batch_size=8, token_budget=60) == reference
 
 
-def test_evaluate_end_to_end_and_resume(real_data, tiny_model, monkeypatch):
-    cfg = config.resolve("tiny", model=tiny_model, eval_limit=3, max_new_tokens=6, eval_batch_size=4)
+def new_tokens(n: int) -> dict:
+    return {"mgsm": n, "msvamp": n}
+
+
+def test_evaluate_end_to_end_and_resume(synthetic_data, tiny_model, monkeypatch):
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=3, max_new_tokens=new_tokens(6), eval_batch_size=4)
+    assert not evaluation.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
     metrics = evaluation.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
-    root = config.runs_dir() / "tiny" / "base" / "eval"
-    assert (root / "metrics.json").is_file() and json.loads((root / "metrics.json").read_text()) == metrics
+    target = evaluation.target(cfg, run="base")
+    assert target.path == layout.base_eval("tiny", tiny_model).path and target.model == tiny_model
+    assert target.metrics.is_file() and json.loads(target.metrics.read_text()) == metrics
+    assert target.read_settings("mgsm") == evaluation.settings(cfg, "mgsm", tiny_model)
+    assert evaluation.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
+    assert not evaluation.is_complete(cfg.replace(eval_limit=4), run="base", benchmarks=["mgsm"], langs="de,en,te")
+    assert not evaluation.is_complete(cfg.replace(max_new_tokens=new_tokens(7)), run="base", benchmarks=["mgsm"],
+                                      langs="de,en,te")
+    assert evaluation.is_complete(cfg.replace(eval_batch_size=1), run="base", benchmarks=["mgsm"], langs="de,en,te")
     assert metrics["mgsm"]["reference"]["n"] == {"de": 3, "en": 3, "te": 3}
-    assert metrics["msvamp"]["reference"]["n"] == {"de": 3, "en": 3}  # te is not part of mSVAMP: skipped by parse
+    assert metrics["msvamp"]["reference"]["n"] == {"de": 3, "en": 3}  # te is not part of mSVAMP: skipped
     for scorer in ("reference", "strict"):
         r = metrics["mgsm"][scorer]
         assert set(r["accuracy"]) == {"de", "en", "te"} and r["average_langs"] == ["de", "en"]
-    rows = [json.loads(line) for line in (root / "mgsm" / "de.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in target.generations("mgsm", "de").read_text().splitlines()]
     assert [r["id"] for r in sorted(rows, key=lambda r: r["id"])] == [0, 1, 2] and all("response" in r for r in rows)
+    assert {r["id"] for r in evaluation.load_generations(target, "mgsm", ["de", "en", "sw"], limit=2)["de"]} == {0, 1}
 
     # resume: drop one row and tear the last line as a kill mid-write would; only the missing id is generated again
-    path = root / "mgsm" / "de.jsonl"
+    path = target.generations("mgsm", "de")
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:1]) + lines[1][:10])
     calls = []
@@ -60,18 +74,34 @@ def test_evaluate_end_to_end_and_resume(real_data, tiny_model, monkeypatch):
     evaluation.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="de,en,te")
 
 
-def test_changed_generation_settings_move_old_generations_aside(real_data, tiny_model):
-    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens=4, eval_batch_size=4)
+def test_changed_generation_settings_move_old_generations_aside(synthetic_data, tiny_model):
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens=new_tokens(4), eval_batch_size=4)
     evaluation.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
-    evaluation.evaluate(config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens=5), run="base", benchmarks=["mgsm"], langs="en")
-    root = config.runs_dir() / "tiny" / "base" / "eval"
-    assert len(list(root.glob("mgsm.replaced-*"))) == 1
+    root = evaluation.target(cfg, run="base").path
+    evaluation.evaluate(cfg.replace(eval_batch_size=2), run="base", benchmarks=["mgsm"], langs="en")  # speed only
+    assert not list(root.glob("mgsm.replaced-*"))
+    evaluation.evaluate(cfg.replace(max_new_tokens=new_tokens(5)), run="base", benchmarks=["mgsm"], langs="en")
+    aside = list(root.glob("mgsm.replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "en.jsonl").is_file() and json.loads((aside[0] / "settings.json").read_text())[
+        "max_new_tokens"] == 4
 
 
-def test_evaluate_external_model_and_unknown_run(real_data, tiny_model):
-    cfg = config.resolve("tiny", eval_limit=1, max_new_tokens=4)
+def test_evaluate_external_model_and_unknown_run(synthetic_data, tiny_model):
+    cfg = config.resolve("tiny", eval_limit=1, max_new_tokens=new_tokens(4))
     metrics = evaluation.evaluate(cfg, model=tiny_model, benchmarks=["msvamp"], langs="en")
-    assert metrics["model"] == tiny_model
-    assert list((config.runs_dir() / "tiny" / "models").glob("*/eval/metrics.json"))
-    with pytest.raises(modeling.ModelError, match="not finished"):
+    assert metrics["model"] == tiny_model and metrics["size"] == "tiny" and metrics["limit"] == 1
+    assert layout.model_eval("tiny", tiny_model).read_metrics() == metrics
+    with pytest.raises(RunError, match="not finished"):
         evaluation.evaluate(cfg, run="never-trained")
+    assert not evaluation.is_complete(cfg, run="never-trained")
+    with pytest.raises(ConfigError, match="unknown benchmark"):
+        evaluation.evaluate(cfg, model=tiny_model, benchmarks="gsm8k")
+    with pytest.raises(ConfigError, match="langs: unknown or unsupported language code"):
+        evaluation.evaluate(cfg, model=tiny_model, langs="de,xx")
+
+
+def test_each_benchmark_takes_the_languages_it_has():
+    cfg = config.resolve("tiny", eval_langs="de,en,te")
+    assert evaluation.requested(cfg, "mgsm") == ["de", "en", "te"]
+    assert evaluation.requested(cfg, "msvamp") == ["de", "en"]
+    assert evaluation.requested(cfg, "msvamp", langs="te") == []

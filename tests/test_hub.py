@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 
-from qalign_lib import hub
+from qalign_lib import benchmarks, hub
 from qalign_lib.io import DataError
-from qalign_lib.languages import LANGS, MGSM_LANGS, NAMES, NON_EN
-
-DATA = Path(os.environ.get("QALIGN_DATA_DIR", "/work/shared/data"))
+from qalign_lib.languages import LANGS, NAMES, NON_EN
 
 
 # --- tiny rows in the hub schemas ---------------------------------------------------------------------------------
@@ -194,22 +190,19 @@ def test_metamathqa():
 
 
 def test_sources_cover_the_language_registry():
-    assert list(hub.SOURCES["mgsm"].configs) == list(MGSM_LANGS)
-    assert list(hub.SOURCES["msvamp"].configs) == list(LANGS)
+    assert list(hub.SOURCES["mgsm"].configs) == list(benchmarks.get("mgsm").langs)
+    assert list(hub.SOURCES["msvamp"].configs) == list(benchmarks.get("msvamp").langs) == list(LANGS)
     assert set(hub.FLORES_CONFIGS) == set(LANGS)
 
 
 # --- same fields as the real normalized files ---------------------------------------------------------------------
 
-def _real_fields(rel: str) -> list[str]:
-    path = DATA / rel
-    if not path.is_file():
-        (pytest.fail if os.environ.get("QALIGN_REQUIRE_DATA") == "1" else pytest.skip)(f"{path} not present (set QALIGN_DATA_DIR)")
-    with path.open(encoding="utf-8") as f:
+def _real_fields(root, rel: str) -> list[str]:
+    with (root / rel).open(encoding="utf-8") as f:
         return list(json.loads(f.readline()))
 
 
-def test_fields_match_real_files():
+def test_fields_match_real_files(real_data):
     inst = hub.normalize_gsm8kinstruct(instruct_rows(), hub.normalize_gsm8k(GSM8K_TRAIN))
     produced = {"mgsm/en.jsonl": hub.normalize_mgsm(mgsm_rows()),
                 "msvamp/en.jsonl": hub.normalize_msvamp(msvamp_rows("en")),
@@ -218,7 +211,7 @@ def test_fields_match_real_files():
                 "gsm8kinstruct/en.jsonl": inst["en"],
                 "gsm8kinstruct_question/de.jsonl": hub.derive_questions(inst)["de"]}
     for rel, rows in produced.items():
-        assert all(list(r) == _real_fields(rel) for r in rows), rel
+        assert all(list(r) == _real_fields(real_data, rel) for r in rows), rel
 
 
 # --- download -----------------------------------------------------------------------------------------------------

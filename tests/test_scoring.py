@@ -3,7 +3,7 @@ import json
 import pytest
 
 from qalign_lib import scoring
-from qalign_lib.io import DataError
+from qalign_lib.errors import ConfigError, DataError, ResultsError
 from qalign_lib.scoring import extract_reference as ref, extract_strict as strict
 
 
@@ -64,24 +64,64 @@ def test_score_rows_averages():
 
 
 def test_score_rows_errors():
-    with pytest.raises(DataError, match="not a mgsm en question"):
-        scoring.score_rows([{"lang": "en", "id": 99, "response": "1"}], gold(), "mgsm")
-    with pytest.raises(DataError, match="'xx' is not part of mgsm"):
+    with pytest.raises(ResultsError, match="gen.jsonl: row 1: id 99 is not a mgsm en question"):
+        scoring.score_rows([{"lang": "en", "id": 99, "response": "1"}], gold(), "mgsm", source="gen.jsonl")
+    with pytest.raises(ResultsError, match="'xx' is not part of mgsm"):
         scoring.score_rows([{"lang": "xx", "id": 0, "response": "1"}], gold(), "mgsm")
-    with pytest.raises(DataError, match="'te' is not part of msvamp"):
+    with pytest.raises(ResultsError, match="'te' is not part of msvamp"):
         scoring.score_rows([{"lang": "te", "id": 0, "response": "1"}], gold(), "msvamp")
-    with pytest.raises(DataError, match="appears twice"):
+    with pytest.raises(ResultsError, match="row 2: id 0 \\(en\\) appears twice"):
         scoring.score_rows([{"lang": "en", "id": 0, "response": "1"}] * 2, gold(), "mgsm")
-    with pytest.raises(ValueError, match="unknown scorer"):
+    with pytest.raises(ResultsError, match="'response' must be a string"):
+        scoring.score_rows([{"lang": "en", "id": 0, "response": 18}], gold(), "mgsm")
+    with pytest.raises(ResultsError, match="id True is not"):
+        scoring.score_rows([{"lang": "en", "id": True, "response": "1"}], gold(), "mgsm")  # True == 1, but not an id
+    with pytest.raises(ConfigError, match="unknown scorer 'fuzzy'; choose one of: reference, strict"):
         scoring.extract("1", "fuzzy")
+    with pytest.raises(ConfigError, match="unknown benchmark"):
+        scoring.score_rows([], gold(), "gsm8k")
 
 
-def test_score_file_on_real_gold(real_data, tmp_path):
-    rows = [{"lang": "en", "id": 0, "response": "She makes 9 * 2 = $18."},
-            {"lang": "en", "id": 1, "response": "It takes 2 + 1 = 3 bolts"},
-            {"lang": "de", "id": 0, "response": "Die Antwort ist 17"}]
+def test_scorer_registry():
+    assert scoring.SCORERS == tuple(scoring.REGISTRY) and scoring.SCORERS[:2] == ("reference", "strict")
+    assert scoring.DEFAULT == "reference" and scoring.DEFAULT in scoring.REGISTRY
+    assert all(s.about and s.name == name for name, s in scoring.REGISTRY.items())
+    assert scoring.get("strict").extract is strict and scoring.extract("owes -1,000", "strict") == -1000.0
+
+
+def test_registering_a_scorer(monkeypatch):
+    monkeypatch.setattr(scoring, "REGISTRY", dict(scoring.REGISTRY))  # leave the real registry as it was
+
+    @scoring.scorer("first", "the first number in the response")
+    def first(text):
+        import re
+
+        found = re.findall(r"\d+", text)
+        return float(found[0]) if found else None
+
+    assert scoring.get("first").about == "the first number in the response"
+    rows = [{"lang": "en", "id": 0, "response": "18 eggs, 3 eaten"}, {"lang": "en", "id": 1, "response": "3 of 18"}]
+    assert scoring.score_rows(rows, gold(), "mgsm", "first")["accuracy"] == {"en": 100.0}
+    assert scoring.score_rows(rows, gold(), "mgsm", "reference")["accuracy"] == {"en": 0.0}  # the last numbers
+
+
+def test_score_file_on_synthetic_gold(synthetic_data, tmp_path):
+    # synthetic question i has the gold answer a + b of synthetic.numbers(i): 5 for id 0, 17 for id 1
+    rows = [{"lang": "en", "id": 0, "response": "Tom has 3 + 2 = 5 apples."},
+            {"lang": "en", "id": 1, "response": "10 + 7 = 17"},
+            {"lang": "de", "id": 0, "response": "Die Antwort ist 6"}]
     path = tmp_path / "gen.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = scoring.score_file(path, "mgsm")
-    assert r["accuracy"] == {"de": 0.0, "en": 100.0}
-    assert r["average"] == 50.0
+    assert r["accuracy"] == {"de": 0.0, "en": 100.0} and r["n"] == {"de": 1, "en": 2}
+    assert r["average"] == 50.0 and r["average_non_en"] == 0.0
+    assert json.loads(scoring.summary(r)) == scoring.public(r) and "per_question" not in scoring.public(r)
+    path.write_text("")
+    with pytest.raises(DataError, match="no generations to score"):
+        scoring.score_file(path, "mgsm")
+
+
+def test_a_registered_scorer_is_used_everywhere(monkeypatch):
+    monkeypatch.setattr(scoring, "REGISTRY", dict(scoring.REGISTRY))
+    scoring.scorer("never", "always None")(lambda text: None)
+    assert "never" in scoring.SCORERS

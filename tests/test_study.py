@@ -1,21 +1,23 @@
-"""The study planner: order, sharing, skipping for missing data, and the report on synthetic results."""
-import json
+"""The study planner: order, sharing, and skipping for missing data (the report's tests: tests/test_report.py)."""
 import shutil
 
-import pandas as pd
-import papermill as pm
 import pytest
-import yaml
 
-from qalign_lib import config, reporting, runner, study as studies, training
+from qalign_lib import runner, stages, study as studies
 from qalign_lib.config import ConfigError
 from tests.conftest import ROOT
+from tests.helpers import tiny_llama
+from tests.synthetic import make_data_dir
 
 
-def test_paper_study_order_and_sharing(real_data):
+def test_paper_study_order_and_sharing():
     s = studies.load("paper", size="7b")
     order = studies.order(s)
-    assert order.index("s1-x2en_question") < order.index("qalign-monoreason") < len(order)
+    assert sorted(order) == sorted(s.runs)  # every run once
+    for name in order:  # every run after the run it starts from
+        init = s.runs[name].init
+        assert init == "base" or order.index(init) < order.index(name), (init, name)
+    assert order.index("s1-x2en_question") < order.index("qalign-monoreason")
     assert order.index("qalign-gsm8kinstruct") < order.index("qalign-mixed")
     assert order.count("s1-x2en_question") == 1  # one stage-1 model serves every stage 2 that starts from it
     assert studies.chain(s, "qalign-mixed") == ["s1-x2en_question", "qalign-gsm8kinstruct", "qalign-mixed"]
@@ -25,7 +27,20 @@ def test_paper_study_order_and_sharing(real_data):
     assert s.runs["s1-x2en_question"].langs == ["bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es"]
 
 
-def test_requirements_and_missing_data_skip_dependents(real_data):
+def test_requirements_and_missing_data_skip_dependents(tmp_path, monkeypatch):
+    """On synthetic data with the files the offline snapshot lacks left out (see the real-data test below)."""
+    root = make_data_dir(tmp_path / "data", drop=["metamathqa/*.jsonl", "gsm8kinstruct_question/bn.jsonl",
+                                                  "gsm8kinstruct_question/th.jsonl", "gsm8kinstruct/[!e]*.jsonl",
+                                                  "gsm8kinstruct/es.jsonl"])
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(root))
+    _check_paper_plan_on_the_offline_snapshot()
+
+
+def test_real_dry_run_plan_skips_what_the_snapshot_lacks(real_data):
+    _check_paper_plan_on_the_offline_snapshot()
+
+
+def _check_paper_plan_on_the_offline_snapshot():
     s = studies.load("paper", size="7b")
     need = studies.requirements(s)
     assert need["metamathqa"] == ["en"] and need["gsm8k:train"] == ["en"] and "te" in need["mgsm"] and "te" not in need["msvamp"]
@@ -35,6 +50,9 @@ def test_requirements_and_missing_data_skip_dependents(real_data):
     assert steps["s1-x2en_question"].status == "skip" and "gsm8kinstruct_question [bn]" in steps["s1-x2en_question"].reason
     assert steps["qalign-mixed"].reason == "depends on qalign-gsm8kinstruct, which is skipped"
     assert steps["MonoReason"].status == "skip" and steps["Base"].status == "todo"
+    assert steps["multireason"].status == "skip" and "gsm8kinstruct [bn]" in steps["multireason"].reason
+    assert steps["s1-flores_x2en"].status == "todo" and steps["report"].status == "todo"
+    assert steps["MonoReason"].reason == "its run monoreason is skipped"
 
 
 def test_bad_study_files_are_clear_errors(tmp_path, monkeypatch):
@@ -57,82 +75,28 @@ def test_bad_study_files_are_clear_errors(tmp_path, monkeypatch):
         studies.load("missing")
 
 
-def _fake_system(size: str, run: str, accuracy: dict, cfg: dict) -> None:
-    """A finished run whose generations answer the first k questions of each language correctly."""
-    from qalign_lib import data
-
-    root = training.run_dir(size, run)
-    if run != "base":
-        (root / "model").mkdir(parents=True, exist_ok=True)
-        (root / "model" / "config.json").write_text("{}")
-        (root / "DONE").write_text("x\n")
-    for benchmark, per_lang in accuracy.items():
-        for lang, k in per_lang.items():
-            gold = data.load_benchmark(benchmark, lang, limit=cfg["eval_limit"])
-            rows = [{"lang": lang, "id": q["id"], "response": f"The answer is {q['answer'] if i < k else 'unknown'}."}
-                    for i, q in enumerate(gold)]
-            (root / "eval" / benchmark).mkdir(parents=True, exist_ok=True)
-            (root / "eval" / benchmark / f"{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "eval" / "metrics.json").write_text("{}")
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
 
 
-def test_report_notebook_on_synthetic_results(real_data, tmp_path, monkeypatch):
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    cfg7 = yaml.safe_load((params / "7b.yaml").read_text())
-    cfg7.update(eval_limit=10)
-    (params / "7b.yaml").write_text(yaml.safe_dump(cfg7))
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
-    s = studies.load("paper", size="7b")
-    langs = ["bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es", "en"]
-    skip = {"Stage 1: En->X responses"}  # one system without results: reported as absent
-    for n, (system, run) in enumerate(s.systems.items()):
-        if system in skip:
-            continue
-        k = 2 + n % 7  # 2..8 correct out of 10 in every language
-        _fake_system("7b", run, {"mgsm": {lang: k for lang in langs + ["te"]}, "msvamp": {lang: k for lang in langs}}, s.cfg)
-    out = tmp_path / "report.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "report.ipynb"), str(out), parameters={"size": "7b", "study": "paper", "n_boot": 2000},
-                        kernel_name="python3", progress_bar=False, cwd=str(ROOT))
-    fig = config.figures_dir() / "7b"
-    table = pd.read_csv(fig / "table2_mgsm.csv", index_col=0)
-    expected = {system: 10.0 * (2 + n % 7) for n, system in enumerate(s.systems) if system in s.groups["main"]}
-    assert table["Avg"].to_dict() == pytest.approx(expected) and table["te"].to_dict() == pytest.approx(expected)
-    assert list(table.columns) == langs + ["te", "Avg", "Avg non-En"]
-    ci = pd.read_csv(fig / "table2_mgsm_ci.csv")
-    assert ((ci["lo"] <= ci["acc"]) & (ci["acc"] <= ci["hi"])).all() and len(ci) == 5 * 13
-    ablation = pd.read_csv(fig / "table4_ablation.csv", index_col=0)
-    assert "Stage 1: FLORES X->En" in ablation.index and "Stage 1: En->X responses" not in ablation.index
-    assert "- Stage 1: En->X responses: run 'ablation-en2x_response'" in (fig / "table4_ablation.md").read_text()
-    assert "En->X responses" not in (fig / "table2_mgsm.md").read_text()
-    pvu = pd.read_csv(fig / "paper_vs_us.csv", index_col=0)
-    assert pvu.loc["QAlign+MonoReason", "paper mGSM"] == 49.6 and pvu.loc["MultiReason", "paper mSVAMP"] == 44.1
-    assert pvu.loc["QAlign+MonoReason", "ours mGSM"].startswith(f"{expected['QAlign+MonoReason']:.1f} [")
-    paired = pd.read_csv(fig / "paired_mgsm.csv", index_col=0)
-    diff = expected["QAlign+MonoReason"] - expected["MonoReason"]
-    assert paired["diff"].tolist() == pytest.approx([diff] * 11)
-    consistency = pd.read_csv(fig / "figure3_consistency.csv")
-    assert (consistency["jaccard"] == 100.0).all()  # the same first-k ids are right in every language
-    for f in ("table2_mgsm.png", "table3_msvamp.png", "figure2_mixed.png", "figure3_consistency.png", "accuracy_mgsm.png", "README.md"):
-        assert (fig / f).is_file(), f
-
-
-def test_published_checkpoint_row_joins_the_report(real_data, tmp_path, monkeypatch):
-    from qalign_lib import data, evaluation
-
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    cfg = yaml.safe_load((params / "tiny.yaml").read_text())
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
-    s = studies.load("tiny")
-    _, root = evaluation.target(s.cfg, model="Wenhao97/QAlign-MetaMathQA-7B")
-    assert root == config.runs_dir() / "tiny" / "models" / "Wenhao97_QAlign-MetaMathQA-7B" / "eval"
-    for benchmark in ("mgsm", "msvamp"):
-        for lang in cfg["eval_langs"]:
-            rows = [{"lang": lang, "id": q["id"], "response": q["answer"]} for q in data.load_benchmark(benchmark, lang, limit=cfg["eval_limit"])]
-            (root / benchmark).mkdir(parents=True, exist_ok=True)
-            (root / benchmark / f"{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "metrics.json").write_text("{}")
-    reporting.write_report(s, extra_models=["Wenhao97/QAlign-MetaMathQA-7B"], n_boot=500)
-    table = pd.read_csv(config.figures_dir() / "tiny" / "table2_mgsm.csv", index_col=0)
-    assert table.loc["model: Wenhao97/QAlign-MetaMathQA-7B", "Avg"] == 100.0
+def test_plan_follows_what_the_stages_trained(synthetic_data, tiny_model):
+    """The planner decides exactly as the stages do: a run finished with the same inputs is done; changed inputs
+    make it, and everything downstream of it, todo again."""
+    small = dict(model=tiny_model, stage1_limit=2, batch_size=8, per_device_batch_size=8, report_to="none")
+    s = studies.load("tiny", **small)
+    steps = {st.name: st for st in runner.plan(s)}
+    assert [steps[n].status for n in ("s1-x2en_question", "monoreason", "qalign-monoreason")] == ["todo"] * 3
+    assert steps["qalign-monoreason"].reason.startswith("after s1-x2en_question")
+    run = s.runs["s1-x2en_question"]
+    stages.stage1(s.cfg, run.tasks[0], run.langs, name=run.name)
+    steps = {st.name: st for st in runner.plan(s)}
+    assert steps["s1-x2en_question"].status == "done" and steps["s1-x2en_question"].reason == "finished with the same inputs"
+    assert steps["qalign-monoreason"].status == "todo" and steps["monoreason"].status == "todo"
+    assert steps["Base"].status == "todo" and steps["QAlign+MonoReason"].reason == "after training qalign-monoreason"
+    # a learned parameter changed: retrain it and what starts from it; a speed parameter changed: nothing to do
+    steps = {st.name: st for st in runner.plan(studies.load("tiny", **small, lr=1e-4))}
+    assert steps["s1-x2en_question"].status == "todo" and steps["s1-x2en_question"].reason == "inputs changed since it was trained"
+    assert steps["qalign-monoreason"].reason.startswith("after s1-x2en_question")
+    steps = {st.name: st for st in runner.plan(studies.load("tiny", **small, gradient_checkpointing=True, save_steps=7))}
+    assert steps["s1-x2en_question"].status == "done"

@@ -1,0 +1,267 @@
+"""Structural rules of the library, checked on its syntax trees (ast, not regular expressions):
+
+(a) no import cycle between qalign_lib modules (imports inside functions included);
+(b) the run layout's file names are spelled only in qalign_lib/layout.py;
+(c) benchmark facts (display names, the list of benchmarks) are declared only in qalign_lib/benchmarks.py;
+(d) no module picks a matplotlib backend;
+(e) library code logs instead of printing, except the modules whose job is to print;
+(f) every module imports;
+and exception classes are declared only in qalign_lib/errors.py, under QAlignError.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import textwrap
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "qalign_lib"
+LIB = Path(__file__).resolve().parent.parent / PACKAGE
+
+LAYOUT_NAMES = ("run.json", "DONE", "train.jsonl", "train_log.jsonl", "metrics.json", "settings.json", "checkpoints",
+                "loss.png")
+BENCHMARK_DISPLAY_NAMES = ("mGSM", "mSVAMP")
+# modules whose job is to print: the command line, the notebook display (outside IPython), the launcher (streams
+# the workers' output as it comes)
+PRINT_ALLOWED = {"cli", "display", "launch"}
+
+
+def modules() -> list[str]:
+    return sorted(p.stem for p in LIB.glob("*.py") if p.stem != "__init__")
+
+
+@lru_cache(maxsize=None)
+def tree(module: str) -> ast.Module:
+    path = LIB / f"{module}.py"
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def docstrings(t: ast.AST) -> set[int]:
+    """ids of the docstring nodes of a module and of its classes and functions."""
+    out = set()
+    for node in ast.walk(t):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                out.add(id(first.value))
+    return out
+
+
+def strings(module: str):
+    """(line, text) of every string literal of a module, docstrings left out (f-string parts included)."""
+    t = tree(module)
+    skip = docstrings(t)
+    for node in ast.walk(t):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            yield node.lineno, node.value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (a) import graph
+
+
+def imported_modules(module: str, t: ast.AST | None = None) -> set[str]:
+    """The qalign_lib modules that ``module`` imports anywhere (top level or inside functions)."""
+    known = set(modules())
+    out = set()
+    for node in ast.walk(tree(module) if t is None else t):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == PACKAGE and len(parts) > 1:
+                    out.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 1 or (node.level == 0 and (node.module or "").split(".")[0] == PACKAGE):
+                base = (node.module or "") if node.level == 1 else (node.module or "").partition(".")[2]
+                if base:  # from .x import y / from qalign_lib.x import y
+                    out.add(base.split(".")[0])
+                else:  # from . import x, y / from qalign_lib import x
+                    out |= {alias.name for alias in node.names if alias.name in known}
+            elif node.level > 1:
+                raise AssertionError(f"{module}.py:{node.lineno}: import from outside the package")
+    return (out & known) - {module}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 on the stack, 2 finished
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
+
+
+def test_import_graph_of_the_package_is_found():
+    graph = {m: imported_modules(m) for m in modules()}
+    assert {"config", "data", "layout", "log", "modeling"} <= graph["training"]
+    assert "training" in graph["stages"] and "launch" in graph["stages"]
+    assert "benchmarks" in graph["config"]  # an import inside a function counts
+    assert graph["errors"] == set()
+
+
+def test_no_import_cycle():
+    graph = {m: imported_modules(m) for m in modules()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (b) the run layout is spelled in one place
+
+
+def path_component_matches(text: str, names) -> list[str]:
+    """The names that ``text`` spells as a path or a path component (not inside a sentence)."""
+    if any(c.isspace() for c in text):
+        return []
+    parts = re.split(r"[/\\]", text)
+    return [n for n in names if n in parts]
+
+
+def test_layout_names_only_in_layout():
+    assert path_component_matches("eval/metrics.json", LAYOUT_NAMES) == ["metrics.json"]
+    assert path_component_matches("has no run.json: train it", LAYOUT_NAMES) == []
+    offenders = [f"{m}.py:{line}: {text!r}" for m in modules() if m != "layout"
+                 for line, text in strings(m) if path_component_matches(text, LAYOUT_NAMES)]
+    assert not offenders, "run layout file names outside qalign_lib/layout.py:\n" + "\n".join(offenders)
+    spelled = {n for _, text in strings("layout") for n in path_component_matches(text, LAYOUT_NAMES)}
+    assert spelled == set(LAYOUT_NAMES)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (c) benchmark facts are declared in one place
+
+
+def benchmark_list_literals(module: str) -> list[str]:
+    out = []
+    for node in ast.walk(tree(module)):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            values = {e.value for e in node.elts if isinstance(e, ast.Constant)}
+            if {"mgsm", "msvamp"} <= values:
+                out.append(f"{module}.py:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_benchmark_facts_only_in_the_registry():
+    offenders = [f"{m}.py:{line}: {text!r}" for m in modules() if m != "benchmarks"
+                 for line, text in strings(m) if text in BENCHMARK_DISPLAY_NAMES]
+    offenders += [hit for m in modules() if m != "benchmarks" for hit in benchmark_list_literals(m)]
+    assert not offenders, "benchmark facts outside qalign_lib/benchmarks.py:\n" + "\n".join(offenders)
+    assert {text for _, text in strings("benchmarks")} >= set(BENCHMARK_DISPLAY_NAMES)  # declared there
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (d) and (e): calls that library code must not make
+
+
+def calls(module: str, t: ast.AST | None = None):
+    """(line, dotted name) of every call in a module: print, matplotlib.use, plt.switch_backend, ..."""
+    t = tree(module) if t is None else t
+    aliases = {}  # local name -> module it is bound to (import matplotlib as mpl)
+    for node in ast.walk(t):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    for node in ast.walk(t):
+        if isinstance(node, ast.Call):
+            parts, f = [], node.func
+            while isinstance(f, ast.Attribute):
+                parts.insert(0, f.attr)
+                f = f.value
+            if isinstance(f, ast.Name):
+                parts.insert(0, aliases.get(f.id, f.id))
+                yield node.lineno, ".".join(parts)
+
+
+def test_no_matplotlib_backend_is_chosen():
+    offenders = [f"{m}.py:{line}: {name}" for m in modules() for line, name in calls(m)
+                 if name in ("matplotlib.use", "matplotlib.pyplot.switch_backend")]
+    assert not offenders, "a library module picks a matplotlib backend (leave it to the notebook):\n" + "\n".join(offenders)
+
+
+def test_library_code_logs_instead_of_printing():
+    printing = {m for m in modules() for _, name in calls(m) if name == "print"}
+    assert printing <= PRINT_ALLOWED, f"print() in {sorted(printing - PRINT_ALLOWED)}: use log.get(__name__)"
+    assert PRINT_ALLOWED <= set(modules())
+
+
+def test_checkers_catch_violations():
+    """The checkers above, on made-up modules that break each rule."""
+    source = textwrap.dedent("""
+        import matplotlib as mpl
+        from matplotlib import pyplot as plt
+        import qalign_lib.data
+        from . import config, not_a_module
+        from .layout import run
+        from qalign_lib import training as t
+
+        def f():
+            from .stages import stage1
+            mpl.use("Agg")
+            plt.switch_backend("Agg")
+            print("x")
+            path = "checkpoints/checkpoint-1"
+            name = "mGSM"
+            return [b for b in ("msvamp", "mgsm")]
+    """)
+    t = ast.parse(source)
+    assert imported_modules("probe", t) == {"data", "config", "layout", "training", "stages"}
+    assert [name for _, name in calls("probe", t)] == ["matplotlib.use", "matplotlib.pyplot.switch_backend", "print"]
+    literals = {node.value for node in ast.walk(t) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert any(path_component_matches(text, LAYOUT_NAMES) for text in literals)
+    assert literals & set(BENCHMARK_DISPLAY_NAMES)
+    assert any(isinstance(n, ast.Tuple) and {"mgsm", "msvamp"} <= {e.value for e in n.elts} for n in ast.walk(t))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the error hierarchy: declared once, in errors.py
+
+
+def test_error_classes_only_in_errors():
+    offenders = [f"{m}.py:{node.lineno}: class {node.name}" for m in modules() if m != "errors"
+                 for node in ast.walk(tree(m)) if isinstance(node, ast.ClassDef) and node.name.endswith("Error")]
+    assert not offenders, "exception classes outside qalign_lib/errors.py (one hierarchy):\n" + "\n".join(offenders)
+    from qalign_lib import errors, io
+
+    declared = [node.name for node in tree("errors").body if isinstance(node, ast.ClassDef)]
+    assert declared[0] == "QAlignError" and len(declared) > 1
+    assert all(issubclass(getattr(errors, name), errors.QAlignError) for name in declared)
+    assert io.DataError is errors.DataError  # still importable from its old place, the same class
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (f) every module imports
+
+
+@pytest.mark.parametrize("module", modules())
+def test_every_module_imports(module):
+    importlib.import_module(f"{PACKAGE}.{module}")
