@@ -42,6 +42,9 @@ def _data_check(args) -> int:
 def _data_build(args) -> int:
     from . import data
 
+    from .io import output_target
+
+    output_target(args.out)  # a bad --out stops here, before any data is read
     tasks = args.task.split("+")
     rows = data.build(tasks[0], args.langs, args.limit, args.seed, args.data_dir) if len(tasks) == 1 else \
         data.build_mixture(tasks, args.langs, args.limit, args.seed, args.data_dir)
@@ -74,6 +77,16 @@ def _study(args) -> int:
     return runner.run_study(args.study, size=args.size, only=args.only, dry_run=args.dry_run, report=not args.no_report)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1 (leave --limit out for all examples)")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qalign", description="QAlign study: data, training, evaluation, reports")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     b = d.add_parser("build", help="write the training examples of a task as JSONL for inspection")
     b.add_argument("--task", required=True, help="x2en_question, en2x_question, x2en_response, en2x_response, flores_x2en, metamathqa, gsm8k, gsm8kinstruct; join with + to mix")
     b.add_argument("--langs", help="comma-separated language codes, 'all' or 'non_en' (default: all the task has)")
-    b.add_argument("--limit", type=int, help="first N examples per language")
+    b.add_argument("--limit", type=_positive, help="first N examples per language (N >= 1; default: all)")
     b.add_argument("--seed", type=int, default=1234, help="shuffle seed of a mixture")
     b.add_argument("--out", required=True, help="output JSONL file")
     b.add_argument("--data-dir")
@@ -129,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except QAlignError as e:
         print(f"qalign: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the filesystem said no (read-only, permissions, no space): one line naming the file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"qalign: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 

@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from . import benchmarks, prompts
 from .errors import DataError
-from .io import read_jsonl, write_jsonl
+from .io import check_input, read_jsonl, read_lines, write_jsonl
 from .languages import LANGS, NON_EN, parse_langs
 
 FETCH = "fetch it with `qalign data download --out DIR` on a machine with internet and set QALIGN_DATA_DIR=DIR"
@@ -35,6 +35,7 @@ class Spec:
     about: str
     splits: tuple[str, ...] = ("",)
     note: str = ""  # extra help when a file is missing
+    note_langs: tuple[str, ...] = ()  # the languages the note is about (empty: all)
 
 
 DATASETS: dict[str, Spec] = {
@@ -43,12 +44,13 @@ DATASETS: dict[str, Spec] = {
     "gsm8kinstruct": Spec(
         "gsm8kinstruct/{lang}.jsonl", LANGS, ("id", "question", "answer"),
         "GSM8KInstruct (MathOctopus), question + chain of thought per language",
-        note="multilingual GSM8KInstruct answers are not in the offline snapshot (only en)",
+        note="multilingual GSM8KInstruct answers are not in the offline snapshot (only en)", note_langs=NON_EN,
     ),
     "gsm8kinstruct_question": Spec(
         "gsm8kinstruct_question/{lang}.jsonl", NON_EN, ("id", "question_en", "question"),
         "QAlign stage-1 question translations X<->En",
         note="the bn and th translations are not in the offline snapshot (only their English sides in en_side_only/)",
+        note_langs=("bn", "th"),
     ),
     "flores": Spec("flores/{split}/{lang}.txt", LANGS, (), "FLORES-200 general-domain sentences", ("devtest", "dev")),
     "metamathqa": Spec(
@@ -75,9 +77,10 @@ def path_of(dataset: str, lang: str = "en", split: str | None = None, root=None)
     return data_dir(root) / s.path.format(lang=lang, split=split)
 
 
-def _missing_hint(dataset: str) -> str:
-    note = spec(dataset).note
-    return (f"{note}; " if note else "") + FETCH
+def _missing_hint(dataset: str, lang: str | None = None) -> str:
+    s = spec(dataset)
+    applies = s.note and (not s.note_langs or lang in s.note_langs)
+    return (f"{s.note}; " if applies else "") + FETCH
 
 
 def _check_ids(rows: list[dict], path: Path) -> None:
@@ -101,16 +104,17 @@ def read_rows(dataset: str, lang: str = "en", split: str | None = None, root=Non
     s = spec(dataset)
     path = path_of(dataset, lang, split, root)
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise DataError(f"missing file {path}: {_missing_hint(dataset)}")
-        lines = path.read_text(encoding="utf-8").split("\n")
+        check_input(path, _missing_hint(dataset, lang))
+        lines = read_lines(path)
         if lines and lines[-1] == "":
             lines.pop()
         for i, line in enumerate(lines, 1):
             if not line.strip():
                 raise DataError(f"{path}:{i}: empty sentence; FLORES files have one sentence per line and no blank lines")
         return [{"id": i, "text": t} for i, t in enumerate(lines)]
-    rows = read_jsonl(path, ("id", *s.fields) if dataset != "metamathqa" else s.fields, hint=_missing_hint(dataset))
+    rows = read_jsonl(path, ("id", *s.fields) if dataset != "metamathqa" else s.fields, hint=_missing_hint(dataset, lang))
+    if not rows:
+        raise DataError(f"{path}: the file has no rows; restore it ({FETCH})")
     if dataset == "metamathqa":
         for i, row in enumerate(rows):
             row.setdefault("id", i)
@@ -149,8 +153,11 @@ def available(dataset: str, lang: str, split: str | None = None, root=None) -> i
     path = path_of(dataset, lang, split, root)
     if not path.is_file():
         return None
-    with path.open("rb") as f:
-        return sum(1 for line in f if line.strip())
+    try:
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
 
 
 def check(requirements: dict[str, list[str]] | None = None, root=None) -> tuple[str, list[str]]:
@@ -180,7 +187,7 @@ def check(requirements: dict[str, list[str]] | None = None, root=None) -> tuple[
         dataset, _, split = key.partition(":")
         for lang in langs:
             if available(dataset, lang, split or None, root) is None:
-                missing.append(f"{key} [{lang}]: missing {path_of(dataset, lang, split or None, root)} ({_missing_hint(dataset)})")
+                missing.append(f"{key} [{lang}]: missing {path_of(dataset, lang, split or None, root)} ({_missing_hint(dataset, lang)})")
     lines.append("rows per file; * required by the study, - absent, · not defined for that language")
     return "\n".join(lines), missing
 
@@ -275,6 +282,8 @@ def task_langs(task: str, langs) -> list[str]:
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; stage-1 tasks: {', '.join(STAGE1_TASKS)}; stage-2 data: {', '.join(STAGE2_DATA)}")
     if task in MONOLINGUAL:
+        if langs not in (None, "all", "en", ["en"], ("en",)):
+            raise DataError(f"langs={langs!r} for {task}: it is English-only data; leave langs unset (or 'en')")
         return ["en"]
     allowed = LANGS if task == "gsm8kinstruct" else NON_EN
     return parse_langs(langs if langs is not None else "all", allowed=allowed, what=f"langs for {task}")
@@ -291,7 +300,9 @@ def build(task: str, langs=None, limit: int | None = None, seed: int = 1234, roo
 
 def build_mixture(tasks: list[str], langs=None, limit: int | None = None, seed: int = 1234, root=None) -> list[dict]:
     """Several tasks concatenated and shuffled with ``seed`` (the mixed setting of one training run)."""
-    rows = [row for task in tasks for row in build(task, langs, limit, seed, root)]
+    only_english = all(task in MONOLINGUAL for task in tasks)  # else langs are those of the multilingual tasks
+    rows = [row for task in tasks
+            for row in build(task, langs if only_english or task not in MONOLINGUAL else None, limit, seed, root)]
     random.Random(seed).shuffle(rows)
     return rows
 

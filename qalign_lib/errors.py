@@ -22,6 +22,10 @@ class ModelError(QAlignError):
     """A model that cannot be loaded or used here (unknown reference, no GPU for a GPU size, ...)."""
 
 
+class OutputError(QAlignError):
+    """An output that cannot be written: not a regular file, a directory, read-only, no space left."""
+
+
 class RunError(QAlignError):
     """A run that is not in the state asked for (not finished, locked, written by something else)."""
 

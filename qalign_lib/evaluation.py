@@ -14,7 +14,7 @@ from . import config, data, layout, log, modeling, prompts, scoring
 from .config import Config
 from .generation import done_ids, generate_to_files
 from .io import read_jsonl, write_json
-from .errors import RunError
+from .errors import ConfigError, DataError, ResultsError, RunError
 from .languages import parse_langs
 
 logger = log.get(__name__)
@@ -22,6 +22,9 @@ logger = log.get(__name__)
 
 def target(cfg: Config, run: str | None = None, model: str | None = None) -> layout.EvalRoot:
     """The eval root (and the model it evaluates) of a run name, ``base``, or an explicit model."""
+    if model is not None and not str(model).strip():
+        raise ConfigError("model='': give a Hub id or a local path to evaluate, or leave model unset (None) to "
+                          "evaluate `run`")
     return layout.eval_root(cfg.size, cfg.model, run, model)
 
 
@@ -41,11 +44,18 @@ def requested(cfg: Config, benchmark: str, langs=None) -> list[str]:
 
 def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benchmarks=None,
              langs=None, limit: int | None = None) -> dict:
-    """Generate what is missing and score everything; returns and writes metrics.json."""
+    """Generate what is missing and score everything; returns and writes metrics.json. Holds the eval root's lock."""
     modeling.preflight(cfg)
     root = target(cfg, run, model)
     names = registry.parse(benchmarks)
-    limit = cfg.eval_limit if limit is None else limit
+    limit = cfg.eval_limit if limit is None else config.validate("eval_limit", limit, "evaluate(limit=...)")
+    for name in names:
+        requested(cfg, name, langs)  # bad languages stop here, before any model is loaded
+    with layout.lock(root.lock_file, f"the evaluation of {root.model} ({root.path})"):
+        return _evaluate(cfg, root, names, langs, limit)
+
+
+def _evaluate(cfg: Config, root: layout.EvalRoot, names: list[str], langs, limit) -> dict:
     loaded = None
     metrics = {"model": root.model, "size": cfg.size, "limit": limit, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     for name in names:
@@ -96,12 +106,34 @@ def is_complete(cfg: Config, run: str | None = None, model: str | None = None, b
 
 
 def generations(root: layout.EvalRoot, benchmark: str, lang: str, wanted: set | None = None) -> list[dict]:
-    """The generation rows of one language whose id is among ``wanted`` (the evaluated subset); [] if none yet."""
+    """The generation rows of one language whose id is among ``wanted`` (the evaluated subset); [] if none yet.
+
+    The same id twice with the same response (two writers before locks existed) keeps one; with different
+    responses it is an error naming the file and the lines."""
     path = root.generations(benchmark, lang)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return []
-    rows = read_jsonl(path, ("lang", "id", "response"))
-    return [r for r in rows if wanted is None or r["id"] in wanted]
+    try:
+        rows = read_jsonl(path, ("lang", "id", "response"))
+    except DataError as e:
+        raise ResultsError(f"{e}; delete the file to regenerate it") from None
+    seen: dict = {}
+    out = []
+    for k, row in enumerate(rows, 1):
+        ident = row["id"]
+        if not isinstance(ident, (int, str)) or isinstance(ident, bool):
+            raise ResultsError(f"{path}: row {k}: id {ident!r} must be an integer or a string; delete the file to regenerate it")
+        if ident in seen:
+            first = seen[ident]
+            if rows[first - 1]["response"] != row["response"]:
+                raise ResultsError(f"{path}: rows {first} and {k} both answer id {ident!r} with different responses; "
+                                   "delete one of them (or the file, to regenerate it)")
+            logger.warning("%s: row %d repeats id %r (same response as row %d); counted once", path, k, ident, first)
+            continue
+        seen[ident] = k
+        if wanted is None or ident in wanted:
+            out.append(row)
+    return out
 
 
 def load_generations(root: layout.EvalRoot, benchmark: str, langs, limit=None) -> dict[str, list[dict]]:

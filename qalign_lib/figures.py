@@ -4,35 +4,23 @@ No backend is chosen here: in a notebook the figures show inline, headless matpl
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from .io import atomic_write
 
 
 def save(fig, path: Path, dpi: int = 130) -> Path:
-    """Write ``fig`` to ``path`` through a temporary file and a rename (no half-written image), then close it."""
+    """Write ``fig`` to ``path`` atomically (no half-written image; the rules of :func:`qalign_lib.io.atomic_write`:
+    symlinks written through, only regular files replaced, modes kept), then close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def loss_curve(log: list[dict], title: str = ""):

@@ -14,8 +14,8 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ResultsError
-from .io import append_jsonl, atomic_write
+from .errors import DataError, ResultsError
+from .io import append_jsonl, atomic_write, check_input, read_lines
 
 
 def batches(lengths: list[int], batch_size: int, max_new_tokens: int, token_budget: int | None = None) -> list[list[int]]:
@@ -70,19 +70,26 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 def done_ids(path: Path) -> set:
     """Ids already generated in a JSONL file; a torn last line (a kill mid-write) is dropped from the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return set()
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    try:
+        check_input(path)
+        lines = read_lines(path)
+    except DataError as e:
+        raise ResultsError(str(e)) from None
+    if lines and lines[-1] == "":
+        lines.pop()  # the file ends with a newline
+    lines = [line + "\n" for line in lines[:-1]] + [lines[-1]] if lines else []
     good, ids = [], set()
     for k, line in enumerate(lines):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if k == len(lines) - 1:
                 break
             raise ResultsError(f"{path}:{k + 1}: corrupt line in the middle of a generations file; delete the file to regenerate it") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise ResultsError(f"{path}:{k + 1}: expected a JSON object with an 'id'; delete the file to regenerate it")
+        if not isinstance(row, dict) or not _valid_id(row.get("id")):
+            raise ResultsError(f"{path}:{k + 1}: expected a JSON object with an integer or string 'id'; delete the file to regenerate it")
         good.append(line if line.endswith("\n") else line + "\n")
         ids.add(row["id"])
     if len(good) != len(lines) or (lines and not lines[-1].endswith("\n")):
@@ -91,16 +98,28 @@ def done_ids(path: Path) -> set:
     return ids
 
 
+def _valid_id(ident) -> bool:
+    return isinstance(ident, (int, str)) and not isinstance(ident, bool)
+
+
 def generate_to_files(model, tokenizer, items: list[dict], folder: Path, max_new_tokens: int, batch_size: int,
                       token_budget: int | None = None, desc: str = "") -> int:
     """Generate for ``items`` ({"id", "lang", "prompt"}) and append each batch's rows, as they are produced, to
-    ``folder/<lang>.jsonl``. The caller passes only what is missing (see ``done_ids``)."""
+    ``folder/<lang>.jsonl``. Ids already in a file are never appended again (the caller passes what is missing, see
+    ``done_ids``; this guards against a second writer). Returns the number of rows appended."""
+    present = {lang: done_ids(Path(folder) / f"{lang}.jsonl") for lang in {it["lang"] for it in items}}
+    items = [it for it in items if it["id"] not in present[it["lang"]]]
+    written = 0
     for results in generate(model, tokenizer, [it["prompt"] for it in items], max_new_tokens, batch_size,
                             token_budget, desc=desc or str(folder)):
         by_lang: dict[str, list[dict]] = {}
         for i, text, n in sorted(results):
-            by_lang.setdefault(items[i]["lang"], []).append(
-                {"lang": items[i]["lang"], "id": items[i]["id"], "response": text, "new_tokens": n})
+            lang, ident = items[i]["lang"], items[i]["id"]
+            if ident in present[lang]:
+                continue
+            present[lang].add(ident)
+            by_lang.setdefault(lang, []).append({"lang": lang, "id": ident, "response": text, "new_tokens": n})
         for lang, rows in by_lang.items():
             append_jsonl(Path(folder) / f"{lang}.jsonl", rows)
-    return len(items)
+            written += len(rows)
+    return written

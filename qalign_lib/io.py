@@ -2,30 +2,72 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import DataError
+from .errors import DataError, OutputError
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_target(path: str | os.PathLike) -> tuple[Path, int]:
+    """Where an atomic write of ``path`` goes, and with which mode: a symlink is written through (its target is
+    replaced, the link stays), an existing file keeps its mode, a new one gets 0666 less the umask. Anything that
+    exists and is not a regular file (a directory, a FIFO, a device) is refused: it is not ours to replace."""
+    if not str(path).strip():
+        raise OutputError("output path is empty: give a file name, e.g. --out examples.jsonl")
+    path = Path(path)
+    try:
+        target = path.resolve(strict=False)
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise OutputError(f"{path}: cannot be resolved ({e}); give a plain file path") from None
+    if target.exists() or target.is_symlink():
+        try:
+            st = target.stat()
+        except OSError as e:
+            raise OutputError(f"{path}: cannot be written ({e.strerror})") from None
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, a FIFO or a socket)"
+            raise OutputError(f"{path} is {kind}; refusing to replace it: give the path of a file to write")
+        return target, stat.S_IMODE(st.st_mode)
+    return target, 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
-    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    Writes through symlinks, refuses targets that are not regular files, keeps an existing file's mode (a new one
+    follows the umask), and turns a failure to write (read-only, no space left) into an OutputError naming the file.
+    """
+    target, file_mode = output_target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write in {target.parent} ({e.strerror})") from None
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.chmod(tmp, file_mode)
+        os.replace(tmp, target)
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+            raise OutputError(f"{path}: could not be written ({why}); the previous file, if any, is unchanged") from None
         raise
 
 
@@ -51,25 +93,49 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), hint: str 
     ``hint`` is appended to the missing-file message (e.g. the command that fetches the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing file {path}" + (f": {hint}" if hint else ""))
+    check_input(path, hint)
     required = tuple(required)
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for field in required:
-                if field not in row or row[field] is None:
-                    raise DataError(f"{path}:{lineno}: missing field {field!r} (required fields: {', '.join(required)})")
-            rows.append(row)
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply to read; each line must be one flat JSON object") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for field in required:
+            if field not in row or row[field] is None:
+                raise DataError(f"{path}:{lineno}: missing field {field!r} (required fields: {', '.join(required)})")
+        rows.append(row)
     return rows
+
+
+def check_input(path: Path, hint: str = "") -> None:
+    """An input file must be a readable regular file; the error says which of those it is not."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, expected a file")
+    if path.is_symlink():
+        raise DataError(f"{path} is a broken symbolic link (or a loop of links): it points to {os.readlink(path)}")
+    if path.exists():
+        raise DataError(f"{path} is not a regular file")
+    raise DataError(f"missing file {path}" + (f": {hint}" if hint else ""))
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, split at \\n only (the last one is empty when the file ends with \\n);
+    unreadable or non-UTF-8 files are DataErrors naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); the file is corrupt or not ours") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
 
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:

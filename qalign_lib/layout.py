@@ -23,9 +23,11 @@ generations moves them aside (``<name>.replaced-<time>``), never deletes them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,10 @@ class EvalRoot:
     def metrics(self) -> Path:
         return self.path / "metrics.json"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
     def read_metrics(self) -> dict | None:
         return read_json(self.metrics) if self.metrics.is_file() else None
 
@@ -102,6 +108,11 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     tensorboard = property(lambda self: self.path / "tensorboard")
     done_marker = property(lambda self: self.path / "DONE")
+
+    @property
+    def lock_file(self) -> Path:
+        """Beside the run, not in it: a run moved aside must not take its lock along."""
+        return self.path.parent / ".locks" / f"{self.name}.lock"
 
     def launch_log(self, machine: int = 0) -> Path:
         return self.path / (f"launch.machine{machine}.log" if machine else "launch.log")
@@ -160,6 +171,10 @@ def eval_root(size: str, base_model: str, run_name: str | None = None, model: st
     return run(size, run_name).require_done().eval
 
 
+def study_lock(size: str) -> Path:
+    return size_root(size) / ".locks" / "study.lock"
+
+
 def notebooks_dir(size: str) -> Path:
     return size_root(size) / "notebooks"
 
@@ -182,6 +197,49 @@ def move_aside(path: Path, why: str) -> Path:
     log.get(__name__).info("%s: %s; moving the old one to %s", path.name, why, aside)
     os.replace(path, aside)
     return aside
+
+
+@contextlib.contextmanager
+def lock(path: Path, what: str):
+    """Exclusive use of what the lock file ``path`` guards (a run, an eval root, a study) by this process.
+
+    A non-blocking ``flock`` on ``path``, which holds the holder's PID: a second process fails at once with a
+    RunError naming that PID instead of writing into the same files. The lock goes with the process, so a job killed
+    with -9 leaves nothing to clean up. Re-entrant within one process. Lock files live outside what they guard
+    when that can be moved aside (runs: ``runs/<size>/.locks/<run>.lock``).
+    """
+    import fcntl
+
+    path = Path(path)
+    key = str(path.resolve())
+    if key in _HELD:  # this process holds it already (e.g. the phases of one stage 2)
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunError(f"{what} ({path}): cannot create its lock file ({e.strerror}); is the runs folder writable?") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise RunError(f"{what} is in use by another process (PID {holder}); wait for it to finish, or stop it, "
+                           f"then rerun (lock: {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+_HELD: set[str] = set()
 
 
 def read_json(path: Path) -> dict:

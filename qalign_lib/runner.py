@@ -78,10 +78,15 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
             todo[name] = reason or "not trained yet"
         steps.append(Step("train", name, nb, params, status, reason))
     targets = [n for n in s.systems if not only or n in only or s.systems[n] in only or s.systems[n] in studies.order(s, only)]
+    no_bench = studies.missing_benchmarks(s)
     for system in targets:
         run = s.systems[system]
         params = {"size": s.size, "benchmarks": ",".join(s.benchmarks)}
         params.update({"model": run.split(":", 1)[1]} if run.startswith("model:") else {"run": run})
+        if no_bench:
+            steps.append(Step("evaluate", system, "evaluate", params, "skip", "missing benchmark data: " + "; ".join(no_bench[:3])
+                              + (" ..." if len(no_bench) > 3 else "")))
+            continue
         if run in blocked:
             steps.append(Step("evaluate", system, "evaluate", params, "skip", f"its run {run} is skipped"))
             continue
@@ -91,12 +96,16 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         complete = evaluation.is_complete(s.cfg, run=params.get("run"), model=params.get("model"), benchmarks=s.benchmarks)
         steps.append(Step("evaluate", system, "evaluate", params, "done" if complete else "todo", "complete" if complete else ""))
     if report:
-        steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name}, "todo"))
+        evaluated = any(st.kind == "evaluate" and st.status != "skip" for st in steps)
+        steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name},
+                          "todo" if evaluated else "skip", "" if evaluated else "no system can be evaluated"
+                          + (" (missing benchmark data)" if no_bench else "")))
     return steps
 
 
 def execute(step: Step, out_dir: Path, index: int) -> Path:
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     out = out_dir / f"{index:02d}-{step.kind}-{step.name.replace('/', '_').replace(' ', '_')}.ipynb"
@@ -107,14 +116,15 @@ def execute(step: Step, out_dir: Path, index: int) -> Path:
     except PapermillExecutionError as e:
         raise StudyError(f"{step.kind} {step.name} failed in {step.notebook}.ipynb: {e.ename}: {e.evalue}\n"
                          f"  executed notebook with the full traceback: {out}") from None
+    except DeadKernelError:
+        raise StudyError(f"{step.kind} {step.name}: the kernel died (out of memory?) while running {step.notebook}.ipynb; "
+                         f"rerun `qalign study` to resume from what is finished (partial notebook: {out})") from None
     return out
 
 
 def run_study(name: str, size: str | None = None, only: list[str] | None = None, dry_run: bool = False,
               report: bool = True) -> int:
     """Run (or with ``dry_run`` only print) a study's plan; raises StudyError naming a failed step."""
-    import logging
-
     s = studies.load(name, size=size)
     steps = plan(s, only, report)
     width = max(len(st.name) for st in steps)
@@ -124,6 +134,13 @@ def run_study(name: str, size: str | None = None, only: list[str] | None = None,
                     f"  ({st.reason})" if st.reason else "")
     if dry_run:
         return 0
+    with layout.lock(layout.study_lock(s.size), f"`qalign study` for size {s.size}"):
+        return _run(s, steps)
+
+
+def _run(s: studies.Study, steps: list[Step]) -> int:
+    import logging
+
     log.attach("papermill", logging.INFO)
     out_dir = layout.notebooks_dir(s.size)
     start = time.time()

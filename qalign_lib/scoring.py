@@ -95,11 +95,11 @@ def score_rows(rows: list[dict], gold: dict[str, dict], benchmark: str, scorer: 
     per_question: dict[str, dict] = defaultdict(dict)
     for i, row in enumerate(rows, 1):
         lang, ident, response = row.get("lang"), row.get("id"), row.get("response")
-        if lang not in b.langs:
+        if not isinstance(lang, str) or lang not in b.langs:
             raise ResultsError(f"{source}: row {i}: language {lang!r} is not part of {b.name} ({' '.join(b.langs)})")
         if lang not in gold:
             raise ResultsError(f"{source}: row {i}: no gold answers loaded for {b.name} {lang}")
-        if isinstance(ident, bool) or ident not in gold[lang]:
+        if not isinstance(ident, (int, str)) or isinstance(ident, bool) or ident not in gold[lang]:
             raise ResultsError(f"{source}: row {i}: id {ident!r} is not a {b.name} {lang} question")
         if not isinstance(response, str):
             raise ResultsError(f"{source}: row {i}: field 'response' must be a string, got {type(response).__name__}")

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import data, layout, log, modeling, training
@@ -20,11 +22,15 @@ logger = log.get(__name__)
 def train(cfg: Config, name: str, tasks: list[str], langs=None, init: str = "base", stage: int = 1) -> Path:
     """Prepare and train one run unless it is already finished; returns its directory."""
     modeling.preflight(cfg)
-    out = training.prepare(cfg, name, tasks, langs, init, stage)
-    if out is None:
-        return layout.run(cfg.size, name).path
-    logger.info("run %s: training on %s (%s) from %s", name, "+".join(tasks), ",".join(training.data_langs(tasks, langs)), init)
-    launch(cfg, out)
+    run = layout.run(cfg.size, name)
+    # machine 0 holds the lock of a multi-machine run; the other machines' notebooks train the same run with it
+    guard = layout.lock(run.lock_file, f"run {name}") if not int(os.environ.get("MACHINE_RANK") or 0) else nullcontext()
+    with guard:
+        out = training.prepare(cfg, name, tasks, langs, init, stage)
+        if out is None:
+            return run.path
+        logger.info("run %s: training on %s (%s) from %s", name, "+".join(tasks), ",".join(training.data_langs(tasks, langs)), init)
+        launch(cfg, out)
     return out
 
 

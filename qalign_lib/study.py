@@ -139,3 +139,13 @@ def missing(study: Study, run_name: str, root=None) -> list[str]:
                 if data.available(dataset, lang, split or None, root) is None:
                     out.append(f"{key} [{lang}] ({data.path_of(dataset, lang, split or None, root)})")
     return out
+
+
+def missing_benchmarks(study: Study, root=None) -> list[str]:
+    """The benchmark files that the study's evaluations read and that are absent (empty when all are there)."""
+    out = []
+    for b in study.benchmarks:
+        for lang in study.cfg.eval_langs:
+            if lang in registry.get(b).langs and data.available(b, lang, None, root) is None:
+                out.append(f"{b} [{lang}] ({data.path_of(b, lang, None, root)})")
+    return out

@@ -11,6 +11,8 @@ The fingerprint is derived from the declaration in :mod:`qalign_lib.config`: eve
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib.util
 import json
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import config, data, figures, layout, log, modeling
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunError
 from .io import read_jsonl, write_json, write_jsonl
 
 logger = log.get(__name__)
@@ -240,16 +242,31 @@ def fit(out: Path, callbacks=()) -> Path:
     last = last_checkpoint(run.path)
     if last:
         logger.info("resuming %s from %s", run.name, last)
-    trainer.train(resume_from_checkpoint=last)
-    if trainer.is_world_process_zero():
-        shutil.rmtree(run.model_tmp, ignore_errors=True)
-    trainer.save_model(str(run.model_tmp))
+    with _disk_full_is_clear(run):
+        trainer.train(resume_from_checkpoint=last)
+        if trainer.is_world_process_zero():
+            shutil.rmtree(run.model_tmp, ignore_errors=True)
+        trainer.save_model(str(run.model_tmp))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(run.model_tmp)
         shutil.rmtree(run.model, ignore_errors=True)
         os.replace(run.model_tmp, run.model)
         finish(run.path)
     return run.path
+
+
+@contextlib.contextmanager
+def _disk_full_is_clear(run: layout.RunDir):
+    """A full disk while saving a checkpoint or the model shows up as OSError(ENOSPC) or, from torch's zip writer,
+    as RuntimeError("... unexpected pos ..."): say what it is and that a rerun resumes."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "unexpected pos" in text or "No space left" in text:
+            raise RunError(f"no space left on the device of {run.path} while saving (a checkpoint or the model): free "
+                           "space (`df -h`), then rerun: the run resumes from its last complete checkpoint") from e
+        raise
 
 
 def finish(out: Path) -> None:

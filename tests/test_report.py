@@ -137,7 +137,7 @@ def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthe
     # a corrupt generations file is an error, not an absent system
     with root.generations("mgsm", "en").open("a") as f:
         f.write("{not json\n")
-    with pytest.raises(errors.DataError, match="not valid JSON"):
+    with pytest.raises(errors.ResultsError, match="not valid JSON"):
         results.collect(s)
     # and so is a bug
     from qalign_lib import evaluation
