@@ -139,11 +139,16 @@ def read_lines(path: Path) -> list[str]:
 
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Append rows and flush to disk, so that a crash loses at most the row being written."""
+    """Append rows and flush to disk, so that a crash loses at most the row being written (a torn last line is
+    repaired by the reader, see generation.done_ids). A failure to write names the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        raise OutputError(f"{path}: could not append ({why}); the rows already there are kept, rerun to resume") from None

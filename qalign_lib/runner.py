@@ -99,7 +99,7 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         evaluated = any(st.kind == "evaluate" and st.status != "skip" for st in steps)
         steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name},
                           "todo" if evaluated else "skip", "" if evaluated else "no system can be evaluated"
-                          + (" (missing benchmark data)" if no_bench else "")))
+                          + (f" (missing benchmark data: {'; '.join(no_bench[:2])})" if no_bench else "")))
     return steps
 
 
