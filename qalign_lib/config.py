@@ -58,7 +58,13 @@ class Config:
     lr: float = param(2.0e-5, "peak learning rate (AdamW)", "learned", "train", min=0, min_exclusive=True)
     epochs: int = param(3, "passes over the training data", "learned", "train", min=1)
     batch_size: int = param(128, "effective batch: per_device_batch_size x accumulation x processes", "learned", "train", min=1)
-    per_device_batch_size: int = param(4, "micro-batch per device (gradient accumulation makes up the rest)", "speed", "train", min=1)
+    per_device_batch_size: int = param(2, "micro-batch per device (gradient accumulation makes up the rest); with "
+                                       "loss_reduction reference it decides which sequences share a loss mean (the "
+                                       "reference: 2)", "learned", "train", min=1)
+    loss_reduction: Literal["reference", "token"] = param(
+        "reference", "reference: each micro-batch's loss is the mean over its own completion tokens, averaged over "
+        "accumulation steps and devices (the reference's transformers 4.29 Trainer); token: one mean over every "
+        "completion token of the effective batch (TRL / transformers 5)", "learned", "train")
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = param(
         "cosine", "learning-rate schedule (transformers' lr_scheduler_type)", "learned", "train")
     warmup_ratio: float = param(0.03, "share of the optimizer steps spent warming up linearly", "learned", "train", min=0, max=0.99)

@@ -46,6 +46,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     groups = batches(lengths, batch_size, max_new_tokens, token_budget) if sort else \
         [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
     device = next(model.parameters()).device
+    model.generation_config = decoding(max_new_tokens, pad_id, tokenizer.eos_token_id)
     with tqdm(total=len(prompts), desc=desc, unit="q", leave=False) as bar:
         for group in groups:
             width = max(lengths[i] for i in group)
@@ -54,9 +55,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
             for row, i in enumerate(group):
                 ids[row, width - lengths[i]:] = torch.tensor(encoded[i])
                 mask[row, width - lengths[i]:] = 1
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                 do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
-                                 temperature=None, top_p=None, top_k=None)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device))
             new = out[:, width:].tolist()
             results = []
             for row, i in enumerate(group):
@@ -65,6 +64,18 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                 results.append((i, tokenizer.decode(tokens[:n], skip_special_tokens=True), n))
             bar.update(len(group))
             yield results
+
+
+def decoding(max_new_tokens: int, pad_token_id: int, eos_token_id: int):
+    """The reference's decoding (NJUNLP/QAlign evaluate/scripts/mgsm_test.py: a fresh ``GenerationConfig(max_new_tokens,
+    do_sample=False)``, greedy, stopping at the model's EOS) as a complete config of its own. It replaces the loaded
+    model's ``generation_config``, because transformers 5 fills every unset value of a passed config from the
+    checkpoint's: a repetition penalty, sampling or extra stop ids in a checkpoint's generation_config.json would leak
+    into the evaluation."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
+                            eos_token_id=eos_token_id, bos_token_id=None)
 
 
 def done_ids(path: Path) -> set:

@@ -169,7 +169,8 @@ def _consistency(ctx: Context, _) -> pd.DataFrame:
 
 
 def _paper_vs_us(ctx: Context, _) -> pd.DataFrame:
-    pvu = tables.paper_vs_us(ctx.long, ctx.study.size)
+    released = {ref.split(":", 1)[1]: system for system, ref in ctx.study.systems.items() if ref.startswith("model:")}
+    pvu = tables.paper_vs_us(ctx.long, ctx.study.size, released=released)
     source = pvu.attrs["source"]
     pvu = pvu.set_index("system") if len(pvu) else pvu
     pvu.attrs["source"] = source
@@ -209,7 +210,10 @@ ITEMS: tuple[Item, ...] = (
                        "Cross-lingual consistency with English — size {size}")),
     Item("paper_vs_us", None, _paper_vs_us,
          "**Paper vs us**: {n_avg} averages (%); ours with 95% bootstrap CIs ({scorer} scorer). Paper numbers: "
-         "{source} (params/paper.yaml)."),
+         "{source} (params/paper.yaml). Each paper number is labelled with what it measures: only QAlign's comes "
+         "from the QAlign recipe; MetaMath's and MathOctopus's are their released checkpoints, trained with their own "
+         "recipes. \"same checkpoint\" is our evaluation of that released checkpoint (like for like); \"our "
+         "recipe\" is our own run of the method."),
 )
 
 

@@ -71,11 +71,22 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
         if run.init != "base" and run.init not in runs:
             raise ConfigError(f"{path}: run {run.name!r} starts from unknown run {run.init!r}")
     systems = dict(raw.get("systems") or {})
+    released = raw.get("released") or {}
+    if not isinstance(released, dict) or not all(isinstance(v, dict) for v in released.values()):
+        raise ConfigError(f"{path}: released: expected a mapping size -> {{system name: Hub id}}")
+    groups = dict(raw.get("groups") or {})
+    for system, model_id in (released.get(size) or {}).items():  # published checkpoints, evaluated as they are
+        if system in systems:
+            raise ConfigError(f"{path}: released system {system!r} is also a system of the study; rename one")
+        systems[system] = f"model:{model_id}"
+        groups.setdefault("released", []).append(system)
+        if "main" in groups:  # first-class rows of Tables 2-3, beside our own runs of the same methods
+            groups["main"] = [*groups["main"], system]
     for system, run_name in systems.items():
         if run_name != "base" and run_name not in runs and not str(run_name).startswith("model:"):
             raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}")
     benchmarks = registry.parse(raw.get("benchmarks"), what=f"{path}: benchmarks")
-    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), raw.get("groups") or {}, str(path))
+    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), groups, str(path))
     order(study)  # validates that there is no cycle
     return study
 

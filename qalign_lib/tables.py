@@ -111,42 +111,58 @@ def paired_tests(results: dict, a: str, b: str, benchmark: str, n_boot: int = 10
 
 def consistency(results: dict, systems: list[str], benchmark: str, ref: str = "en") -> pd.DataFrame:
     """Cross-lingual consistency with ``ref`` of each system (Figure 3): columns system, lang, jaccard (of the sets of
-    questions answered correctly, %), agreement (share of questions whose predicted numbers agree, %)."""
+    questions answered correctly, %), agreement (share of questions whose predicted numbers agree, %). Only the
+    benchmark's averaged languages take part, as in the reference's ten-language evaluation (mGSM's Telugu does not)."""
+    averaged = registry.get(benchmark).averaged
     frames = []
     for system in systems:
         r = results.get(system, {}).get(benchmark)
         if r is None or ref not in r["per_question"]:
             continue
         right, preds = correct(r), predictions(r)
-        langs = [lang for lang in right if lang != ref]
+        langs = [lang for lang in right if lang != ref and lang in averaged]
         t = statistics.consistency_table(right, preds, langs, ref=ref)
         t.insert(0, "system", system)
         frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["system", "lang", "jaccard", "agreement"])
 
 
-def paper_vs_us(long_tables: dict[str, pd.DataFrame], size: str, paper: dict | None = None) -> pd.DataFrame:
+def paper_vs_us(long_tables: dict[str, pd.DataFrame], size: str, paper: dict | None = None,
+                released: dict[str, str] | None = None) -> pd.DataFrame:
     """Our averages (with CIs, from the long tables of :func:`accuracy_table`) beside the paper's reported ones.
 
-    ``paper`` is params/paper.yaml (read when not given): ``source``, ``systems`` (our name -> the paper's) and
-    ``averages[size][system][benchmark]``. Rows: every system the paper reports for ``size``, and every system it
-    names that we have averages for. ``frame.attrs["source"]`` says where the paper's numbers come from.
+    ``paper`` is params/paper.yaml (read when not given): ``source``, ``systems`` (our name -> the paper's),
+    ``measures`` (what each paper number measures: a released checkpoint and the recipe that trained it) and
+    ``averages[size][system][benchmark]``. ``released`` maps a Hub id to the study's system name evaluating that
+    checkpoint. Rows: every system the paper reports for ``size``, and every system it names that we have averages
+    for. Columns per benchmark: the paper's number, ours for the same released checkpoint (like for like) and ours
+    for our own run of the method (our recipe). ``frame.attrs["source"]`` says where the paper's numbers come from.
     """
     paper = config.read_yaml(config.params_dir() / "paper.yaml") if paper is None else paper
     names = dict(paper.get("systems") or {})
+    measures = dict(paper.get("measures") or {})
+    released = released or {}
     reported = (paper.get("averages") or {}).get(size) or {}
     ours = {name: long[long["lang"] == AVG].set_index("system") for name, long in long_tables.items()
             if long is not None and len(long)}
     have = {system for frame in ours.values() for system in frame.index}
     order = list(names) + [x for x in reported if x not in names]
+
+    def cell(name: str, system: str | None):
+        r = ours[name].loc[system] if system and name in ours and system in ours[name].index else None
+        return f"{r['acc']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]" if r is not None else None
+
     rows = []
     for system in [x for x in order if x in reported or x in have]:
-        row = {"system": system, "paper name": names.get(system, system)}
+        m = measures.get(system) or {}
+        checkpoint = (m.get("checkpoint") or {}).get(size)
+        row = {"system": system, "paper name": names.get(system, system),
+               "paper number measures": m.get("what", "unknown") + (f" ({checkpoint})" if checkpoint else "")}
         for name in long_tables:
             display = registry.get(name).display
             row[f"paper {display}"] = (reported.get(system) or {}).get(name)
-            r = ours[name].loc[system] if name in ours and system in ours[name].index else None
-            row[f"ours {display}"] = f"{r['acc']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]" if r is not None else None
+            row[f"ours {display}, same checkpoint"] = cell(name, released.get(checkpoint)) if checkpoint else None
+            row[f"ours {display}, our recipe"] = cell(name, system)
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.attrs["source"] = paper.get("source", "params/paper.yaml") if reported else f"the paper reports no numbers for size {size}"

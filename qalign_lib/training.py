@@ -217,6 +217,10 @@ def make_trainer(out: Path, callbacks=()):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     trainer = SFTTrainer(model=model, args=training_args(cfg, run.path, world), train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[_loss_logger(run.train_log), *callbacks])
+    if cfg.loss_reduction == "reference":
+        # no num_items_in_batch: the model averages each micro-batch over its own tokens and the Trainer divides by
+        # the accumulation steps (DDP averages over devices), as the reference's transformers 4.29 Trainer did
+        trainer.model_accepts_loss_kwargs = False
     for callback in trainer.callback_handler.callbacks:  # transformers 5 logs under output_dir (checkpoints/, removed
         if type(callback).__name__ == "TensorBoardCallback":  # at the end) unless told: keep it in the run directory
             callback.logging_dir = str(run.tensorboard)

@@ -269,7 +269,9 @@ def test_schema_declares_every_parameter_once_with_help_and_affects():
     assert sorted(sum((config.params(a) for a in config.AFFECTS), [])) == sorted(config.params())
     assert "group_by_length" in config.params("learned")  # a different data order than the paper's random one
     assert {"lr", "epochs", "batch_size", "seed", "max_length"} <= set(config.params("learned"))
-    assert {"per_device_batch_size", "gradient_checkpointing", "padding_free", "eval_batch_size"} <= set(config.params("speed"))
+    assert {"gradient_checkpointing", "padding_free", "eval_batch_size"} <= set(config.params("speed"))
+    # with loss_reduction reference the micro-batch decides which sequences share a loss mean
+    assert {"per_device_batch_size", "loss_reduction"} <= set(config.params("learned"))
     assert {"save_steps", "num_processes", "report_to"} <= set(config.params("runtime"))
     assert config.params("generated") == ["max_new_tokens"]
     assert config.params(group="eval") == [n for n, p in schema.items() if p.group == "eval"]

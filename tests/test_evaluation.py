@@ -33,6 +33,32 @@ def test_sorted_batches_give_the_same_greedy_outputs(tiny_model):
     assert run(batch_size=2) == reference and run(batch_size=1) == reference and run(batch_size=8, token_budget=60) == reference
 
 
+def test_a_checkpoints_generation_config_never_leaks_into_the_evaluation(tiny_model, tmp_path):
+    """The reference decodes with a fresh GenerationConfig(max_new_tokens, do_sample=False): a checkpoint whose
+    generation_config.json sets a repetition penalty, n-gram blocking or sampling is evaluated greedily all the same."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    prompts = ["Janet's ducks lay 16 eggs per day. She eats three.", "### Response:", "How much? How much? How much?"]
+
+    def texts(path):
+        tok, model = modeling.load_tokenizer(str(path), "left"), modeling.load_model(str(path))
+        return [t for results in generation.generate(model, tok, prompts, 16) for _, t, _ in sorted(results)]
+
+    plain = texts(tiny_model)
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_model, odd)
+    GenerationConfig(repetition_penalty=5.0, no_repeat_ngram_size=1, do_sample=True, top_k=3,
+                     eos_token_id=[0, 1, 2]).save_pretrained(odd)
+    assert modeling.load_model(str(odd)).generation_config.repetition_penalty == 5.0  # the checkpoint's config loads
+    assert texts(odd) == plain
+    # the control: with the checkpoint's own config, the same prompts decode differently
+    tok, model = modeling.load_tokenizer(str(odd), "left"), modeling.load_model(str(odd))
+    own = model.generate(**tok(prompts[:1], return_tensors="pt"), max_new_tokens=16, do_sample=False)
+    assert tok.decode(own[0][len(tok(prompts[0])["input_ids"]):], skip_special_tokens=True) != plain[0]
+
+
 def new_tokens(n: int) -> dict:
     return {"mgsm": n, "msvamp": n}
 

@@ -69,6 +69,13 @@ def test_consistency_jaccard_and_agreement():
     assert frame.loc[0, "agreement"] == pytest.approx(100 * 1 / 4)  # only id 0 predicts the same number
 
 
+def test_consistency_leaves_telugu_out():
+    """Figure 3 covers the reference's ten languages: mGSM's Telugu is an extra table column, never in Figure 3."""
+    r = _result("mgsm", {"en": [1, 0], "de": [1, 0], "te": [1, 1]})
+    frame = tables.consistency({"A": {"mgsm": r}}, ["A"], "mgsm")
+    assert frame["lang"].tolist() == ["de"]
+
+
 def _long(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame([{"system": s, "lang": "Avg", "acc": acc, "lo": lo, "hi": hi, "n": 10} for s, acc, lo, hi in rows])
 
@@ -83,13 +90,19 @@ def test_averages_table_and_paper_vs_us():
     assert list(table.index) == ["Y", "X"]
     assert table.loc["X", f"{msvamp} acc"] == 70.0 and table.loc["X", f"{mgsm} hi"] == 60.0
     assert pd.isna(table.loc["Y", f"{msvamp} acc"])
+    long["mgsm"] = pd.concat([long["mgsm"], _long([("X released", 44.0, 34.0, 54.0)])], ignore_index=True)
     paper = {"source": "S", "systems": {"X": "Paper X", "Y": "Paper Y", "Z": "Paper Z"},
+             "measures": {"X": {"what": "released checkpoint", "checkpoint": {"7b": "org/x-7b"}}},
              "averages": {"7b": {"X": {"mgsm": 45.0, "msvamp": 66.0}}}}
-    pvu = tables.paper_vs_us(long, "7b", paper).set_index("system")
+    pvu = tables.paper_vs_us(long, "7b", paper, released={"org/x-7b": "X released"}).set_index("system")
     assert list(pvu.index) == ["X", "Y"]  # Z: neither reported for 7b nor ours
     assert pvu.loc["X", "paper name"] == "Paper X" and pvu.loc["X", f"paper {mgsm}"] == 45.0
-    assert pvu.loc["X", f"ours {mgsm}"] == "50.0 [40.0, 60.0]" and pvu.loc["X", f"ours {msvamp}"] == "70.0 [65.0, 75.0]"
-    assert pd.isna(pvu.loc["Y", f"paper {mgsm}"]) and pd.isna(pvu.loc["Y", f"ours {msvamp}"])
+    assert pvu.loc["X", "paper number measures"] == "released checkpoint (org/x-7b)"
+    assert pvu.loc["Y", "paper number measures"] == "unknown"
+    assert pvu.loc["X", f"ours {mgsm}, our recipe"] == "50.0 [40.0, 60.0]" and pvu.loc["X", f"ours {msvamp}, our recipe"] == "70.0 [65.0, 75.0]"
+    assert pvu.loc["X", f"ours {mgsm}, same checkpoint"] == "44.0 [34.0, 54.0]"  # like for like: the released model
+    assert pd.isna(pvu.loc["X", f"ours {msvamp}, same checkpoint"])
+    assert pd.isna(pvu.loc["Y", f"paper {mgsm}"]) and pd.isna(pvu.loc["Y", f"ours {msvamp}, our recipe"])
     assert tables.paper_vs_us(long, "7b", paper).attrs["source"] == "S"
     assert "no numbers for size 13b" in tables.paper_vs_us(long, "13b", paper).attrs["source"]
 
@@ -210,7 +223,8 @@ def test_report_notebook_on_synthetic_results(synthetic_data, tmp_path, monkeypa
     assert len(mixed) == 2 * len(s.groups["mixed"])
     pvu = pd.read_csv(fig / "paper_vs_us.csv", index_col=0)
     assert pvu.loc["QAlign+MonoReason", f"paper {mgsm.display}"] == 49.6 and pvu.loc["MultiReason", f"paper {msvamp.display}"] == 44.1
-    assert pvu.loc["QAlign+MonoReason", f"ours {mgsm.display}"].startswith(f"{expected['QAlign+MonoReason']:.1f} [")
+    assert pvu.loc["QAlign+MonoReason", f"ours {mgsm.display}, our recipe"].startswith(f"{expected['QAlign+MonoReason']:.1f} [")
+    assert pvu.loc["MonoReason", "paper number measures"].startswith("released MetaMath checkpoint")
     paired = pd.read_csv(fig / "paired_mgsm.csv", index_col=0)
     diff = expected["QAlign+MonoReason"] - expected["MonoReason"]
     assert paired["diff"].tolist() == pytest.approx([diff] * len(mgsm.averaged) + [-diff] * len(mgsm.extra))

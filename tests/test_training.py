@@ -259,3 +259,44 @@ def test_padding_free_loss_equals_padded_loss(synthetic_data, tiny_model):
         with torch.no_grad():
             losses[padding_free] = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}).loss.item()
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["reference", "token"])
+def test_loss_reduction_modes_match_the_hand_computed_loss(synthetic_data, tiny_model, mode):
+    """One optimizer step of 2 micro-batches of 2 sequences of very unequal completion lengths: `reference` logs the
+    mean of the micro-batches' own token means (transformers 4.29, the reference), `token` one mean over all tokens."""
+    import copy
+
+    import torch.nn.functional as F
+
+    cfg = cfg_for(tiny_model, batch_size=4, per_device_batch_size=2, loss_reduction=mode, epochs=1, lr=1e-3)
+    out = training.prepare(cfg, f"reduction-{mode}", ["x2en_question"], "de", "base", 1)
+    prompt = "### Instruction:\nTranslate the following sentences from German to English. Hallo\n\n### Response:"
+    completions = [" yes", " Tom has 3 apples and buys 2 more. " * 6, " no 1", " How many apples does he have now? " * 3]
+    layout.RunDir(out).train_jsonl.write_text("".join(json.dumps({"prompt": prompt, "completion": c, "lang": "de", "id": i})
+                                                      + "\n" for i, c in enumerate(completions)))
+    trainer = training.make_trainer(out)
+    frozen = copy.deepcopy(trainer.model).eval()  # the weights every micro-batch of step 1 is computed with
+    seen, compute = [], trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
+        return compute(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    trainer.train()
+    by_hand = []
+    for inputs in seen:
+        kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+        with torch.no_grad():
+            logits = frozen(**kwargs).logits[:, :-1].float()
+        labels = inputs["labels"][:, 1:]
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none")
+        mask = labels.reshape(-1) != -100
+        by_hand.append((losses[mask].sum().item(), int(mask.sum())))
+    assert len(by_hand) == 2 and by_hand[0][1] != by_hand[1][1], by_hand  # two micro-batches of unequal token counts
+    reference = sum(s / n for s, n in by_hand) / 2
+    token = sum(s for s, _ in by_hand) / sum(n for _, n in by_hand)
+    assert abs(reference - token) > 1e-3  # the batch tells the two modes apart
+    logged = training.read_log(out)[0]["loss"]
+    assert logged == pytest.approx(reference if mode == "reference" else token, rel=1e-4)
