@@ -15,7 +15,7 @@ from .errors import QAlignError
 def _data_download(args) -> int:
     from . import hub
 
-    hub.download(args.out, datasets=args.datasets.split(",") if args.datasets else None)
+    hub.download(args.out, datasets=args.datasets.split(",") if args.datasets else None, qalign_repo=args.qalign_repo)
     log.get(__name__).info("wrote the normalized data to %s; use it with: export QALIGN_DATA_DIR=%s", args.out, args.out)
     return 0
 
@@ -92,9 +92,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="download, check and build datasets").add_subparsers(dest="data_command", required=True)
-    dl = d.add_parser("download", help="fetch the public sources from the Hugging Face Hub and normalize them")
+    dl = d.add_parser("download", help="fetch the public sources (Hugging Face Hub; QAlign's stage-1 files from GitHub) and normalize them")
     dl.add_argument("--out", required=True, help="directory to write (then set QALIGN_DATA_DIR to it)")
     dl.add_argument("--datasets", help="comma-separated subset (default: all)")
+    dl.add_argument("--qalign-repo", metavar="DIR", help="read QAlign's stage-1 question files from this clone of "
+                    "NJUNLP/QAlign (a checkout, or a bare clone read with git at commit a65ee63) instead of GitHub")
     dl.set_defaults(func=_data_download)
 
     ck = d.add_parser("check", help="table of datasets x languages; exit 1 if a study's data is missing")

@@ -1,8 +1,16 @@
-"""qalign_lib.hub: normalizers on tiny rows in each hub schema, and download() failing fast and clearly offline."""
+"""qalign_lib.hub: normalizers on tiny rows in each source schema (hub rows, QAlign's text files), and download()
+failing fast and clearly offline."""
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
+import subprocess
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -136,24 +144,48 @@ def test_gsm8kinstruct_aligns_by_content_not_position():
     assert inst["bn"] == []
     # a translation of GSM8K's original chain of thought (not MathOctopus's English one) aligns too
     assert [(r["id"], r["question"]) for r in inst["ja"]] == [(2, "ベティは1,000ドル必要です。")]
-    q = hub.derive_questions(inst)
-    assert set(q) == set(NON_EN)
-    assert q["de"] == [
-        {"id": 0, "question_en": "Natalia sold 48 clips\nin April.", "question": "Natalia verkaufte 48 Clips."},
-        {"id": 2, "question_en": "Betty needs $1,000 for a wallet.", "question": "Betty braucht 1.000 $."}]
+    assert all(r["gsm8k_idx"] == r["id"] for rows in inst.values() for r in rows)
 
 
-def test_gsm8kinstruct_ambiguous_and_unmatched_rows_are_left_out():
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_gsm8kinstruct_keeps_every_row():
+    """Rows that align to no GSM8K id (unknown, or ambiguous) are kept for MultiReason and the mixed setting, after
+    the aligned ones, with distinct ids >= UNALIGNED_ID derived from their hub row index; a low share is a warning."""
     train = hub.normalize_gsm8k(GSM8K_TRAIN)
     rows = instruct_rows() + [instruct_row("en", "A question that is not in GSM8K.", "<<1+1=2>>2\n#### 2"),
                               instruct_row("de", "Unbekannt.", "<<9*9=81>>81\n#### 81"),
                               instruct_row("fr", "Weng, encore.", "Taux : <<12/60=0.2>>0.2.\n#### 10")]
-    inst = hub.normalize_gsm8kinstruct(rows, train, min_aligned=0.0)
-    assert [r["id"] for r in inst["en"]] == [0, 1, 2]
-    assert [r["id"] for r in inst["de"]] == [0, 2]
-    assert inst["fr"] == []  # two French rows claim GSM8K row 1: ambiguous, both left out
-    with pytest.raises(DataError, match=r"only 2 of 3 German rows could be aligned"):
-        hub.normalize_gsm8kinstruct(rows, train)
+    handler, logger = _Records(), logging.getLogger("qalign.hub")
+    logger.addHandler(handler)
+    try:
+        inst = hub.normalize_gsm8kinstruct(rows, train)
+    finally:
+        logger.removeHandler(handler)
+    u = hub.UNALIGNED_ID
+    assert sum(len(v) for v in inst.values()) == len(rows)  # every row, every language
+    assert [r["id"] for r in inst["en"]] == [0, 1, 2, u + 8]
+    assert inst["en"][3] == {"id": u + 8, "gsm8k_idx": None, "question": "A question that is not in GSM8K.",
+                             "answer": "<<1+1=2>>2\n#### 2"}
+    assert [r["id"] for r in inst["de"]] == [0, 2, u + 9]
+    # two French rows claim GSM8K row 1: ambiguous, both kept unaligned, in hub order
+    assert [(r["id"], r["gsm8k_idx"], r["question"]) for r in inst["fr"]] == [
+        (u + 2, None, "Weng gagne 12 $ par heure."), (u + 10, None, "Weng, encore.")]
+    assert inst["bn"] == []
+    for lang, lrows in inst.items():
+        assert len({r["id"] for r in lrows}) == len(lrows), lang
+    warned = [r.getMessage() for r in handler.records if r.levelno == logging.WARNING]
+    assert any("only 2 of 3 German rows could be aligned" in m and "kept" in m for m in warned)
+    assert any("only 0 of 2 French rows" in m for m in warned)
+    assert any("only 3 of 4 English rows" in m for m in warned)
+    assert not any("Spanish" in m or "Japanese" in m for m in warned)  # all aligned
 
 
 def test_gsm8kinstruct_malformed_rows():
@@ -164,6 +196,220 @@ def test_gsm8kinstruct_malformed_rows():
         hub.normalize_gsm8kinstruct([{"prompt": "### Instruction:\nq\n\n### Response:", "chosen": "a"}], train)
     with pytest.raises(DataError, match=r"row 0: field 'prompt' has no '### Instruction:'"):
         hub.normalize_gsm8kinstruct([{"prompt": "Solve q", "chosen": "a"}], train)
+
+
+# --- QAlign's released question pairs (source schema: line-aligned text files train.{x} / train.en) --------------
+
+# de-en, line by line: whitespace differs from GSM8K's (matched), a line in no GSM8K row (kept), an empty English
+# side and a blank German side (both skipped, as gsmtrans.py does), outer whitespace (stripped), a repeated English
+# line (kept, with its own id)
+QALIGN_DE = ["Weng verdient 12 $ pro Stunde.", "Eine Zeile, die in GSM8K fehlt.", "Leer.", "   ",
+             " Natalia verkaufte 48 Clips. ", "Natalia verkaufte im April 48 Clips."]
+QALIGN_DE_EN = ["Weng earns $12 an hour. How much?", "A line that is in no GSM8K row.", "",
+                "Natalia sold 48 clips in April.", "  Natalia sold 48 clips in April. ",
+                "Natalia sold 48 clips in April."]
+
+
+def qalign_sides(lang: str) -> tuple[list[str], list[str]]:
+    if lang == "de":
+        return QALIGN_DE, QALIGN_DE_EN
+    return ([f"{lang}: Natalia", f"{lang}: Betty"],
+            ["Natalia sold 48 clips in April.", "Betty needs $1,000 for a wallet."])
+
+
+def qalign_tree(root: Path, langs=NON_EN) -> Path:
+    """A directory laid out like NJUNLP/QAlign: data/gsmtrans/gsm8kinstruct_question/{x}-en/train.{x,en}."""
+    for lang in langs:
+        for side, lines in zip((lang, "en"), qalign_sides(lang)):
+            path = root / hub.qalign_path(lang, side)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))
+    return root
+
+
+def test_question_pairs_ids_unmatched_and_empty_lines():
+    train, u = hub.normalize_gsm8k(GSM8K_TRAIN), hub.UNALIGNED_ID
+    rows = hub.normalize_question_pairs(QALIGN_DE, QALIGN_DE_EN, train, "de")
+    assert rows == [
+        {"id": 1, "question_en": "Weng earns $12 an hour. How much?", "question": "Weng verdient 12 $ pro Stunde."},
+        {"id": u + 1, "question_en": "A line that is in no GSM8K row.", "question": "Eine Zeile, die in GSM8K fehlt."},
+        {"id": 0, "question_en": "Natalia sold 48 clips in April.", "question": "Natalia verkaufte 48 Clips."},
+        {"id": u + 5, "question_en": "Natalia sold 48 clips in April.",
+         "question": "Natalia verkaufte im April 48 Clips."}]
+    assert len(rows) == sum(1 for x, en in zip(QALIGN_DE, QALIGN_DE_EN) if x.strip() and en.strip())
+    assert hub.normalize_question_pairs([], [], train, "bn") == []
+
+
+def test_question_pairs_unequal_line_counts():
+    with pytest.raises(DataError, match=r"gsm8kinstruct_question th-en: train.th has 3 lines but train.en has 2"):
+        hub.normalize_question_pairs(["a", "b", "c"], ["a", "b"], hub.normalize_gsm8k(GSM8K_TRAIN), "th")
+    with pytest.raises(DataError, match=r"field 'question' is missing"):
+        hub.normalize_question_pairs(["a"], ["a"], [{"id": 0, "answer": "x"}], "de")
+
+
+def test_qalign_lines():
+    assert hub.qalign_lines(b"a\r\nb\rc\n", "f") == ["a", "b", "c"]  # universal newlines, as Python reads text
+    assert hub.qalign_lines("a\n\n \nb".encode(), "f") == ["a", "", " ", "b"]
+    assert hub.qalign_lines(b"", "f") == [] and hub.qalign_lines(b"\n", "f") == [""]
+    assert hub.qalign_lines("x\u2028y\n".encode(), "f") == ["x\u2028y"]  # not a line end for file iteration
+    with pytest.raises(DataError, match=r"^train.bn: not UTF-8 text \(byte 1\).*--qalign-repo"):
+        hub.qalign_lines(b"a\xff\n", "train.bn")
+    with pytest.raises(DataError, match=r"Git LFS pointer"):
+        hub.qalign_lines(b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n", "train.th")
+
+
+def test_qalign_urls_are_pinned():
+    assert hub.qalign_url(hub.qalign_path("th", "th")) == (
+        "https://raw.githubusercontent.com/NJUNLP/QAlign/a65ee63836e41896466a1b81834d8db0deaf4324/"
+        "data/gsmtrans/gsm8kinstruct_question/th-en/train.th")
+
+
+def test_read_qalign_file_from_a_directory(tmp_path):
+    qalign_tree(tmp_path / "QAlign", langs=["de"])
+    assert hub.read_qalign_file(hub.qalign_path("de", "de"), tmp_path / "QAlign").decode().splitlines() == QALIGN_DE
+    with pytest.raises(DataError, match=r"qalign-repo .*bn-en/train.bn is not a file there.*not a git repository.*"
+                                        r"leave out --qalign-repo to download"):
+        hub.read_qalign_file(hub.qalign_path("bn", "bn"), tmp_path / "QAlign")
+    with pytest.raises(DataError, match=r"--qalign-repo .*nowhere: not a directory"):
+        hub.read_qalign_file(hub.qalign_path("de", "de"), tmp_path / "nowhere")
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main",
+                           *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_read_qalign_file_from_a_bare_git_repository(tmp_path, monkeypatch):
+    """A clone without a work tree (bare, or a mirror) is read with git at the pinned commit."""
+    try:
+        src = qalign_tree(tmp_path / "src", langs=["de"])
+        _git("init", "-q", ".", cwd=src)
+        _git("add", "-A", cwd=src)
+        _git("commit", "-q", "-m", "data", cwd=src)
+        commit = _git("rev-parse", "HEAD", cwd=src)
+        _git("clone", "-q", "--bare", str(src), str(tmp_path / "bare.git"), cwd=tmp_path)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"git is not usable here: {e}")
+    monkeypatch.setattr(hub, "QALIGN_COMMIT", commit)
+    data = hub.read_qalign_file(hub.qalign_path("de", "en"), tmp_path / "bare.git")
+    assert hub.qalign_lines(data, "x") == QALIGN_DE_EN
+    (src / hub.qalign_path("de", "de")).unlink()  # a work tree without the file: read from its .git
+    assert hub.qalign_lines(hub.read_qalign_file(hub.qalign_path("de", "de"), src), "x") == QALIGN_DE
+    with pytest.raises(DataError, match=r"th-en/train.th is not a file there, and `git cat-file blob "
+                                        + commit + r":data/gsmtrans/gsm8kinstruct_question/th-en/train.th` failed"):
+        hub.read_qalign_file(hub.qalign_path("th", "th"), tmp_path / "bare.git")
+    monkeypatch.setattr(hub, "QALIGN_COMMIT", "0" * 40)  # a clone without the pinned commit
+    with pytest.raises(DataError, match=r"that has commit 0{40}"):
+        hub.read_qalign_file(hub.qalign_path("de", "en"), tmp_path / "bare.git")
+
+
+@pytest.mark.parametrize("error,reason", [
+    (urllib.error.URLError("[Errno -3] Temporary failure in name resolution"), r"unreachable .*name resolution"),
+    (TimeoutError("timed out"), r"unreachable .*timed out"),
+    (urllib.error.HTTPError("u", 404, "Not Found", {}, None), r"HTTP 404 Not Found \(no such file at that commit\)"),
+])
+def test_fetch_failure_names_the_url_and_the_fix(monkeypatch, error, reason):
+    seen = []
+
+    def fail(url, timeout=None):
+        seen.append((url, timeout))
+        raise error
+
+    monkeypatch.setattr(urllib.request, "urlopen", fail)
+    url = hub.qalign_url(hub.qalign_path("bn", "bn"))
+    with pytest.raises(DataError) as e:
+        hub.read_qalign_file(hub.qalign_path("bn", "bn"))
+    msg = str(e.value)
+    assert msg.startswith(f"cannot download {url}: ") and "--qalign-repo DIR" in msg and "git clone" in msg
+    assert re.search(reason, msg), msg
+    assert "\n" not in msg and e.value.__cause__ is None and e.value.__context__ is None
+    assert seen == [(url, hub.URL_TIMEOUT)]
+
+
+class _FakeResponse(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _fake_github(root: Path, seen: list):
+    """urlopen serving the files of a directory laid out like the repository, at the pinned raw URLs only."""
+    prefix = hub.QALIGN_RAW_URL.format(repo=hub.QALIGN_REPO, commit=hub.QALIGN_COMMIT, path="")
+
+    def urlopen(url, timeout=None):
+        seen.append(url)
+        path = root / url.removeprefix(prefix)
+        if not url.startswith(prefix) or not path.is_file():
+            raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+        return _FakeResponse(path.read_bytes())
+    return urlopen
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the network was used")
+
+
+@pytest.mark.parametrize("mode", ["github", "qalign_repo"])
+def test_download_question_pairs(tmp_path, monkeypatch, mode):
+    """gsm8kinstruct_question: all nine languages (bn and th included) from QAlign's files, ids from GSM8K train."""
+    tree, seen = qalign_tree(tmp_path / "QAlign"), []
+    monkeypatch.setattr(hub, "load_rows", lambda src, config, split: GSM8K_TRAIN)
+    monkeypatch.setattr(hub, "check_reachable", lambda hub_id: None)
+    monkeypatch.setattr(urllib.request, "urlopen", _fake_github(tree, seen) if mode == "github" else _no_network)
+    out = tmp_path / "data"
+    written = hub.download(out, datasets=["gsm8kinstruct_question"],
+                           qalign_repo=tree if mode == "qalign_repo" else None)
+    assert written == {f"gsm8kinstruct_question/{lang}.jsonl": 4 if lang == "de" else 2 for lang in NON_EN}
+    if mode == "github":
+        assert sorted(seen) == sorted(hub.qalign_url(hub.qalign_path(lang, side))
+                                      for lang in NON_EN for side in (lang, "en"))
+    th = [json.loads(line) for line in (out / "gsm8kinstruct_question/th.jsonl").read_text("utf-8").splitlines()]
+    assert th == [{"id": 0, "question_en": "Natalia sold 48 clips in April.", "question": "th: Natalia"},
+                  {"id": 2, "question_en": "Betty needs $1,000 for a wallet.", "question": "th: Betty"}]
+    de = [json.loads(line)["id"] for line in (out / "gsm8kinstruct_question/de.jsonl").read_text("utf-8").splitlines()]
+    assert de == [1, hub.UNALIGNED_ID + 1, 0, hub.UNALIGNED_ID + 5]
+    assert not (out / "gsm8k").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_download_question_pairs_failure_writes_nothing(tmp_path, monkeypatch):
+    tree = qalign_tree(tmp_path / "QAlign", langs=[lang for lang in NON_EN if lang != "th"])
+    monkeypatch.setattr(hub, "load_rows", lambda src, config, split: GSM8K_TRAIN)
+    monkeypatch.setattr(hub, "check_reachable", lambda hub_id: None)
+    monkeypatch.setattr(urllib.request, "urlopen", _fake_github(tree, []))
+    with pytest.raises(DataError, match=r"cannot download https://raw.githubusercontent.com/NJUNLP/QAlign/"
+                                        r"a65ee63836e41896466a1b81834d8db0deaf4324/.*th-en/train.th: HTTP 404"):
+        hub.download(tmp_path / "data", datasets=["gsm8kinstruct_question"])
+    assert not (tmp_path / "data").exists()
+    qalign_tree(tree, langs=["th"])
+    (tree / hub.qalign_path("de", "de")).write_text("only one line\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"de-en: train.de has 1 lines but train.en has 6"):
+        hub.download(tmp_path / "data", datasets=["gsm8kinstruct_question"], qalign_repo=tree)
+
+
+MIRROR = Path("/work/.mirror/NJUNLP+QAlign/repo")  # a bare snapshot of NJUNLP/QAlign @ a65ee63, where it exists
+
+
+def test_real_reference_files_match_the_snapshot(real_data):
+    """The reference's de-en files, read from a bare mirror with git at the pinned commit, normalize to the rows of
+    shared/data/gsm8kinstruct_question/de.jsonl (same ids for the same pairs)."""
+    if not (MIRROR / "objects").is_dir():
+        pytest.skip(f"no mirror of {hub.QALIGN_REPO} at {MIRROR}")
+    try:
+        x = hub.qalign_lines(hub.read_qalign_file(hub.qalign_path("de", "de"), MIRROR), "train.de")
+        en = hub.qalign_lines(hub.read_qalign_file(hub.qalign_path("de", "en"), MIRROR), "train.en")
+    except DataError as e:
+        pytest.skip(f"the mirror cannot be read: {e}")
+    train = [json.loads(line) for line in (real_data / "gsm8k/train.jsonl").read_text("utf-8").splitlines()]
+    rows = hub.normalize_question_pairs(x, en, train, "de")
+    assert len(rows) == sum(1 for a, b in zip(x, en) if a.strip() and b.strip()) == 7464
+    shared = [json.loads(line) for line in
+              (real_data / "gsm8kinstruct_question/de.jsonl").read_text("utf-8").splitlines()]
+    by_pair = {(r["question_en"], r["question"]): r["id"] for r in shared}
+    both = [(r["id"], by_pair[key]) for r in rows if (key := (r["question_en"], r["question"])) in by_pair]
+    assert len(both) == len(shared) and all(a == b for a, b in both)
+    assert all(r["id"] < hub.UNALIGNED_ID for r in rows)
 
 
 def test_flores_orders_by_id_and_checks_alignment():
@@ -193,6 +439,7 @@ def test_sources_cover_the_language_registry():
     assert list(hub.SOURCES["mgsm"].configs) == list(benchmarks.get("mgsm").langs)
     assert list(hub.SOURCES["msvamp"].configs) == list(benchmarks.get("msvamp").langs) == list(LANGS)
     assert set(hub.FLORES_CONFIGS) == set(LANGS)
+    assert set(hub.DATASETS) == set(hub.SOURCES) | {"gsm8kinstruct_question"}
 
 
 # --- same fields as the real normalized files ---------------------------------------------------------------------
@@ -204,12 +451,13 @@ def _real_fields(root, rel: str) -> list[str]:
 
 def test_fields_match_real_files(real_data):
     inst = hub.normalize_gsm8kinstruct(instruct_rows(), hub.normalize_gsm8k(GSM8K_TRAIN))
+    pairs = hub.normalize_question_pairs(QALIGN_DE, QALIGN_DE_EN, hub.normalize_gsm8k(GSM8K_TRAIN), "de")
     produced = {"mgsm/en.jsonl": hub.normalize_mgsm(mgsm_rows()),
                 "msvamp/en.jsonl": hub.normalize_msvamp(msvamp_rows("en")),
                 "msvamp/de.jsonl": hub.normalize_msvamp(msvamp_rows("de")),
                 "gsm8k/train.jsonl": hub.normalize_gsm8k(GSM8K_TRAIN),
                 "gsm8kinstruct/en.jsonl": inst["en"],
-                "gsm8kinstruct_question/de.jsonl": hub.derive_questions(inst)["de"]}
+                "gsm8kinstruct_question/de.jsonl": pairs}
     for rel, rows in produced.items():
         assert all(list(r) == _real_fields(real_data, rel) for r in rows), rel
 
@@ -242,6 +490,8 @@ def test_download_unreachable_hub_fails_fast(tmp_path, monkeypatch):
 def test_download_unknown_dataset(tmp_path):
     with pytest.raises(DataError, match=r"unknown dataset\(s\) mmlu; known: mgsm, msvamp"):
         hub.download(tmp_path, datasets=["mmlu"])
+    with pytest.raises(DataError, match=r"known: .*gsm8kinstruct, gsm8kinstruct_question, flores"):
+        hub.download(tmp_path, datasets=["gsm8kinstruct_questions"])
 
 
 def test_download_writes_the_layout(tmp_path, monkeypatch):
@@ -258,17 +508,22 @@ def test_download_writes_the_layout(tmp_path, monkeypatch):
         if key == "gsm8k":
             return GSM8K_TRAIN
         if key == "gsm8kinstruct":
-            return instruct_rows() + [instruct_row(lang, f"{lang} q", COTS[0])
-                                      for lang in ("bn", "th", "sw", "ja", "zh", "ru")]
+            return instruct
         if key == "flores":
             return flores_rows(next(lang for lang, c in hub.FLORES_CONFIGS.items() if c == config), split)
         return metamathqa_rows()
 
+    instruct = instruct_rows() + [instruct_row(lang, f"{lang} q", COTS[0])
+                                  for lang in ("bn", "th", "sw", "ja", "zh", "ru")]
+    instruct.append(instruct_row("sw", "Swali lisilo na jozi.", "<<7*7=49>>49\n#### 49"))  # aligns to nothing: kept
     monkeypatch.setattr(hub, "load_rows", fake_load)
     monkeypatch.setattr(hub, "check_reachable", lambda hub_id: None)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     written = hub.download(tmp_path, datasets=["mgsm", "gsm8kinstruct", "flores", "metamathqa"])
     assert written["mgsm/te.jsonl"] == 3 and written["gsm8kinstruct/en.jsonl"] == 3
-    assert written["gsm8kinstruct_question/fr.jsonl"] == 1 and "gsm8k/train.jsonl" not in written
+    assert sum(written[f"gsm8kinstruct/{lang}.jsonl"] for lang in LANGS) == len(instruct)  # every row kept
+    assert written["gsm8kinstruct/sw.jsonl"] == 2
+    assert not any(rel.startswith("gsm8kinstruct_question/") for rel in written) and "gsm8k/train.jsonl" not in written
     assert ("openai/gsm8k", "main", "train") in calls and ("openai/gsm8k", "main", "test") not in calls
     assert len(calls) == len(set(calls)) == 11 + 2 + 20 + 1
     lines = (tmp_path / "flores/devtest/zh.txt").read_text(encoding="utf-8").splitlines()
