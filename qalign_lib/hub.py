@@ -99,7 +99,7 @@ QALIGN_RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 URL_TIMEOUT = 60.0  # seconds without data before a GitHub download gives up
 
 # every dataset key `download` knows: the hub ones, plus QAlign's question pairs after gsm8kinstruct
-DATASETS = ("mgsm", "msvamp", "gsm8k", "gsm8kinstruct", "gsm8kinstruct_question", "flores", "metamathqa")
+DATASETS = (*benchmarks.NAMES, "gsm8k", "gsm8kinstruct", "gsm8kinstruct_question", "flores", "metamathqa")
 
 # -----------------------------------------------------------------------------
 # normalizers (pure: hub rows in, normalized rows out)
