@@ -231,8 +231,7 @@ def test_report_notebook_on_synthetic_results(synthetic_data, tmp_path, monkeypa
     consistency = pd.read_csv(fig / "figure3_consistency.csv")
     same = consistency[~consistency["lang"].isin(mgsm.extra)]
     assert len(same) == 2 * (len(mgsm.averaged) - 1 + len(msvamp.langs) - 1) and (same["jaccard"] == 100.0).all()
-    extra = consistency[consistency["lang"].isin(mgsm.extra)].set_index("system")["jaccard"]
-    assert extra.to_dict() == pytest.approx({x: 100 * min(k[x], 10 - k[x]) / max(k[x], 10 - k[x]) for x in s.groups["consistency"]})
+    assert not consistency["lang"].isin(mgsm.extra).any()  # Figure 3: the ten languages only (no Telugu)
     for f in ("table2_mgsm.png", "table3_msvamp.png", "figure2_mixed.png", "figure3_consistency.png", "accuracy_mgsm.png",
               "accuracy_msvamp.png", "README.md"):
         assert (fig / f).is_file(), f
