@@ -1,0 +1,145 @@
+"""The tested sets (constraints/cpu.txt, constraints/gpu.txt) against pyproject.toml, environment.yml and the
+Makefile; the versions every run and evaluation records; the report's software table."""
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from qalign_lib import config, evaluation, layout, report, study as studies, training, versions
+from qalign_lib.errors import ConfigError
+from qalign_lib.io import write_json
+from tests.helpers import tiny_llama
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def requirements(extras=()) -> list[Requirement]:
+    project = PYPROJECT["project"]
+    out = [Requirement(r) for r in project["dependencies"]]
+    for extra in extras:
+        out += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    return out
+
+
+def environment() -> dict:
+    return yaml.safe_load((ROOT / "environment.yml").read_text())
+
+
+def pip_section(env: dict) -> list[str]:
+    return next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+
+
+def test_read_constraints_parses_pins_and_rejects_anything_else(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("# header\nTorch==2.13.0  # the CPU build\nliger_kernel==0.8.5\nsix==1.17.0 ; python_version > '3.11'\n\n")
+    assert versions.read_constraints(good) == {"torch": "2.13.0", "liger-kernel": "0.8.5", "six": "1.17.0"}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("torch==2.13.0\ntransformers>=5\n")
+    with pytest.raises(ConfigError, match=r"bad.txt:2: 'transformers>=5' is not a pin"):
+        versions.read_constraints(bad)
+    assert versions.public("2.13.0+cpu") == "2.13.0" and versions.normalize("Liger_Kernel") == "liger-kernel"
+
+
+@pytest.mark.parametrize("kind, extras", [("cpu", ("dev",)), ("gpu", ("dev", "notebook", "vllm", "deepspeed"))])
+def test_every_dependency_is_pinned_within_what_pyproject_allows(kind, extras):
+    pins = versions.tested_set(kind)
+    for req in requirements(extras):
+        name = versions.normalize(req.name)
+        assert name in pins, f"{req.name} ({kind}): not pinned in constraints/{kind}.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req.specifier}"
+
+
+def test_both_sets_share_torch_and_the_gpu_set_has_the_whole_gpu_stack():
+    cpu, gpu = versions.tested_set("cpu"), versions.tested_set("gpu")
+    assert cpu["torch"] == gpu["torch"]  # vLLM's torch pin decides both
+    assert {"torch", "transformers", "trl", "accelerate", "deepspeed", "datasets", "vllm", "liger-kernel", "flash-attn",
+            "triton", "nvidia-nccl-cu13"} <= set(gpu)
+    assert "vllm" not in cpu and "+" not in cpu["torch"]  # either torch build satisfies the CPU pin
+
+
+def test_environment_yml_installs_the_gpu_set_and_not_the_retired_channel():
+    env = environment()
+    assert not {"pytorch", "nvidia"} & set(env["channels"]), "the pytorch channel stops at 2.5 (pytorch/pytorch#138506)"
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    names = {re.split(r"[=<>!]", d)[0] for d in conda}
+    assert not names & {"pytorch", "torch", "pytorch-cuda", "cudatoolkit", "transformers"}, "torch and co come from pip"
+    python = next(d for d in conda if d.startswith("python="))
+    header = (ROOT / "constraints" / "gpu.txt").read_text()
+    assert f"CPython {python.split('=')[1]}," in header  # the Python the GPU set was resolved for
+    pip = pip_section(env)
+    assert "-c constraints/gpu.txt" in pip and (ROOT / "constraints" / "gpu.txt").is_file()
+    pins = versions.tested_set("gpu")
+    for line in pip:
+        if line.startswith("-c"):
+            continue
+        if line.startswith("-e"):  # the project with extras: every extra's packages are pinned
+            extras = re.search(r"\[(.*)\]", line).group(1).split(",")
+            assert set(extras) <= set(PYPROJECT["project"]["optional-dependencies"])
+            assert all(versions.normalize(r.name) in pins for r in requirements(extras))
+            continue
+        assert versions.normalize(Requirement(line).name) in pins, f"environment.yml installs {line}, not pinned"
+
+
+def test_make_installs_the_venv_with_the_cpu_set():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "CPU_SET := constraints/cpu.txt" in makefile
+    stamp = next(line for line in makefile.splitlines() if line.startswith("$(VENV)/.installed:"))
+    assert "$(CPU_SET)" in stamp  # a changed set rebuilds the venv
+    installs = [line for line in makefile.splitlines() if "$(PY) -m pip install" in line and "--no-deps" not in line
+                and "--upgrade pip" not in line]
+    assert installs and all("-c $(CPU_SET)" in line for line in installs)
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -c constraints/gpu.txt" in readme
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What every job records
+
+
+def test_stack_names_the_versions_and_the_hardware():
+    s = versions.stack()
+    assert s["torch"].startswith("2.13.0") and s["transformers"] == versions.installed("transformers")
+    assert s["python"].count(".") == 2 and s["qalign"].startswith("0.1.0")
+    assert "cuda" in s and "gpu" in s  # None on a CPU: said, not left out
+    assert "vllm" not in s or s["vllm"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+def test_run_json_and_metrics_record_the_versions(synthetic_data, tiny_model):
+    cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, eval_limit=1, report_to="none",
+                         max_new_tokens={"mgsm": 4, "msvamp": 4})
+    run = training.prepare(cfg, "recorded", ["x2en_question"], "de", "base", 1)
+    meta = layout.RunDir(run).meta()
+    assert meta["versions"]["transformers"] == versions.installed("transformers") and "torch" in meta["versions"]
+    metrics = evaluation.evaluate(cfg, model=tiny_model, benchmarks="mgsm", langs="en")
+    saved = layout.model_eval("tiny", tiny_model).read_metrics()
+    assert saved["versions"] == metrics["versions"] and saved["versions"]["trl"] == versions.installed("trl")
+
+
+def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
+    s = studies.load("tiny")
+    done = layout.run(s.size, "monoreason")
+    done.model.mkdir(parents=True)
+    (done.model / "config.json").write_text("{}")
+    write_json(done.run_json, {"fingerprint": "x", "versions": {"torch": "2.13.0", "transformers": "5.23.0", "cuda": None}})
+    done.done_marker.write_text("x\n")
+    write_json(done.eval.metrics, {"versions": {"torch": "2.13.0", "transformers": "5.19.0", "cuda": "13.0"}})
+    write_json(layout.base_eval(s.size, s.cfg.model).metrics, {})  # from before versions were recorded: left out
+    recorded = report.recorded_versions(s)
+    assert set(recorded) == {"training monoreason", "evaluation MonoReason"}
+    table = report.versions_table(recorded)
+    assert "| torch | 2.13.0 |" in table
+    assert "| transformers | 5.23.0 (training monoreason); 5.19.0 (evaluation MonoReason) |" in table
+    assert "| cuda | — (training monoreason); 13.0 (evaluation MonoReason) |" in table
+    report.write_report(s, n_boot=100)
+    index = (layout.report_dir(s.size) / "README.md").read_text()
+    assert "## Software" in index and table in index
+    assert "_no versions recorded" in report.versions_table({})
