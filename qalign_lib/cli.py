@@ -1,4 +1,4 @@
-"""The ``qalign`` command: data download/check/build, scoring, the config schema, and the study runner.
+"""The ``qalign`` command: data download/check/build, scoring, the config schema, the study runner, the analyses.
 
 Every error that a user can fix (a :class:`~qalign_lib.errors.QAlignError`) is printed as one line
 (``qalign: error: ...``) with exit status 1; a usage error (argparse) exits with 2.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import benchmarks, log, scoring
 from .errors import QAlignError
@@ -77,6 +78,52 @@ def _study(args) -> int:
     return runner.run_study(args.study, size=args.size, only=args.only, dry_run=args.dry_run, report=not args.no_report)
 
 
+def _doctor(args) -> int:
+    from . import doctor
+    from .io import write_json
+
+    report = doctor.run(args.study, size=args.size, quick=args.quick, data_root=args.data_dir, keep=args.keep)
+    print(doctor.render(report))
+    if args.json:
+        write_json(args.json, report.to_json())
+        print(f"wrote {args.json}: attach it to a bug report")
+    return 1 if report.failed else 0
+
+
+def _analyze(args) -> int:
+    """``qalign analyze translation|representations``: one model, one benchmark, written to --out."""
+    from . import analysis, engines, layout, modeling
+    from .errors import OutputError
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a directory; give a folder to write the analysis into")
+    langs = args.langs or "non_en"
+    ids, questions = analysis.parallel_questions(args.benchmark, langs, args.limit, args.data_dir)  # data first
+    langs = [lang for lang in questions if lang != analysis.REF]
+    modeling.resolve(args.model)  # an unknown model stops here, before anything is loaded
+    if args.what == "translation":
+        engine = engines.load(args.engine, args.model, args.dtype)
+        settings = analysis.translation_settings(args.max_new_tokens, args.model, engines.describe(args.engine))
+        m = analysis.translate(engine, layout.TranslationDir(out), args.benchmark, langs, args.limit, args.max_new_tokens,
+                               args.batch_size, None, settings, root=args.data_dir)
+        print(f"{'lang':<6}{'n':>5}{'chrF':>8}{'BLEU':>8}")
+        for lang in [*langs, analysis.AVG] if analysis.AVG in m["chrf"] else langs:
+            print(f"{lang:<6}{m['n'].get(lang, min(m['n'].values())):>5}{m['chrf'][lang]:>8.1f}{m['bleu'][lang]:>8.1f}")
+        print(f"wrote {out}/<lang>.jsonl and the metrics ({len(ids)} questions per language)")
+        return 0
+    hf = engines.HF.load(args.model, engines.dtype(args.dtype))
+    table = analysis.represent(hf.model, hf.tokenizer, layout.RepresentationDir(out), args.benchmark, langs, args.limit,
+                               args.batch_size, args.pooling, args.model, root=args.data_dir)
+    print(f"{'lang':<6}{'layers':>7}{'cosine (mid)':>14}{'best retrieval top-1 (layer)':>30}{'chance':>8}")
+    for lang, g in table.groupby("lang", sort=False):
+        mid, best = g.iloc[len(g) // 2], g.loc[g["retrieval_top1"].idxmax()]
+        print(f"{lang:<6}{len(g):>7}{mid['cosine']:>14.3f}{best['retrieval_top1']:>22.3f} ({int(best['layer']):>2})"
+              f"{best['chance']:>11.3f}")
+    print(f"wrote {out} (similarity per language and layer with 95% CIs, and the per-question values)")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -134,6 +181,45 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--no-report", action="store_true", help="skip the report notebook")
     st.add_argument("--log-level", default="INFO", choices=list(log.LEVELS))
     st.set_defaults(func=_study)
+
+    dr = sub.add_parser("doctor", help="is this machine ready? versions, GPUs, NCCL, disk, model access, data, then a "
+                        "smoke run of every launch config (PASS/WARN/FAIL/SKIP; exit 1 on any FAIL)")
+    dr.add_argument("--study", default="tiny", help="the study to check data and disk for (default: tiny)")
+    dr.add_argument("--size", help="model size (default: the study's own)")
+    dr.add_argument("--quick", action="store_true", help="the checks only, no smoke run (seconds instead of minutes)")
+    dr.add_argument("--keep", action="store_true", help="keep the smoke run's directory (kept anyway when it fails)")
+    dr.add_argument("--json", metavar="FILE", help="also write the rows and the software stack as JSON (for a bug report)")
+    dr.add_argument("--data-dir", help="data directory (default: $QALIGN_DATA_DIR or data/)")
+    dr.add_argument("--log-level", default="INFO", choices=list(log.LEVELS))
+    dr.set_defaults(func=_doctor)
+
+    from .config import schema
+
+    defaults = schema()
+    an = sub.add_parser("analyze", help="what stage 1 did to a model: translation quality into English, and "
+                        "representation alignment of parallel questions").add_subparsers(dest="what", required=True)
+    for what, about in (("translation", "translate each non-English question into English with the stage-1 prompt "
+                                        "(greedy) and score it against the English question (chrF, BLEU, 95% CIs)"),
+                        ("representations", "mean-pooled hidden states of every layer: cosine with the English "
+                                            "question and cross-lingual retrieval top-1, raw and mean-centred, 95% CIs")):
+        a = an.add_parser(what, help=about)
+        a.add_argument("--model", required=True, help="a run directory, a model directory, a Hub id or embedded:smollm2-135m-instruct")
+        a.add_argument("--benchmark", default="mgsm", choices=list(benchmarks.NAMES), help="parallel benchmark (default: mgsm)")
+        a.add_argument("--langs", help="comma-separated non-English languages (default: every one the benchmark has)")
+        a.add_argument("--limit", type=_positive, help="the first N questions of each language (default: all)")
+        a.add_argument("--out", required=True, help="folder to write (translation: <lang>.jsonl and the metrics; "
+                       "representations: similarity.csv and per_question.csv)")
+        a.add_argument("--batch-size", type=_positive, default=defaults["analysis_batch_size"].default)
+        a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="weights on a GPU (a CPU always computes in float32)")
+        a.add_argument("--data-dir", help="data directory (default: $QALIGN_DATA_DIR or data/)")
+        if what == "translation":
+            a.add_argument("--max-new-tokens", type=_positive, default=defaults["translation_max_new_tokens"].default)
+            a.add_argument("--engine", default="auto", choices=["auto", "hf", "vllm"])
+        else:
+            a.add_argument("--pooling", default="question", choices=["question", "template"],
+                           help="question: the raw question alone; template: inside the Alpaca prompt")
+        a.set_defaults(func=_analyze)
     return p
 
 

@@ -38,7 +38,7 @@ AFFECTS = ("learned", "data", "generated", "selection", "speed", "runtime")
 
 def param(default, help: str, affects: str, group: str, min: float | None = None, max: float | None = None,
           min_exclusive: bool = False):
-    """Declare one parameter. ``group`` says which notebooks take it (model, train, data, eval, launch, run)."""
+    """Declare one parameter. ``group`` says which notebooks take it (model, train, data, eval, analysis, launch, run)."""
     assert affects in AFFECTS, affects
     meta = {"help": help, "affects": affects, "group": group, "min": min, "max": max, "min_exclusive": min_exclusive}
     if isinstance(default, (list, dict)):
@@ -79,6 +79,15 @@ class Config:
     liger: bool = param(True, "Liger fused kernels where liger-kernel is installed and a GPU is present", "speed", "train")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = param(
         "sdpa", "attention kernel (flash_attention_2 where installed)", "speed", "train")
+    completion_only_logits: bool = param(
+        True, "project onto the vocabulary only the positions whose next token is trained on (the completion), on "
+        "every device: TRL does so only where Triton runs (CUDA, XPU) and elsewhere scores every prompt and pad "
+        "position too (the same loss)", "speed", "train")
+    lora_r: int | None = param(None, "LoRA rank: train low-rank adapters on every linear layer of the decoder (peft) "
+                               "instead of every weight, merged into the saved model; null = full fine-tuning (the "
+                               "paper). A deviation from the recipe, declared where a size uses it", "learned", "train", min=1)
+    lora_alpha: float = param(32.0, "LoRA scaling numerator (adapter updates are scaled by lora_alpha / lora_r); "
+                              "used only with lora_r", "learned", "train", min=0, min_exclusive=True)
     save_steps: int = param(200, "checkpoint every N optimizer steps (the resume point after an interruption)", "runtime", "train", min=1)
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "none"]] = param(["tensorboard"], "experiment trackers: tensorboard (offline, under the run directory), "
                                  "wandb, mlflow (when installed), or none", "runtime", "train")
@@ -100,6 +109,37 @@ class Config:
     eval_batch_size: int = param(64, "prompts per generation batch (sorted by length)", "speed", "eval", min=1)
     eval_token_budget: int | None = param(None, "max tokens in a generation batch: rows x (prompt + max_new_tokens); null = no cap",
                                           "speed", "eval", min=1)
+    engine: Literal["auto", "hf", "vllm"] = param(
+        "auto", "generation engine: hf (Transformers, our batched greedy loop) or vllm (pip install qalign[vllm]); auto = "
+        "vllm where it is installed and a GPU is visible, else hf. The engine and its version are part of the "
+        "generation settings (switching moves old generations aside)", "generated", "eval")
+    tensor_parallel_size: int = param(1, "vllm: GPUs per engine (tensor parallel), for models that do not fit one GPU",
+                                      "speed", "eval", min=1)
+    data_parallel_size: int | None = param(
+        None, "engines (vllm) or processes (hf, accelerate launch) that generate shards of the missing questions at once; "
+        "null = one per visible GPU group of tensor_parallel_size GPUs, 1 on a CPU", "speed", "eval", min=1)
+    vllm_chunk: int = param(1024, "vllm: prompts handed to an engine at once; their rows are appended when the chunk is "
+                            "done, so a kill loses at most one chunk per engine", "speed", "eval", min=1)
+    vllm_eager: bool | None = param(None, "vllm: no torch.compile and no CUDA graphs (loads in seconds); null = eager "
+                                    "on a CPU only", "speed", "eval")
+    # --- analysis: what stage 1 did (qalign_lib/analysis.py, `qalign analyze`) ---
+    analysis_benchmarks: list[str] = param(["mgsm"], "parallel benchmarks whose questions the analyses read; the "
+                                           "English question of the same id is the reference", "selection", "analysis")
+    analysis_langs: list[str] = param(["bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es"],
+                                      "languages analysed against English (each benchmark takes those it has)",
+                                      "selection", "analysis")
+    translation_limit: int | None = param(None, "questions per language translated into English, the first N ids "
+                                          "(null = all)", "selection", "analysis", min=1)
+    translation_max_new_tokens: int = param(256, "generation length of a translation (the English mGSM questions are at "
+                                            "most ~200 LLaMA tokens)", "generated", "analysis", min=1)
+    representation_limit: int | None = param(None, "parallel questions per language whose hidden states are compared "
+                                             "(the first N ids; retrieval chooses among as many English questions; "
+                                             "null = all)", "selection", "analysis", min=2)
+    representation_pooling: Literal["question", "template"] = param(
+        "question", "what is fed and mean-pooled: question = the raw question text alone; template = the question "
+        "inside the Alpaca prompt (pooled over the question's tokens only)", "generated", "analysis")
+    analysis_batch_size: int = param(32, "questions per forward batch of the analyses (sorted by length)", "speed",
+                                     "analysis", min=1)
     # --- launch ---
     launch: str = param("single", "accelerate config params/launch/<launch>.yaml: single, ddp, fsdp, zero3, zero3_offload",
                         "runtime", "launch")
@@ -310,7 +350,9 @@ def _check_names(cfg: Config, source: str) -> None:
     from .languages import NON_EN
 
     checks = (("stage1_langs", cfg.stage1_langs, NON_EN), ("eval_langs", cfg.eval_langs, benchmarks.all_langs()),
-              ("max_new_tokens", list(cfg.max_new_tokens or {}), benchmarks.NAMES))
+              ("max_new_tokens", list(cfg.max_new_tokens or {}), benchmarks.NAMES),
+              ("analysis_benchmarks", cfg.analysis_benchmarks, benchmarks.NAMES),
+              ("analysis_langs", cfg.analysis_langs, [lang for lang in benchmarks.all_langs() if lang != "en"]))
     for key, values, allowed in checks:
         bad = [v for v in values if v not in allowed]
         if bad:

@@ -97,6 +97,10 @@ def show_run(run: Path) -> None:
                                      meta["n_examples"], len(rows), rows[0]["loss"] if rows else None,
                                      rows[-1]["loss"] if rows else None, str(r.model)]},
                           index=["run", "init", "data", "languages", "examples", "steps", "first loss", "last loss", "model"]))
+    if r.lengths.is_file():  # examples per language kept whole, cut at max_length, dropped
+        lengths = layout.read_json(r.lengths)
+        print(f"examples per language against max_length {lengths['max_length']} (tokens, EOS included):")
+        _display(pd.DataFrame(lengths["per_lang"]).T)
     _figure(figures.loss_curve(rows, title=f"{meta['name']}: training loss"))
 
 
@@ -146,3 +150,36 @@ def show_generations(root: layout.EvalRoot, benchmark: str, langs, per_lang: int
     frame = generations_frame(root, benchmark, langs, per_lang)
     print(f"{registry.get(benchmark).display}: {per_lang} generations per language, {root.path}")
     _display(frame)
+
+
+def translations_frame(out: layout.TranslationDir, langs, per_lang: int = 2, width: int = 160):
+    """A few stage-1 translations per language: the source question, the model's English, the reference."""
+    import pandas as pd
+
+    from .analysis import translation_rows
+
+    cut = lambda text: text[:width] + ("…" if len(text) > width else "")  # noqa: E731
+    rows = [{"lang": lang, "id": r["id"], "source": cut(r["source"]), "hypothesis": cut(r["hypothesis"]),
+             "reference": cut(r["reference"]), "new tokens": r.get("new_tokens")}
+            for lang in langs for r in translation_rows(out, lang)[:per_lang]]
+    return pd.DataFrame(rows)
+
+
+def show_analysis(result: dict, root: layout.AnalysisRoot, per_lang: int = 2) -> None:
+    """One system's analyses (analysis.analyze's result): chrF and BLEU per language with their CIs, a few
+    translations, and the representation alignment against layer."""
+    import pandas as pd
+
+    from . import figures
+
+    for benchmark, parts in result.items():
+        m = parts["translation"]
+        frame = pd.DataFrame({metric: {lang: f"{v:.1f} [{m['ci'][metric][lang][0]:.1f}, {m['ci'][metric][lang][1]:.1f}]"
+                                       for lang, v in m[metric].items()} for metric in ("chrf", "bleu")})
+        print(f"{registry.get(benchmark).display}: translation into English (95% bootstrap CIs), {root.path}")
+        _display(frame)
+        langs = [lang for lang in m["n"]]
+        _display(translations_frame(root.translation(benchmark), langs, per_lang))
+        table = parts["representations"].assign(system=str(root.model))
+        _figure(figures.representation_lines(table, f"{registry.get(benchmark).display}: representation alignment with "
+                                                    "English (mean over languages, 95% CI)"))

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 from . import benchmarks as registry
-from . import config, data, layout, log, modeling, prompts, scoring
+from . import config, data, engines, layout, log, modeling, parallel, prompts, scoring, versions
 from .config import Config
 from .generation import done_ids, generate_to_files
-from .io import read_jsonl, write_json
+from .io import read_jsonl, valid_id, write_json
 from .errors import ConfigError, DataError, ResultsError, RunError
 from .languages import parse_langs
 
@@ -29,10 +29,14 @@ def target(cfg: Config, run: str | None = None, model: str | None = None) -> lay
 
 
 def settings(cfg: Config, benchmark: str, model_ref: str) -> dict:
-    """What determines a benchmark's generations: derived from the parameters declared ``generated``."""
+    """What determines a benchmark's generations: derived from the parameters declared ``generated`` (the engine as
+    the one it resolves to here, with its version)."""
     out = {"model": model_ref, "template": prompts.ALPACA_TEMPLATE, "decoding": "greedy"}
-    for key in config.params("generated"):
-        out[key] = cfg.max_new(benchmark) if key == "max_new_tokens" else getattr(cfg, key)
+    for key in config.params("generated", group="eval"):  # the analyses' own are in analysis.settings
+        if key == "engine":
+            out.update(engines.describe(cfg.engine))
+        else:
+            out[key] = cfg.max_new(benchmark) if key == "max_new_tokens" else getattr(cfg, key)
     return out
 
 
@@ -46,6 +50,7 @@ def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benc
              langs=None, limit: int | None = None) -> dict:
     """Generate what is missing and score everything; returns and writes metrics.json. Holds the eval root's lock."""
     modeling.preflight(cfg)
+    engines.require(cfg.engine)  # engine=vllm without vLLM stops here, before anything is moved aside
     root = target(cfg, run, model)
     names = registry.parse(benchmarks)
     limit = cfg.eval_limit if limit is None else config.validate("eval_limit", limit, "evaluate(limit=...)")
@@ -57,7 +62,8 @@ def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benc
 
 def _evaluate(cfg: Config, root: layout.EvalRoot, names: list[str], langs, limit) -> dict:
     loaded = None
-    metrics = {"model": root.model, "size": cfg.size, "limit": limit, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    metrics = {"model": root.model, "size": cfg.size, "limit": limit, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "versions": versions.stack()}  # the software that generated and scored
     for name in names:
         bench_langs = requested(cfg, name, langs)
         want = settings(cfg, name, root.model)
@@ -65,17 +71,22 @@ def _evaluate(cfg: Config, root: layout.EvalRoot, names: list[str], langs, limit
         if old is not None and old != want:
             layout.move_aside(root.bench_dir(name), "generation settings changed")
         write_json(root.settings(name), want)
+        parallel.fold(root, name, bench_langs)  # rows of data-parallel engines that a kill left in their own files
         questions = {lang: data.load_benchmark(name, lang, limit=limit) for lang in bench_langs}
         todo = []  # every missing question of this benchmark, all languages together: fuller batches
         for lang in bench_langs:
             have = done_ids(root.generations(name, lang))
             todo += [{"id": q["id"], "lang": lang, "prompt": prompts.alpaca(q["question"])}
                      for q in questions[lang] if q["id"] not in have]
-        if todo:
+        shards = parallel.size(cfg.data_parallel_size, cfg.tensor_parallel_size) if todo else 1
+        if todo and shards > 1:  # several engines at once, each in its own process(es)
+            parallel.generate(cfg, root, name, todo, want["max_new_tokens"], min(shards, len(todo)), bench_langs)
+        elif todo:
             if loaded is None:
                 loaded = _load(cfg, root.model)
-            logger.info("%s: generating %d responses (%d languages) with %s", name, len(todo), len(bench_langs), root.model)
-            generate_to_files(*loaded, todo, root.bench_dir(name), want["max_new_tokens"], cfg.eval_batch_size,
+            logger.info("%s: generating %d responses (%d languages) with %s (%s)", name, len(todo), len(bench_langs),
+                        root.model, loaded.name)
+            generate_to_files(loaded, todo, root.bench_dir(name), want["max_new_tokens"], cfg.eval_batch_size,
                               cfg.eval_token_budget, desc=name)
         rows = [r for lang in bench_langs for r in generations(root, name, lang, set(questions[lang]["id"]))]
         gold = {lang: data.gold_answers(name, lang) for lang in bench_langs}
@@ -121,7 +132,7 @@ def generations(root: layout.EvalRoot, benchmark: str, lang: str, wanted: set | 
     out = []
     for k, row in enumerate(rows, 1):
         ident = row["id"]
-        if not isinstance(ident, (int, str)) or isinstance(ident, bool):
+        if not valid_id(ident):
             raise ResultsError(f"{path}: row {k}: id {ident!r} must be an integer or a string; delete the file to regenerate it")
         if ident in seen:
             first = seen[ident]
@@ -145,10 +156,5 @@ def load_generations(root: layout.EvalRoot, benchmark: str, langs, limit=None) -
     return out
 
 
-def _load(cfg: Config, model_ref: str):
-    import torch
-
-    dtype = cfg.dtype if torch.cuda.is_available() else "float32"
-    tokenizer = modeling.load_tokenizer(model_ref, padding_side="left")
-    model = modeling.load_model(model_ref, dtype).to(modeling.device())
-    return model, tokenizer
+def _load(cfg: Config, model_ref: str) -> engines.Engine:
+    return engines.load(cfg.engine, model_ref, cfg.dtype, cfg.tensor_parallel_size, cfg.vllm_chunk, cfg.vllm_eager)

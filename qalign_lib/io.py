@@ -13,6 +13,11 @@ from typing import Iterable, Iterator
 from .errors import DataError, OutputError
 
 
+def valid_id(ident) -> bool:
+    """A question id in a results file: an integer or a string (not a bool, which JSON would also accept as 0/1)."""
+    return isinstance(ident, (int, str)) and not isinstance(ident, bool)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

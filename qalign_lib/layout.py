@@ -5,6 +5,7 @@
     runs/<size>/<run>/             a training run (RunDir)
         run.json                   the resolved config, data, init and fingerprint
         train.jsonl                exactly the examples it is trained on
+        lengths.json               per language: examples kept whole, cut at max_length, dropped
         checkpoints/               Trainer checkpoints (removed once the run is finished)
         train_log.jsonl, loss.png  loss and learning rate per optimizer step, and its curve
         tensorboard/               the experiment-tracking log (report_to: tensorboard)
@@ -12,10 +13,16 @@
         model/                     the final model and tokenizer
         DONE                       written last, holding the fingerprint
         eval/                      its evaluation (EvalRoot)
+        analysis/                  what stage 1 did to it (AnalysisRoot)
     runs/<size>/base/eval/         evaluation of the size's untrained base model
     runs/<size>/models/<id>/eval/  evaluation of any other model (a published checkpoint, a path)
+    runs/<size>/base/analysis/, runs/<size>/models/<id>/analysis/   their analyses
     runs/<size>/notebooks/         notebooks executed by `qalign study`
     <eval root>/<benchmark>/<lang>.jsonl, <benchmark>/settings.json, metrics.json
+    <analysis root>/translation/<benchmark>/<lang>.jsonl, settings.json, metrics.json       (TranslationDir)
+    <analysis root>/representations/<benchmark>/similarity.csv, per_question.csv, settings.json  (RepresentationDir)
+    figures/<size>/                the report of the size's own study (tiny for tiny, paper for 7b and 13b);
+    figures/<size>/<study>/        the report of any other study of that size (e.g. figures/tiny/offline/)
 
 Run names are plain names (letters, digits, ``._+-``, not starting with a dot); ``base``, ``models`` and
 ``notebooks`` are reserved. Every path built here resolves inside its root. Replacing a finished run or stale
@@ -74,6 +81,24 @@ class EvalRoot:
     def settings(self, benchmark: str) -> Path:
         return self.path / benchmark / "settings.json"
 
+    def shards_dir(self, benchmark: str) -> Path:
+        """Data-parallel generation: each engine appends to its own files here; they are folded into the
+        per-language files when the engines are done (or, after a kill, when the evaluation is run again)."""
+        return self.path / benchmark / "shards"
+
+    def shard_generations(self, benchmark: str, lang: str, shard: int) -> Path:
+        return self.shards_dir(benchmark) / f"{lang}.shard{shard}.jsonl"
+
+    def shard_files(self, benchmark: str, lang: str) -> list[Path]:
+        return sorted(self.shards_dir(benchmark).glob(f"{lang}.shard*.jsonl"))
+
+    def shard_task(self, benchmark: str) -> Path:
+        return self.shards_dir(benchmark) / "task.json"
+
+    def shard_log(self, benchmark: str) -> Path:
+        """The data-parallel workers' output (appended run after run; kept when the shards are folded in)."""
+        return self.path / benchmark / "launch.log"
+
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.json"
@@ -91,6 +116,49 @@ class EvalRoot:
 
 
 @dataclass(frozen=True)
+class TranslationDir:
+    """One model's English translations of one benchmark's non-English questions (``qalign analyze translation``
+    writes here, or into any ``--out`` folder): ``<lang>.jsonl`` rows {id, source, hypothesis, reference}, the
+    settings they were generated with, and their chrF/BLEU."""
+    path: Path
+
+    def hypotheses(self, lang: str) -> Path:
+        return self.path / f"{lang}.jsonl"
+
+    settings = property(lambda self: self.path / "settings.json")
+    metrics = property(lambda self: self.path / "metrics.json")
+
+
+@dataclass(frozen=True)
+class RepresentationDir:
+    """One model's representation alignment on one benchmark (``qalign analyze representations``):
+    ``similarity.csv`` (per language and layer, with CIs), ``per_question.csv`` (the values the CIs and the
+    report's paired tests resample) and the settings."""
+    path: Path
+
+    similarity = property(lambda self: self.path / "similarity.csv")
+    per_question = property(lambda self: self.path / "per_question.csv")
+    settings = property(lambda self: self.path / "settings.json")
+
+
+@dataclass(frozen=True)
+class AnalysisRoot:
+    """Where one model's analyses live (a run's, the base model's, or any model's)."""
+    path: Path
+    model: str  # the model reference it analyses
+
+    def translation(self, benchmark: str) -> TranslationDir:
+        return TranslationDir(self.path / "translation" / benchmark)
+
+    def representations(self, benchmark: str) -> RepresentationDir:
+        return RepresentationDir(self.path / "representations" / benchmark)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+
+@dataclass(frozen=True)
 class RunDir:
     """One training run's directory."""
     path: Path
@@ -104,6 +172,7 @@ class RunDir:
     run_json = property(lambda self: self.path / "run.json")
     train_jsonl = property(lambda self: self.path / "train.jsonl")
     train_log = property(lambda self: self.path / "train_log.jsonl")
+    lengths = property(lambda self: self.path / "lengths.json")  # examples per language: kept whole, cut, dropped
     loss_png = property(lambda self: self.path / "loss.png")
     checkpoints = property(lambda self: self.path / "checkpoints")
     tensorboard = property(lambda self: self.path / "tensorboard")
@@ -120,6 +189,10 @@ class RunDir:
     @property
     def eval(self) -> EvalRoot:
         return EvalRoot(self.path / "eval", str(self.path))
+
+    @property
+    def analysis(self) -> AnalysisRoot:
+        return AnalysisRoot(self.path / "analysis", str(self.path))
 
     def is_done(self) -> bool:
         return self.done_marker.is_file() and (self.model / "config.json").is_file()
@@ -150,25 +223,46 @@ def run(size: str, name: str) -> RunDir:
     return RunDir(_inside(size_root(size) / name, runs_dir()))
 
 
+def _model_dir(size: str, model: str) -> Path:
+    """runs/<size>/models/<sanitised id> of a model given by Hub id or path."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model).strip("/")).strip("_.")
+    if not safe:
+        raise ConfigError(f"model={model!r}: give a Hub id (owner/name) or a local path")
+    return _inside(size_root(size) / "models" / safe, runs_dir())
+
+
+def model_home(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> tuple[Path, str]:
+    """The directory that holds a model's ``eval/`` and ``analysis/``, and the model reference they are of: an explicit
+    model (Hub id or path) at runs/<size>/models/<id>, ``base`` (or no run) the size's model at runs/<size>/base, else
+    the run's own directory (the run must be finished)."""
+    if model:
+        return _model_dir(size, model), str(model)
+    if run_name in (None, "base"):
+        return size_root(size) / "base", base_model
+    done = run(size, run_name).require_done()
+    return done.path, str(done.path)
+
+
+def eval_root(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> EvalRoot:
+    """The eval root of a run name, ``base`` (the size's model) or an explicit model (see :func:`model_home`)."""
+    home, ref = model_home(size, base_model, run_name, model)
+    return EvalRoot(home / "eval", ref)
+
+
+def analysis_root(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> AnalysisRoot:
+    """The analysis root of a run name, ``base`` or an explicit model (see :func:`model_home`)."""
+    home, ref = model_home(size, base_model, run_name, model)
+    return AnalysisRoot(home / "analysis", ref)
+
+
 def base_eval(size: str, model: str) -> EvalRoot:
-    return EvalRoot(size_root(size) / "base" / "eval", model)
+    """Eval root of the size's base model: runs/<size>/base/eval."""
+    return eval_root(size, model)
 
 
 def model_eval(size: str, model: str) -> EvalRoot:
     """Eval root of a model given by Hub id or path: runs/<size>/models/<sanitised id>/eval."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model).strip("/")).strip("_.")
-    if not safe:
-        raise ConfigError(f"model={model!r}: give a Hub id (owner/name) or a local path")
-    return EvalRoot(_inside(size_root(size) / "models" / safe / "eval", runs_dir()), str(model))
-
-
-def eval_root(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> EvalRoot:
-    """The eval root of a run name, ``base`` (the size's model) or an explicit model; a run must be finished."""
-    if model:
-        return model_eval(size, model)
-    if run_name in (None, "base"):
-        return base_eval(size, base_model)
-    return run(size, run_name).require_done().eval
+    return eval_root(size, "", model=model)
 
 
 def study_lock(size: str) -> Path:
@@ -179,9 +273,13 @@ def notebooks_dir(size: str) -> Path:
     return size_root(size) / "notebooks"
 
 
-def report_dir(size: str) -> Path:
+def report_dir(size: str, study: str | None = None) -> Path:
+    """figures/<size>/ for the size's own study (``study`` None, the size's name, or ``paper``), else
+    figures/<size>/<study>/: another study of the same size (e.g. offline at tiny) never overwrites its report."""
     check_name(size, "size")
-    return figures_dir() / size
+    if study in (None, size, "paper", "study"):
+        return figures_dir() / size
+    return figures_dir() / size / check_name(study, "study")
 
 
 def move_aside(path: Path, why: str) -> Path:

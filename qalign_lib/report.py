@@ -15,6 +15,15 @@ Outputs (``<table_id>`` is the benchmark registry's ``table`` without spaces, e.
 * ``figure2_mixed.{csv,md,png}``  mixed supervision, averages with CIs (group ``mixed``)
 * ``figure3_consistency.{csv,md,png}``  cross-lingual consistency with English (group ``consistency``)
 * ``paper_vs_us.{csv,md}``  our averages beside the paper's (params/paper.yaml)
+
+What stage 1 did, for the systems of the study's ``analysis`` section (:mod:`qalign_lib.analysis`), per benchmark of
+``analysis_benchmarks``:
+
+* ``translation_<bench>.{csv,md,png}``  chrF and BLEU of the translations into English, per language, 95% CIs
+* ``representations_<bench>.{csv,md,png}``  cosine with English and retrieval top-1 against layer (mean over languages)
+* ``representations_<bench>_langs.{csv,md,png}``  the same per language (the table: means over layers)
+* ``stage1_effects_<bench>.{csv,md,png}``  the declared effects b - a with 95% paired-bootstrap CIs; the index
+  README.md opens with them and shows their figure
 """
 from __future__ import annotations
 
@@ -25,8 +34,9 @@ from typing import Callable
 import pandas as pd
 
 from . import benchmarks as registry
-from . import figures, layout, log, scoring, tables
+from . import analysis, figures, layout, log, scoring, tables
 from . import results as collected_results
+from .errors import RunError
 from .io import atomic_write
 from .languages import name as language_name
 from .study import Study
@@ -58,6 +68,7 @@ class Item:
     digits: int = 1
     keep_empty: bool = True
     figure: Figure | None = None
+    over: str = "benchmarks"  # what {bench} runs over: the study's benchmarks, or "analysis": analysis_benchmarks
 
     @property
     def per_benchmark(self) -> bool:
@@ -75,6 +86,22 @@ class Context:
     scorer: str = scoring.DEFAULT
     wide: dict = field(default_factory=dict)  # benchmark -> wide accuracy table of every system with results
     long: dict = field(default_factory=dict)  # benchmark -> the same with CIs (long format)
+    analyses: dict = field(default_factory=dict)  # analysis.collect: system -> benchmark -> translation, representations
+    analysis_absent: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)
+
+    def representations(self, benchmark: str) -> pd.DataFrame:
+        """Every analysed system's similarity table (per language, avg and layer), computed once."""
+        key = ("representations", benchmark)
+        if key not in self._cache:
+            self._cache[key] = analysis.representation_table(self.analyses, list(self.study.analyses), benchmark, self.n_boot)
+        return self._cache[key]
+
+    def effects(self, benchmark: str) -> pd.DataFrame:
+        key = ("effects", benchmark)
+        if key not in self._cache:
+            self._cache[key] = analysis.effects(self.analyses, self.study.effects, benchmark, self.n_boot)
+        return self._cache[key]
 
     def __post_init__(self):
         for b in self.study.benchmarks:  # CIs once per system and benchmark; each table takes its rows
@@ -177,6 +204,41 @@ def _paper_vs_us(ctx: Context, _) -> pd.DataFrame:
     return pvu
 
 
+def _translation(ctx: Context, b: str) -> pd.DataFrame | None:
+    if not ctx.analyses:
+        return None
+    table = analysis.translation_table(ctx.analyses, list(ctx.study.analyses), b, ctx.n_boot)
+    return table.set_index(["system", "lang", "metric"]) if len(table) else table
+
+
+def _representations(ctx: Context, b: str) -> pd.DataFrame | None:
+    full = ctx.representations(b)
+    if not len(full):
+        return None if not ctx.analyses else full
+    avg = full[full["lang"] == analysis.AVG] if (full["lang"] == analysis.AVG).any() else full
+    return avg.set_index(["system", "lang", "layer"])
+
+
+def _representations_langs(ctx: Context, b: str) -> pd.DataFrame | None:
+    full = ctx.representations(b)
+    if not len(full):
+        return None if not ctx.analyses else full
+    per = full[full["lang"] != analysis.AVG]
+    table = per.groupby(["system", "lang"], sort=False).agg(
+        n=("n", "first"), layers=("layer", "nunique"), cosine=("cosine", "mean"), centred_cosine=("centred_cosine", "mean"),
+        retrieval_top1=("retrieval_top1", "mean"), retrieval_top1_centred=("retrieval_top1_centred", "mean"),
+        best_retrieval_top1=("retrieval_top1", "max"), chance=("chance", "first"))
+    table.attrs["per_layer"] = per
+    return table
+
+
+def _effects(ctx: Context, b: str) -> pd.DataFrame | None:
+    if not ctx.analyses or not ctx.study.effects:
+        return None
+    table = ctx.effects(b)
+    return table.set_index(["a", "b", "measure", "lang"]) if len(table) else table
+
+
 def _bars_per_language(table: pd.DataFrame, title: str):
     long = table.reset_index()
     return figures.bars(long[long["lang"] != tables.AVG_NON_EN], title)
@@ -214,7 +276,38 @@ ITEMS: tuple[Item, ...] = (
          "from the QAlign recipe; MetaMath's and MathOctopus's are their released checkpoints, trained with their own "
          "recipes. \"same checkpoint\" is our evaluation of that released checkpoint (like for like); \"our "
          "recipe\" is our own run of the method."),
+    Item("translation_{bench}", None, _translation,
+         "**Stage-1 translation quality, {display}**: each non-English question translated into English with the "
+         "stage-1 prompt (greedy), scored against the English question of the same id: sacrebleu chrF and BLEU "
+         "(default settings), per language and averaged over languages (`avg`), with 95% bootstrap CIs over questions.",
+         keep_empty=False, over="analysis",
+         figure=Figure("translation_{bench}", lambda t, title: figures.translation_bars(t.reset_index(), title),
+                       "Translation into English (chrF, 95% CI), {display} questions — size {size}")),
+    Item("representations_{bench}", None, _representations,
+         "**Representation alignment with English, {display}**, mean over languages, per layer (0 = embeddings): "
+         "hidden states mean-pooled over each question's own tokens; cosine with the English question of the same "
+         "id, raw and after mean-centring each language; retrieval top-1 (the nearest English question is the "
+         "translation; chance = 1 / n), raw and centred; 95% bootstrap CIs over questions (the same ids in every "
+         "language).", digits=3, keep_empty=False, over="analysis",
+         figure=Figure("representations_{bench}", lambda t, title: figures.representation_lines(t.reset_index(), title),
+                       "Representation alignment with English (mean over languages, 95% CI), {display} — size {size}")),
+    Item("representations_{bench}_langs", None, _representations_langs,
+         "**Representation alignment with English per language, {display}**: each measure averaged over every "
+         "layer, and the best layer's retrieval top-1 (chance = 1 / n). The figure shows the per-layer values with "
+         "their 95% CI bands; each system's `similarity.csv` (its analysis folder) holds them.", digits=3,
+         keep_empty=False, over="analysis",
+         figure=Figure("representations_{bench}_langs",
+                       lambda t, title: figures.representation_grid(t.attrs["per_layer"], title),
+                       "Per language: centred cosine and retrieval top-1 against layer (95% CI), {display} — size {size}")),
+    Item("stage1_effects_{bench}", None, _effects,
+         "**What stage 1 did, {display}**: each declared effect b - a (the study's `analysis: effects`) on the same "
+         "questions: chrF and BLEU of the translations into English, and the representation measures averaged over "
+         "every layer; per language and averaged over languages (`avg`), with 95% paired-bootstrap CIs and p-values "
+         "over question ids.", digits=3, keep_empty=False, over="analysis",
+         figure=Figure("stage1_effects_{bench}", lambda t, title: figures.effects_forest(t.reset_index(), title),
+                       "What stage 1 did: paired differences b - a, mean over languages (95% CI), {display} — size {size}")),
 )
+MAIN_FIGURES = ("translation_{bench}", "stage1_effects_{bench}")  # the index README's figures, below its first paragraph
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,11 +328,82 @@ def _save_table(frame: pd.DataFrame, stem: Path, caption: str, digits: int = 1) 
     return md
 
 
-def _write_index(study: Study, out: Path, written: dict[str, Path], absent: dict) -> Path:
-    lines = [f"# Report: study {study.name}, size {study.size}\n", f"{study.caption}\n" if study.caption else "",
+def recorded_versions(study: Study, extra_models=()) -> dict[str, dict]:
+    """job -> the software versions it recorded (:func:`qalign_lib.versions.stack`): each finished training run of
+    the study (its run.json) and each evaluated system (its metrics). Jobs from before versions were recorded are
+    left out."""
+    from . import evaluation  # imports torch: only where the report is written
+
+    out: dict[str, dict] = {}
+    for name in study.runs:
+        run = layout.run(study.size, name)
+        if run.is_done() and run.run_json.is_file() and isinstance(run.meta().get("versions"), dict):
+            out[f"training {name}"] = run.meta()["versions"]
+    for system, ref in collected_results.systems(study, extra_models).items():
+        model = ref[len(collected_results.MODEL_PREFIX):] if ref.startswith(collected_results.MODEL_PREFIX) else None
+        try:
+            root = evaluation.target(study.cfg, run=None if model else ref, model=model)
+        except RunError:
+            continue
+        metrics = root.read_metrics()
+        if metrics and isinstance(metrics.get("versions"), dict):
+            out[f"evaluation {system}"] = metrics["versions"]
+    return out
+
+
+def versions_table(recorded: dict[str, dict]) -> str:
+    """Markdown, one row per package: its version, or where jobs differ, each version with the jobs that ran it."""
+    if not recorded:
+        return "_no versions recorded (runs and evaluations from before versions were recorded)_"
+    keys: list[str] = []
+    for v in recorded.values():
+        keys += [k for k in v if k not in keys]
+    lines = ["| package | version |", "|---|---|"]
+    for key in keys:
+        seen: dict[str, list[str]] = {}
+        for job, v in recorded.items():
+            seen.setdefault("—" if v.get(key) is None else str(v[key]), []).append(job)
+        cell = next(iter(seen)) if len(seen) == 1 else "; ".join(f"{ver} ({', '.join(jobs)})" for ver, jobs in seen.items())
+        lines.append(f"| {key} | {cell} |")
+    return "\n".join(lines)
+
+
+def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
+    """The index's first paragraph: the measured stage-1 effects with their CIs, whatever their sign, and its
+    main figure."""
+    lines = []
+    for b in registry.parse(study.cfg.analysis_benchmarks) if ctx.analyses and study.effects else []:
+        table = ctx.effects(b)
+        if not len(table):
+            continue
+        display = registry.get(b).display
+        pairs = list(dict.fromkeys(zip(table["a"], table["b"])))
+        n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == analysis.AVG].groupby("measure")}
+        langs = [x for x in dict.fromkeys(table["lang"]) if x != analysis.AVG]
+        parts = [f"**{bb} - {a}**: {analysis.summary(table, a, bb)}." for a, bb in pairs]
+        sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", n.get("cosine"))) if v)
+        lines += [f"**What stage 1 did** ({display}, {len(langs)} languages: {' '.join(langs)}; questions per language, "
+                  f"{sizes}; differences b - a with 95% paired-bootstrap CIs over question ids, averaged over languages; "
+                  "representation measures averaged over every layer): " + " ".join(parts), ""]
+        alt = {"translation": f"Translation of {display} questions into English, chrF per language with 95% CIs",
+               "stage1_effects": "What stage 1 did: paired differences with 95% CIs"}
+        for name in MAIN_FIGURES:
+            figure = name.format(bench=b) + "_png"
+            if figure in written:
+                lines += [f"![{alt[name.split('_{')[0]]}]({Path(written[figure]).name})", ""]
+    return lines
+
+
+def _write_index(study: Study, out: Path, written: dict[str, Path], absent: dict, recorded: dict | None = None,
+                 first: list[str] = ()) -> Path:
+    lines = [f"# Report: study {study.name}, size {study.size}\n", *first, f"{study.caption}\n" if study.caption else "",
              "| output | file |", "|---|---|"] + [f"| {k} | `{Path(p).name}` |" for k, p in written.items()]
     if absent:
         lines += ["", "Systems without results:"] + [f"- {k}: {v}" for k, v in absent.items()]
+    if recorded is not None:
+        lines += ["", "## Software", "", f"Versions recorded by the {len(recorded)} training runs and evaluations "
+                  "behind this report (`cuda`: torch's CUDA build, — for a CPU build; `gpu`: the GPUs, — on a CPU). "
+                  "The tested sets are `constraints/cpu.txt` and `constraints/gpu.txt`.", "", versions_table(recorded)]
     path = out / "README.md"
     with atomic_write(path) as f:
         f.write("\n".join(lines) + "\n")
@@ -247,24 +411,28 @@ def _write_index(study: Study, out: Path, written: dict[str, Path], absent: dict
 
 
 def write_report(study: Study, out_dir: Path | None = None, extra_models=(), n_boot: int = 10_000, *,
-                 scorer: str = scoring.DEFAULT, collected: tuple[dict, dict] | None = None) -> dict[str, Path]:
+                 scorer: str = scoring.DEFAULT, collected: tuple[dict, dict] | None = None,
+                 analyses: tuple[dict, dict] | None = None) -> dict[str, Path]:
     """Write every item of :data:`ITEMS` that applies to ``study`` into ``out_dir`` (default ``figures/<size>/``),
     then the index README.md. Returns output name -> path: each table's Markdown file under the table's name,
     each figure under ``<figure name>_png``.
 
     ``collected`` is :func:`qalign_lib.results.collect`'s ``(results, absent)`` when already computed (for the same
-    scorer and extra models); else the systems are rescored here.
+    scorer and extra models); else the systems are rescored here. ``analyses`` is :func:`qalign_lib.analysis.collect`'s
+    ``(found, absent)`` likewise; else the study's analyses are read here.
     """
-    out = Path(out_dir) if out_dir is not None else layout.report_dir(study.size)
+    out = Path(out_dir) if out_dir is not None else layout.report_dir(study.size, study.name)
     extra = tuple(extra_models)
     results, absent = collected if collected is not None else collected_results.collect(study, scorer, extra)
     ctx = Context(study, results, absent, extra, n_boot, scorer)
+    ctx.analyses, ctx.analysis_absent = analyses if analyses is not None else analysis.collect(study)
     tail = f" _{study.caption}_" if study.caption else ""
     written: dict[str, Path] = {}
     for item in ITEMS:
         if not ctx.applies(item):
             continue
-        for b in study.benchmarks if item.per_benchmark else [None]:
+        over = study.benchmarks if item.over == "benchmarks" else registry.parse(study.cfg.analysis_benchmarks)
+        for b in over if item.per_benchmark else [None]:
             table = item.build(ctx, b)
             if table is None or (not len(table) and not item.keep_empty):
                 continue
@@ -276,6 +444,7 @@ def write_report(study: Study, out_dir: Path | None = None, extra_models=(), n_b
                 fig_name = item.figure.name.format(**fields)
                 fig = item.figure.draw(table, item.figure.title.format(**fields))
                 written[f"{fig_name}_png"] = figures.save(fig, out / f"{fig_name}.png")
-    _write_index(study, out, written, absent)
+    without = {**absent, **{f"{k} (analysis)": v for k, v in ctx.analysis_absent.items()}}
+    _write_index(study, out, written, without, recorded_versions(study, extra), lead(study, ctx, written))
     logger.info("report: %d outputs in %s (%d systems, %d absent)", len(written), out, len(results), len(absent))
     return written

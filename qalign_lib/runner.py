@@ -1,7 +1,8 @@
 """``qalign study``: execute a study's notebooks through papermill in dependency order.
 
-Each training run is one stage1/stage2 notebook, each system one evaluate notebook, and the report notebook comes
-last. The plan decides exactly as a stage does: a run is done only when it finished with the same fingerprint
+Each training run is one stage1/stage2 notebook, each system one evaluate notebook, each system of the study's
+``analysis`` section one analyze notebook (translation quality and representation alignment), and the report
+notebook comes last. The plan decides exactly as a stage does: a run is done only when it finished with the same fingerprint
 (config, data, the run it starts from); a changed run and everything downstream of it are todo. A run whose data
 is absent is skipped with the reason (never trained on substitute data), and so is everything that depends on it.
 Executed notebooks are kept in ``runs/<size>/notebooks/`` as the record of what ran.
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, evaluation, layout, log, stages, training
+from . import analysis, config, evaluation, layout, log, stages, training
 from . import study as studies
 from .errors import QAlignError, StudyError
 
@@ -21,7 +22,7 @@ logger = log.get(__name__)
 
 @dataclass
 class Step:
-    kind: str  # train | evaluate | report
+    kind: str  # train | evaluate | analyze | report
     name: str
     notebook: str
     params: dict
@@ -95,8 +96,23 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
             continue
         complete = evaluation.is_complete(s.cfg, run=params.get("run"), model=params.get("model"), benchmarks=s.benchmarks)
         steps.append(Step("evaluate", system, "evaluate", params, "done" if complete else "todo", "complete" if complete else ""))
+    no_data = studies.missing_analysis_data(s)
+    for system, ref in s.analyses.items():  # what stage 1 did to each model: translation and representations
+        if only and not (system in only or ref in only or ref in studies.order(s, only)):
+            continue
+        params = {"size": s.size, **({"model": ref.split(":", 1)[1]} if ref.startswith("model:") else {"run": ref})}
+        if no_data:
+            status, reason = "skip", "missing benchmark data: " + "; ".join(no_data[:3]) + (" ..." if len(no_data) > 3 else "")
+        elif ref in blocked:
+            status, reason = "skip", f"its run {ref} is skipped"
+        elif ref in todo:
+            status, reason = "todo", f"after training {ref}"
+        else:
+            complete = analysis.is_complete(s.cfg, run=params.get("run"), model=params.get("model"))
+            status, reason = ("done", "complete") if complete else ("todo", "")
+        steps.append(Step("analyze", system, "analyze", params, status, reason))
     if report:
-        evaluated = any(st.kind == "evaluate" and st.status != "skip" for st in steps)
+        evaluated = any(st.kind in ("evaluate", "analyze") and st.status != "skip" for st in steps)
         steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name},
                           "todo" if evaluated else "skip", "" if evaluated else "no system can be evaluated"
                           + (f" (missing benchmark data: {'; '.join(no_bench[:2])})" if no_bench else "")))

@@ -17,7 +17,7 @@ from typing import Callable
 
 from . import benchmarks
 from .errors import ConfigError, DataError, ResultsError
-from .io import read_jsonl
+from .io import read_jsonl, valid_id
 
 TOLERANCE = 1e-3
 
@@ -99,7 +99,7 @@ def score_rows(rows: list[dict], gold: dict[str, dict], benchmark: str, scorer: 
             raise ResultsError(f"{source}: row {i}: language {lang!r} is not part of {b.name} ({' '.join(b.langs)})")
         if lang not in gold:
             raise ResultsError(f"{source}: row {i}: no gold answers loaded for {b.name} {lang}")
-        if not isinstance(ident, (int, str)) or isinstance(ident, bool) or ident not in gold[lang]:
+        if not valid_id(ident) or ident not in gold[lang]:
             raise ResultsError(f"{source}: row {i}: id {ident!r} is not a {b.name} {lang} question")
         if not isinstance(response, str):
             raise ResultsError(f"{source}: row {i}: field 'response' must be a string, got {type(response).__name__}")

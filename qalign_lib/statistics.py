@@ -226,3 +226,77 @@ def consistency_table(per_lang_correct: dict, per_lang_pred: dict, langs, ref: s
         except ValueError as e:
             raise ValueError(f"consistency_table, {ref} vs {lang}: {e}") from None
     return pd.DataFrame(rows, columns=["lang", "jaccard", "agreement"])
+
+
+# ----------------------------------------------------------------------------- scores of summed statistics (chrF, BLEU, means)
+# A corpus-level score (chrF, BLEU: sacrebleu computes them from the sum of per-sentence statistics) or a mean (the
+# statistics [value, 1]) is a function of the sum of per-item statistics. Resampling items with replacement is then
+# a matrix product: multinomial counts (n_boot, n) @ stats (n, k). ``score`` maps summed statistics (m, k) to (m,)
+# scores. Groups (the languages of a parallel benchmark) share their items row by row, so an average over groups
+# resamples the same items in every group, as average_ci(paired=True) does.
+
+def resample_counts(n: int, n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) counts of each of n items in ``n_boot`` resamples with replacement (each row sums to n)."""
+    _check(n_boot, 0.05)
+    if n < 1:
+        raise ValueError("resample_counts: no items to resample")
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=int(n_boot))
+
+
+def _groups(stats) -> dict:
+    """``stats`` as {group: (n, k) float array}, every group with the same n (a bare array is one group)."""
+    groups = {"": stats} if isinstance(stats, np.ndarray) else dict(stats)
+    if not groups:
+        raise ValueError("no statistics given")
+    out = {g: np.asarray(s, dtype=float).reshape(len(s), -1) for g, s in groups.items()}
+    sizes = {g: len(s) for g, s in out.items()}
+    if len(set(sizes.values())) != 1 or not next(iter(sizes.values())):
+        raise ValueError(f"every group needs the same, non-zero number of items (aligned rows); got {sizes}")
+    return out
+
+
+def _group_scores(groups: dict, score, counts: np.ndarray | None) -> tuple[float, np.ndarray | None]:
+    """(score of the observed items averaged over groups, the same for each resample or None)."""
+    value = float(np.mean([score(s.sum(0, keepdims=True))[0] for s in groups.values()]))
+    boot = None if counts is None else np.mean([score(counts @ s) for s in groups.values()], axis=0)
+    return value, boot
+
+
+def score_ci(stats, score, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """A score of summed per-item statistics (averaged over groups when ``stats`` is a dict of groups sharing
+    their items), with a percentile-bootstrap (1 - alpha) CI over items. Returns dict(value, lo, hi, n)."""
+    _check(n_boot, alpha)
+    groups = _groups(stats)
+    n = len(next(iter(groups.values())))
+    value, boot = _group_scores(groups, score, resample_counts(n, n_boot, seed))
+    lo, hi = _interval(boot, alpha)
+    return dict(value=value, lo=lo, hi=hi, n=n)
+
+
+def paired_score_diff(a, b, score, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """score(b) - score(a) on the same items (rows of a and b correspond; groups as in :func:`score_ci`, the same
+    groups in both), with a percentile-bootstrap CI and a two-sided p-value from the shifted bootstrap
+    distribution, as :func:`paired_bootstrap`. Returns dict(diff, lo, hi, p_value, n, a, b)."""
+    _check(n_boot, alpha)
+    ga, gb = _groups(a), _groups(b)
+    if list(ga) != list(gb) or len(next(iter(ga.values()))) != len(next(iter(gb.values()))):
+        raise ValueError(f"paired_score_diff: a and b must hold the same groups and items; got {list(ga)} and {list(gb)}")
+    n = len(next(iter(ga.values())))
+    counts = resample_counts(n, n_boot, seed)
+    va, ba = _group_scores(ga, score, counts)
+    vb, bb = _group_scores(gb, score, counts)
+    boot, obs = bb - ba, vb - va
+    p = min(1.0, 2 * float(np.mean(np.sign(obs) * (boot - obs) >= abs(obs) - 1e-9)))
+    lo, hi = _interval(boot, alpha)
+    return dict(diff=obs, lo=lo, hi=hi, p_value=p, n=n, a=va, b=vb)
+
+
+def mean_stats(values) -> np.ndarray:
+    """Per-item statistics [value, 1] whose :func:`mean_score` is the plain mean of ``values``."""
+    v = np.asarray(values, dtype=float)
+    return np.stack([v, np.ones_like(v)], axis=1)
+
+
+def mean_score(summed: np.ndarray) -> np.ndarray:
+    """The mean from summed :func:`mean_stats`."""
+    return summed[:, 0] / summed[:, 1]

@@ -32,6 +32,8 @@ class Study:
     caption: str = ""
     groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. table -> systems
     source: str = ""
+    analyses: dict[str, str] = field(default_factory=dict)  # display name -> run, "base" or "model:<id>" (analysis.py)
+    effects: list[tuple[str, str]] = field(default_factory=list)  # (a, b) pairs of analyses: the stage-1 effects b - a
 
 
 def study_file(name: str):
@@ -86,9 +88,38 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
         if run_name != "base" and run_name not in runs and not str(run_name).startswith("model:"):
             raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}")
     benchmarks = registry.parse(raw.get("benchmarks"), what=f"{path}: benchmarks")
-    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), groups, str(path))
+    analyses, effects = _analysis(raw.get("analysis"), runs, systems, groups, path)
+    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), groups, str(path), analyses, effects)
     order(study)  # validates that there is no cycle
     return study
+
+
+def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, path) -> tuple[dict, list]:
+    """The study's ``analysis`` section: ``systems`` (display name -> run, base or model:<id>) whose translation
+    quality and representation alignment are measured, and ``effects``, pairs [a, b] of them whose difference b - a
+    the report tests. Without the section: the base model and every stage-1 run, plus the consistency pair, with
+    the effects of each stage-1 run over the base and of the consistency pair's second system over its first."""
+    if raw is None:
+        analyses = {"Base": "base", **{f"Stage 1: {name}": name for name, run in runs.items() if run.stage == 1}}
+        pair = list(groups.get("consistency") or [])
+        analyses.update({x: systems[x] for x in pair if x in systems})
+        effects = [("Base", x) for x in analyses if x.startswith("Stage 1: ")]
+        effects += [tuple(pair)] if len(pair) == 2 and all(x in analyses for x in pair) else []
+        return analyses, effects
+    if not isinstance(raw, dict) or not isinstance(raw.get("systems"), dict) or not raw["systems"]:
+        raise ConfigError(f"{path}: analysis: expected a mapping with 'systems' (display name -> run, base or "
+                          "model:<id>) and optionally 'effects' (a list of [a, b] pairs)")
+    analyses = {str(k): str(v) for k, v in raw["systems"].items()}
+    for system, ref in analyses.items():
+        if ref != "base" and ref not in runs and not ref.startswith("model:"):
+            raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}")
+    effects = []
+    for pair in raw.get("effects") or []:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(x not in analyses for x in pair):
+            raise ConfigError(f"{path}: analysis effects: {pair!r} is not a pair [a, b] of analysis systems "
+                              f"({', '.join(analyses)})")
+        effects.append((str(pair[0]), str(pair[1])))
+    return analyses, effects
 
 
 def chain(study: Study, run_name: str) -> list[str]:
@@ -108,6 +139,8 @@ def order(study: Study, only: list[str] | None = None) -> list[str]:
     for name in only or list(study.runs):
         if name in study.systems:
             name = study.systems[name]
+        elif name in study.analyses:
+            name = study.analyses[name]
         elif name not in study.runs:
             raise ConfigError(f"--only {name!r}: not a system ({', '.join(study.systems)}) nor a run ({', '.join(study.runs)}) of {study.source}")
         targets.append(name)
@@ -137,7 +170,23 @@ def requirements(study: Study, runs: list[str] | None = None) -> dict[str, list[
             need[key] += [lang for lang in langs if lang not in need[key]]
     for b in study.benchmarks:
         need[b] = [lang for lang in study.cfg.eval_langs if lang in registry.get(b).langs]
+    for b, langs in analysis_requirements(study).items():
+        need[b] = list(dict.fromkeys([*need.get(b, []), *langs]))
     return need
+
+
+def analysis_requirements(study: Study) -> dict[str, list[str]]:
+    """benchmark -> languages the study's analyses read (English, the reference, included); empty without analyses."""
+    if not study.analyses:
+        return {}
+    return {b: ["en", *[lang for lang in study.cfg.analysis_langs if lang in registry.get(b).langs]]
+            for b in registry.parse(study.cfg.analysis_benchmarks)}
+
+
+def missing_analysis_data(study: Study, root=None) -> list[str]:
+    """The benchmark files the study's analyses read and that are absent (empty when all are there)."""
+    return [f"{b} [{lang}] ({data.path_of(b, lang, None, root)})" for b, langs in analysis_requirements(study).items()
+            for lang in langs if data.available(b, lang, None, root) is None]
 
 
 def missing(study: Study, run_name: str, root=None) -> list[str]:

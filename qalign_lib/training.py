@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, data, figures, layout, log, modeling
+from . import config, data, figures, layout, log, modeling, versions
 from .errors import ConfigError, DataError, RunError
 from .io import read_jsonl, write_json, write_jsonl
 
@@ -69,7 +69,7 @@ def status(cfg: config.Config, name: str, tasks: list[str], langs, init: str = "
     """``done`` (finished with the same inputs), ``changed`` (finished or started with other inputs) or ``todo``."""
     run = layout.run(cfg.size, name)
     fp = plan(cfg, name, tasks, langs, init, stage)["fingerprint"]
-    old = run.fingerprint() if run.run_json.is_file() else None
+    old = run.fingerprint()
     if run.is_done():
         return "done" if old == fp else "changed"
     return "changed" if old is not None and old != fp and run.checkpoints.exists() else "todo"
@@ -81,15 +81,16 @@ def prepare(cfg: config.Config, name: str, tasks: list[str], langs, init: str = 
     p = plan(cfg, name, tasks, langs, init, stage)
     run = layout.run(cfg.size, name)
     if run.path.exists():
-        old = run.fingerprint() if run.run_json.is_file() else None
+        old = run.fingerprint()
         if old == p["fingerprint"] and run.is_done():
             logger.info("run %s: finished with the same inputs (fingerprint %s); skipping", name, old)
             return None
         if old != p["fingerprint"] and (run.is_done() or run.checkpoints.exists()):
             layout.move_aside(run.path, f"inputs changed ({old} -> {p['fingerprint']})")
     run.path.mkdir(parents=True, exist_ok=True)
+    check_lora(cfg)
     write_jsonl(run.train_jsonl, p.pop("examples"))
-    write_json(run.run_json, {**p, "config": cfg.to_dict()})
+    write_json(run.run_json, {**p, "config": cfg.to_dict(), "versions": versions.stack()})  # what it trains with
     return run.path
 
 
@@ -154,23 +155,35 @@ def training_args(cfg: config.Config, out: Path, world_size: int = 1):
     )
 
 
-def tokenize(examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+def tokenize(examples: list[dict], tokenizer, max_length: int, lengths: dict | None = None) -> tuple[list[dict], int]:
     """Token ids and completion masks of prompt-completion examples, EOS appended, cut at ``max_length``.
 
     The completion starts where the tokenized prompt and prompt+completion diverge (tokens can merge across the
     boundary, as in TRL). Examples with no completion token left within ``max_length`` are dropped; returns
-    (rows, number dropped)."""
+    (rows, number dropped). ``lengths``, when given, is filled per language (an example's ``lang``) with the
+    examples, how many are kept whole, cut (a completion without its end or EOS) and dropped, and the longest."""
     rows, dropped = [], 0
     for ex in examples:
         prompt = tokenizer(ex["prompt"])["input_ids"]
         full = tokenizer(ex["prompt"] + ex["completion"])["input_ids"] + [tokenizer.eos_token_id]
         start = next((k for k, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
         ids = full[:max_length]
+        if lengths is not None:
+            n = lengths.setdefault(ex.get("lang", "?"), {"examples": 0, "whole": 0, "truncated": 0, "dropped": 0, "longest": 0})
+            n["examples"] += 1
+            n["longest"] = max(n["longest"], len(full))
+            n["whole" if len(full) <= max_length else "dropped" if len(ids) <= start else "truncated"] += 1
         if len(ids) <= start:
             dropped += 1
             continue
         rows.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
     return rows, dropped
+
+
+def length_summary(lengths: dict, max_length: int) -> str:
+    """One line per language of :func:`tokenize`'s ``lengths``."""
+    return "; ".join(f"{lang} {n['examples']} ({n['truncated']} cut, {n['dropped']} dropped, longest {n['longest']})"
+                     for lang, n in sorted(lengths.items())) + f" [max_length {max_length}]"
 
 
 def _loss_logger(path: Path):
@@ -198,13 +211,54 @@ def load_for_training(out: Path):
                                 attn_implementation=cfg.attn_implementation)
     if modeling.ensure_pad_token(tokenizer, model):
         logger.info("the tokenizer had no pad token: added %s (vocabulary %d, new rows = mean)", modeling.PAD_TOKEN, len(tokenizer))
-    rows, dropped = tokenize(examples, tokenizer, cfg.max_length)
+    lengths: dict = {}
+    rows, dropped = tokenize(examples, tokenizer, cfg.max_length, lengths)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(run.lengths, {"max_length": cfg.max_length, "per_lang": lengths})
+    logger.info("examples per language: %s", length_summary(lengths, cfg.max_length))
+    cut = sum(n["truncated"] + n["dropped"] for n in lengths.values())
+    if cut > 0.01 * len(examples):
+        logger.warning("%d of %d examples do not fit max_length=%d (cut or dropped): the model learns completions "
+                       "that stop without their end; raise max_length", cut, len(examples), cfg.max_length)
     if not rows:
         raise DataError(f"run {meta['name']}: every example's prompt is longer than max_length={cfg.max_length} tokens, "
                         "so no completion token is left to train on; raise max_length")
     if dropped:
         logger.warning("%d of %d examples dropped: their prompt fills max_length=%d", dropped, len(examples), cfg.max_length)
     return meta, cfg, tokenizer, model, rows
+
+
+def completion_only_logits(enabled: bool) -> None:
+    """Make TRL's fused LM head project only the positions whose next token is trained on (``enabled``), or restore
+    its own choice. TRL (trl.trainer.utils: add_fused_lm_head) scores only those positions where Triton runs
+    (CUDA, XPU) and every position elsewhere, prompt and padding included, because on XLA-like devices a shape
+    that changes every batch recompiles. On a CPU that is 3-5 times the LM-head work of stage 1 (a completion is
+    21-32% of a stage-1 example's tokens) for the same loss. The decision is a module-level lookup, so this swaps
+    it; it is a no-op (with a warning) on a TRL without it."""
+    import trl.trainer.utils as tu
+
+    original = getattr(tu, "_qalign_use_triton", None) or getattr(tu, "_use_triton", None)
+    if original is None:
+        logger.warning("completion_only_logits: this TRL has no trl.trainer.utils._use_triton; left as TRL does it")
+        return
+    tu._qalign_use_triton = original
+    tu._use_triton = (lambda device: original(device) or device.type in ("cpu", "cuda", "xpu", "mps")) if enabled else original
+
+
+def lora_config(cfg: config.Config):
+    """peft's LoraConfig of ``lora_r`` (None: full fine-tuning): adapters on every linear layer but the LM head."""
+    if not cfg.lora_r:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def check_lora(cfg: config.Config) -> None:
+    if cfg.lora_r and cfg.launch in ("fsdp", "zero3", "zero3_offload"):
+        raise ConfigError(f"lora_r={cfg.lora_r} with launch={cfg.launch}: the adapters are merged on one process at "
+                          "the end; use launch single or ddp (or lora_r null for full fine-tuning)")
 
 
 def make_trainer(out: Path, callbacks=()):
@@ -214,9 +268,12 @@ def make_trainer(out: Path, callbacks=()):
 
     run = layout.RunDir(Path(out))
     _, cfg, tokenizer, model, rows = load_for_training(run.path)
+    check_lora(cfg)
+    completion_only_logits(cfg.completion_only_logits)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     trainer = SFTTrainer(model=model, args=training_args(cfg, run.path, world), train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=[_loss_logger(run.train_log), *callbacks])
+                         processing_class=tokenizer, callbacks=[_loss_logger(run.train_log), *callbacks],
+                         peft_config=lora_config(cfg))
     if cfg.loss_reduction == "reference":
         # no num_items_in_batch: the model averages each micro-batch over its own tokens and the Trainer divides by
         # the accumulation steps (DDP averages over devices), as the reference's transformers 4.29 Trainer did
@@ -250,7 +307,11 @@ def fit(out: Path, callbacks=()) -> Path:
         trainer.train(resume_from_checkpoint=last)
         if trainer.is_world_process_zero():
             shutil.rmtree(run.model_tmp, ignore_errors=True)
-        trainer.save_model(str(run.model_tmp))
+        if run.meta()["config"].get("lora_r"):  # the adapters merged into the weights: a plain model, like full FT
+            if trainer.is_world_process_zero():
+                trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(run.model_tmp)
+        else:
+            trainer.save_model(str(run.model_tmp))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(run.model_tmp)
         shutil.rmtree(run.model, ignore_errors=True)

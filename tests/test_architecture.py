@@ -23,7 +23,7 @@ PACKAGE = "qalign_lib"
 LIB = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYOUT_NAMES = ("run.json", "DONE", "train.jsonl", "train_log.jsonl", "metrics.json", "settings.json", "checkpoints",
-                "loss.png")
+                "loss.png", "lengths.json", "similarity.csv", "per_question.csv")
 BENCHMARK_DISPLAY_NAMES = ("mGSM", "mSVAMP")
 # modules whose job is to print: the command line, the notebook display (outside IPython), the launcher (streams
 # the workers' output as it comes)

@@ -25,7 +25,8 @@ def varied_data(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_benchmark_smoke(varied_data, tmp_path):
     s = benchmark.settings("cpu", models="tiny-random", repeats=2, warmup_steps=1, train_steps=2, train_batch_size=4,
-                           max_length=256, gen_langs="en,de", gen_per_lang=3, max_new_tokens=4, gen_batch_size=4)
+                           max_length=256, gen_langs="en,de", gen_per_lang=3, max_new_tokens=4, gen_batch_size=4,
+                           gen_benchmarks="mgsm", train_data="gsm8k", train_sizes="tiny")
     results = benchmark.run(s, tmp_path / "bench")
     m = results["models"]["tiny-random"]
     for part, metrics in (("train", benchmark.TRAIN_METRICS), ("generate", benchmark.GEN_METRICS)):
@@ -39,11 +40,21 @@ def test_benchmark_smoke(varied_data, tmp_path):
     assert train["ours"]["pad_share"] == 0 and train["reference"]["pad_share"] > 0
     assert train["ours"]["recipe"]["padding_free"] and train["ours"]["recipe"]["sampling"] == "group_by_length"
     assert not train["reference"]["recipe"]["padding_free"] and train["reference"]["recipe"]["sampling"] == "random"
+    assert not train["reference"]["recipe"]["completion_only_logits"] and train["ours"]["recipe"]["completion_only_logits"]
+    tiny = train["extra"]["size tiny"]  # the tiny size's own recipe, timed in the same rounds on the same examples
+    assert tiny["tokens"] == train["reference"]["tokens"] and tiny["recipe"]["lora_r"] == 16
+    assert train["ratios"]["size tiny"]["tokens_per_s"] == pytest.approx(tiny["tokens_per_s"] / train["reference"]["tokens_per_s"])
+    assert "| tiny-random | train tokens/s (size tiny) |" in benchmark.table(results)
     assert m["generate"]["n"] == 6 and m["generate"]["mismatches"] == 0  # fp32 greedy: identical outputs
+    g = m["generate"]
+    assert g["identical"] == {"reference": 1.0, "hf": 1.0} and set(g["engines"]) == {"hf"}  # tiny-random: hf only
+    assert 0 < g["reference"]["roofline_fraction"] < 1 and g["roofline_tokens_per_s"] > 0
+    assert g["reference"]["flops"] == pytest.approx(g["ours"]["flops"])  # same outputs, same useful work
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert saved["models"]["tiny-random"]["train"]["ratio"] == pytest.approx(train["ratio"])
     assert {"torch", "transformers"} <= set(saved["versions"]) and saved["device"] and saved["peak_flops"] > 0
     assert "| tiny-random | train tokens/s |" in (tmp_path / "bench" / "results.md").read_text()
+    assert "| tiny-random | generated tokens/s (hf) |" in (tmp_path / "bench" / "results.md").read_text()
     assert (tmp_path / "bench" / "ratios.png").stat().st_size > 0
 
 

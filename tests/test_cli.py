@@ -91,7 +91,7 @@ def test_config_prints_the_table(capsys):
     for name in config.params():
         assert f"| `{name}` |" in out, name
     assert "| `model` | str | `''` | `'embedded:smollm2-135m-instruct'` | learned |" in out
-    assert "| `max_length` | int | `512` | `192` | learned |" in out
+    assert "| `lora_r` | int or null | `None` | `16` | learned |" in out
     assert main(["config"]) == 0  # the declared defaults, no value column
     out = capsys.readouterr().out
     assert "the declared defaults" in out and "| parameter | type | default | affects | meaning |" in out

@@ -114,7 +114,7 @@ def test_size_files_hold_only_deltas_over_the_defaults():
 def test_overrides_apply_over_the_size_and_none_is_ignored():
     cfg = config.resolve("tiny", lr=1e-5, epochs=None)
     assert cfg.lr == 1e-5 and cfg.epochs == config.resolve("tiny").epochs
-    assert cfg.max_length == 192 and cfg.batch_size == 8          # the size's deltas
+    assert cfg.lora_r == 16 and cfg.batch_size == 8               # the size's deltas
     assert cfg.warmup_ratio == config.schema()["warmup_ratio"].default  # the declared default
     assert config.overrides({"lr": 1e-5, "epochs": None, "other": 3}, ["lr", "epochs"]) == {"lr": 1e-5}
 
@@ -259,7 +259,7 @@ def test_max_new_falls_back_to_the_benchmark_registry():
 def test_schema_declares_every_parameter_once_with_help_and_affects():
     schema = config.schema()
     assert set(schema) == {f.name for f in dataclasses.fields(config.Config)}
-    groups = {"model", "train", "data", "eval", "launch", "run"}
+    groups = {"model", "train", "data", "eval", "analysis", "launch", "run"}
     for name, p in schema.items():
         if p.group == "internal":
             continue
@@ -273,7 +273,8 @@ def test_schema_declares_every_parameter_once_with_help_and_affects():
     # with loss_reduction reference the micro-batch decides which sequences share a loss mean
     assert {"per_device_batch_size", "loss_reduction"} <= set(config.params("learned"))
     assert {"save_steps", "num_processes", "report_to"} <= set(config.params("runtime"))
-    assert config.params("generated") == ["max_new_tokens"]
+    assert config.params("generated", group="eval") == ["max_new_tokens", "engine"]
+    assert config.params("generated", group="analysis") == ["translation_max_new_tokens", "representation_pooling"]
     assert config.params(group="eval") == [n for n, p in schema.items() if p.group == "eval"]
     table = config.describe(config.resolve("tiny"))
     assert all(f"| `{name}` |" in table for name in config.params())
@@ -324,8 +325,12 @@ def test_generation_settings_follow_the_generated_parameters():
     cfg = config.resolve("tiny")
     ref = evaluation.settings(cfg, "mgsm", "some/model")
     assert ref["model"] == "some/model" and ref["max_new_tokens"] == cfg.max_new("mgsm")
-    for name in config.params("generated"):
-        changed = cfg.replace(**{name: flipped(config.schema()[name], getattr(cfg, name))})
+    for name in config.params("generated", group="eval"):
+        value = getattr(cfg, name)
+        # engine: auto resolves to hf here (no vLLM or no GPU), so flip to the engine it does not resolve to
+        other = ("vllm" if evaluation.settings(cfg, "mgsm", "m")["engine"] == "hf" else "hf") if name == "engine" \
+            else flipped(config.schema()[name], value)
+        changed = cfg.replace(**{name: other})
         assert evaluation.settings(changed, "mgsm", "some/model") != ref, name
     for name in config.params("speed") + config.params("selection") + config.params("runtime"):
         changed = cfg.replace(**{name: flipped(config.schema()[name], getattr(cfg, name))})

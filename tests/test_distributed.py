@@ -86,7 +86,9 @@ def workers_env(monkeypatch):
 def cfg_for(model, **kw):
     base = dict(model=model, stage1_limit=4, epochs=1, batch_size=8, per_device_batch_size=4, lr=1e-3,
                 max_length=1024, save_steps=100, report_to="none")
-    return config.resolve("tiny", **{**base, **kw})
+    cfg = config.resolve("tiny", **{**base, **kw})
+    # the paper's full fine-tuning and random batches (the tiny size's LoRA and length grouping are tested apart)
+    return cfg.replace(**{k: v for k, v in (("lora_r", None), ("group_by_length", False)) if k not in kw})
 
 
 def test_launch_configs_parse_and_unknown_name_is_clear():

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from qalign_lib import config, evaluation, generation, layout, modeling
 from qalign_lib.errors import ConfigError, RunError
@@ -31,6 +32,31 @@ def test_sorted_batches_give_the_same_greedy_outputs(tiny_model):
         return out
     reference = run(batch_size=32, sort=False)
     assert run(batch_size=2) == reference and run(batch_size=1) == reference and run(batch_size=8, token_budget=60) == reference
+
+
+def test_our_greedy_loop_gives_what_transformers_generate_gives(tiny_model):
+    """generation.greedy (rows leave the batch at EOS) against Transformers' generate on the same left-padded batches;
+    an EOS that the random model does emit mid-answer makes rows finish at different steps."""
+    tok, model = modeling.load_tokenizer(tiny_model, "left"), modeling.load_model(tiny_model)
+    prompts = ["Translate the following sentences", "Janet's ducks lay 16 eggs per day. She eats three.", "### Response:",
+               "Natalia sold clips to 48 of her friends in April, and then she sold half as many", "How much?",
+               "Q: 2 + 2 = ?", "A long prompt " * 9]
+
+    def run(loop, batch_size=4):
+        return {i: (t, n) for results in generation.generate(model, tok, prompts, 20, batch_size, loop=loop)
+                for i, t, n in results}
+
+    plain = run("hf")
+    assert run("ours") == plain and run("ours", batch_size=1) == plain
+    tokens = []  # each prompt's 20 greedy tokens, with no EOS at all
+    for prompt in prompts:
+        ids = torch.tensor([tok(prompt)["input_ids"]])
+        tokens += generation.greedy(model, ids, torch.ones_like(ids), 20, eos_token_id=-1)
+    common = max(set(t for row in tokens for t in row[2:12]), key=lambda t: sum(t in row[2:12] for row in tokens))
+    tok.eos_token_id = common  # stop where that token comes: rows finish at different steps
+    early = run("hf")
+    assert len({n for _, n in early.values()}) > 1 and min(n for _, n in early.values()) < 20  # the test bites
+    assert run("ours") == early
 
 
 def test_a_checkpoints_generation_config_never_leaks_into_the_evaluation(tiny_model, tmp_path):
@@ -91,7 +117,7 @@ def test_evaluate_end_to_end_and_resume(synthetic_data, tiny_model, monkeypatch)
     path.write_text("".join(lines[:1]) + lines[1][:10])
     calls = []
     real = generation.generate_to_files
-    monkeypatch.setattr(evaluation, "generate_to_files", lambda m, t, items, *a, **k: calls.append(items) or real(m, t, items, *a, **k))
+    monkeypatch.setattr(evaluation, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
     again = evaluation.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
     assert [[(it["lang"], it["id"]) for it in items] for items in calls] == [[("de", 1), ("de", 2)]]
     assert again["mgsm"]["reference"]["n"] == metrics["mgsm"]["reference"]["n"]

@@ -20,8 +20,9 @@ OWN = {
     "stage2": {"size", "init", "data", "langs", "run_name"},
     "evaluate": {"size", "run", "model", "benchmarks", "examples_per_lang"},
     "report": {"size", "study", "extra_models", "n_boot", "log_level"},
-    "benchmark": {"device", "models", "repeats", "train_steps", "warmup_steps", "train_batch_size", "max_length",
-                  "gen_per_lang", "max_new_tokens", "layers", "out_dir", "log_level"},
+    "analyze": {"size", "run", "model", "examples_per_lang"},
+    "benchmark": {"device", "models", "parts", "gen_engines", "repeats", "train_steps", "warmup_steps",
+                  "train_batch_size", "max_length", "gen_per_lang", "max_new_tokens", "layers", "out_dir", "log_level"},
 }
 
 
@@ -81,7 +82,8 @@ def tiny_params(tmp_path, monkeypatch, synthetic_data):
     cfg = yaml.safe_load(path.read_text())
     cfg.update(model=str(tiny_llama(tmp_path / "model")), stage1_limit=2, stage2_limit=4, batch_size=4,
                per_device_batch_size=4, max_length=512, eval_limit=2, max_new_tokens={"mgsm": 8, "msvamp": 8},
-               eval_langs=["sw", "de", "en"], stage1_langs=["sw", "de"], report_to=["none"])
+               eval_langs=["sw", "de", "en"], stage1_langs=["sw", "de"], report_to=["none"], analysis_langs=["sw", "de"],
+               translation_limit=2, translation_max_new_tokens=6, representation_limit=3)
     path.write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
     return params
@@ -121,20 +123,22 @@ def test_study_chain_and_report_through_papermill(tiny_params, tmp_path, capsys)
     log.setup("INFO")
     assert runner.run_study("tiny") == 0
     out = capsys.readouterr().out
-    assert "7 steps run" in out
+    assert "11 steps run" in out  # 3 trainings, 3 evaluations, 4 analyses, the report
     s = studies.load("tiny")
     for name in ("s1-x2en_question", "monoreason", "qalign-monoreason"):
         assert layout.run("tiny", name).is_done()
     figures = layout.report_dir("tiny")
     for f in ("table2_mgsm.csv", "table2_mgsm.md", "table2_mgsm.png", "table3_msvamp.csv", "accuracy_mgsm.png",
-              "figure3_consistency.png", "figure3_consistency.csv", "paired_mgsm.md", "paper_vs_us.md", "README.md"):
+              "figure3_consistency.png", "figure3_consistency.csv", "paired_mgsm.md", "paper_vs_us.md", "README.md",
+              "translation_mgsm.png", "representations_mgsm.png", "stage1_effects_mgsm.md", "stage1_effects_mgsm.png"):
         assert (figures / f).is_file(), f
     table = (figures / "table2_mgsm.md").read_text()
     assert s.caption.split(".")[0] in table and "QAlign+MonoReason" in table and "Avg" in table
     assert layout.notebooks_dir("tiny").is_dir()
     # a second run does nothing but the report
     assert runner.run_study("tiny") == 0
-    assert "1 steps run, 6 already complete" in capsys.readouterr().out
+    assert "1 steps run, 10 already complete" in capsys.readouterr().out
+    assert (figures / "README.md").read_text().split("\n\n")[1].startswith("**What stage 1 did**")
     # a changed learning rate: the plan compares fingerprints, so every run (and what follows) is todo again
     size = tiny_params / "sizes" / "tiny.yaml"
     assert "lr" not in yaml.safe_load(size.read_text())

@@ -28,7 +28,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from qalign_lib import config, evaluation, figures, generation, layout, runner, stages, training
+from qalign_lib import config, engines, evaluation, figures, generation, layout, runner, stages, training
 from qalign_lib import io as qio
 from qalign_lib import study as studies
 from qalign_lib.cli import main
@@ -504,7 +504,7 @@ def test_generation_appends_skip_ids_already_present(tmp_path, monkeypatch):
 
     monkeypatch.setattr(generation, "generate", fake_generate)
     items = [{"id": 0, "lang": "en", "prompt": "p0"}, {"id": 1, "lang": "en", "prompt": "p1"}]
-    generation.generate_to_files(None, None, items, folder, max_new_tokens=4, batch_size=8)
+    generation.generate_to_files(engines.HF(None, None), items, folder, max_new_tokens=4, batch_size=8)
     rows = [json.loads(line) for line in (folder / "en.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [0, 1] and rows[0] == first
 
@@ -805,7 +805,7 @@ def _resume_generates_only_what_is_missing(cfg, before: dict, path: Path, monkey
     calls = []
     real = generation.generate_to_files
     monkeypatch.setattr(evaluation, "generate_to_files",
-                        lambda m, t, items, *a, **k: calls.append([it["id"] for it in items]) or real(m, t, items, *a, **k))
+                        lambda e, items, *a, **k: calls.append([it["id"] for it in items]) or real(e, items, *a, **k))
     metrics = evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     assert metrics["mgsm"]["reference"]["n"] == {"en": 3}
     assert sorted(i for c in calls for i in c) == sorted(set(range(3)) - set(before))

@@ -20,7 +20,9 @@ def tiny_model(tmp_path_factory):
 def cfg_for(model, **kw):
     base = dict(model=model, stage1_limit=4, epochs=1, batch_size=4, per_device_batch_size=4, lr=1e-3,
                 max_length=512, save_steps=2, report_to="none")
-    return config.resolve("tiny", **{**base, **kw})
+    cfg = config.resolve("tiny", **{**base, **kw})
+    # the paper's full fine-tuning and random batches (the tiny size's LoRA and length grouping are tested apart)
+    return cfg.replace(**{k: v for k, v in (("lora_r", None), ("group_by_length", False)) if k not in kw})
 
 
 def test_pad_token_added_with_mean_embedding(tiny_model):
@@ -300,3 +302,68 @@ def test_loss_reduction_modes_match_the_hand_computed_loss(synthetic_data, tiny_
     assert abs(reference - token) > 1e-3  # the batch tells the two modes apart
     logged = training.read_log(out)[0]["loss"]
     assert logged == pytest.approx(reference if mode == "reference" else token, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Speed options of the tiny size: completion-only logits, LoRA, lengths per language
+
+
+def test_completion_only_logits_give_the_same_loss_and_gradients(synthetic_data, tiny_model):
+    """TRL's fused LM head over the completion positions only (completion_only_logits) and over every position
+    (TRL's own choice on a CPU) give the same loss and the same gradients."""
+    results = {}
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        cfg = cfg_for(tiny_model, completion_only_logits=enabled)
+        out = training.prepare(cfg, f"col-{enabled}", ["x2en_question"], "de,fr", "base", 1)
+        trainer = training.make_trainer(out)
+        import trl.trainer.utils as tu
+        assert tu._use_triton(torch.device("cpu")) is enabled
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        model = trainer.model
+        loss = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")},
+                     fused_lm_head=True).loss
+        loss.backward()
+        results[enabled] = (loss.item(), model.get_input_embeddings().weight.grad.clone())
+        model.zero_grad()
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
+    assert torch.allclose(results[True][1], results[False][1], atol=1e-6)
+    training.completion_only_logits(True)
+
+
+def test_lora_run_saves_a_merged_plain_model_and_lengths(synthetic_data, tiny_model):
+    cfg = cfg_for(tiny_model, lora_r=4, lora_alpha=8.0, epochs=2)
+    out = training.prepare(cfg, "lora", ["x2en_question"], "de,fr", "base", 1)
+    training.fit(out)
+    run = layout.RunDir(out)
+    files = {p.name for p in run.model.iterdir()}
+    assert "model.safetensors" in files and "adapter_config.json" not in files  # merged, loadable as any model
+    trained, base = modeling.load_model(str(run.model)), modeling.load_model(tiny_model)
+    before = base.state_dict()
+    resized = {"model.embed_tokens.weight", "lm_head.weight"}  # the new pad token's row (the tiny LLaMA has none)
+    changed = [k for k, v in trained.state_dict().items() if k not in resized and not torch.equal(v, before[k])]
+    assert changed and all(k.endswith("_proj.weight") for k in changed)  # only the adapted linear layers moved
+    emb = trained.get_input_embeddings().weight
+    assert torch.equal(emb[:before["model.embed_tokens.weight"].shape[0]], before["model.embed_tokens.weight"])
+    assert not any("lora" in k for k in trained.state_dict())
+    lengths = json.loads(run.lengths.read_text())
+    assert lengths["max_length"] == 512 and set(lengths["per_lang"]) == {"de", "fr"}
+    assert lengths["per_lang"]["de"]["examples"] == 4 and lengths["per_lang"]["de"]["whole"] == 4
+    with pytest.raises(ConfigError, match="lora_r=4 with launch=zero3"):
+        training.prepare(cfg.replace(launch="zero3"), "lora-z3", ["x2en_question"], "de", "base", 1)
+
+
+def test_tokenize_counts_whole_cut_and_dropped_examples_per_language(tiny_model):
+    tok = modeling.load_tokenizer(tiny_model)
+    examples = [{"prompt": "Translate: Hallo", "completion": " Hello there my friend, how are you doing today in this "
+                 "fine weather? 48 + 24 = 72", "lang": "de"},
+                {"prompt": "Translate: Bonjour", "completion": " Hello", "lang": "fr"},
+                {"prompt": "Translate: " + "x " * 60, "completion": " y", "lang": "fr"}]
+    full = [len(tok(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples]
+    cut = full[1]  # keeps the second whole, part of the first's completion, nothing of the third's
+    assert len(tok(examples[0]["prompt"])["input_ids"]) < cut < full[0] <= len(tok(examples[2]["prompt"])["input_ids"])
+    lengths = {}
+    rows, dropped = training.tokenize(examples, tok, cut, lengths)
+    assert dropped == 1 and len(rows) == 2
+    assert lengths["de"] == {"examples": 1, "whole": 0, "truncated": 1, "dropped": 0, "longest": full[0]}
+    assert lengths["fr"] == {"examples": 2, "whole": 1, "truncated": 0, "dropped": 1, "longest": max(full[1:])}
