@@ -623,7 +623,7 @@ def smoke_cfg(model: Path, launch: str, processes: int, world: int, gpu: bool) -
                           dtype="bfloat16" if gpu else "float32", lr=1e-3, epochs=SMOKE_STEPS, batch_size=4 * world,
                           per_device_batch_size=4, loss_reduction="token", scheduler="constant", warmup_ratio=0.0,
                           max_length=128, gradient_checkpointing=False, save_steps=1000, report_to=["none"],
-                          group_by_length=False, padding_free=False, liger=False)
+                          group_by_length=False, padding_free=False, liger=False).replace(lora_r=None)  # full fine-tuning
 
 
 def train_config(work: Path, launch: str, processes: int, world: int, node: Node, model: Path, log_file) -> dict:

@@ -325,6 +325,7 @@ def test_smoke_examples_give_every_config_the_same_batches():
     cfg = doctor.smoke_cfg(Path("/m"), "ddp", 8, 8, gpu=True)
     assert cfg.batch_size == 32 == 4 * 8 and cfg.per_device_batch_size == 4 and cfg.dtype == "bfloat16"
     assert cfg.loss_reduction == "token" and cfg.warmup_ratio == 0 and not cfg.group_by_length
+    assert cfg.lora_r is None  # the recipe's full fine-tuning, whatever the size declares (tiny: LoRA, which ZeRO-3 refuses)
     assert len(doctor._examples(32)) == 32 and doctor._examples(3) == doctor._examples(3)
 
 

@@ -141,8 +141,9 @@ def test_study_chain_and_report_through_papermill(tiny_params, tmp_path, capsys)
     assert (figures / "README.md").read_text().split("\n\n")[1].startswith("**What stage 1 did**")
     # a changed learning rate: the plan compares fingerprints, so every run (and what follows) is todo again
     size = tiny_params / "sizes" / "tiny.yaml"
-    assert "lr" not in yaml.safe_load(size.read_text())
-    size.write_text(size.read_text() + "lr: 3.0e-5\n")
+    declared = yaml.safe_load(size.read_text())
+    declared["lr"] = 1.5 * declared.get("lr", config.schema()["lr"].default)
+    size.write_text(yaml.safe_dump(declared))
     steps = {st.name: st.status for st in runner.plan(studies.load("tiny"))}
     assert steps["s1-x2en_question"] == steps["qalign-monoreason"] == steps["QAlign+MonoReason"] == "todo"
 
