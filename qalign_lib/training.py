@@ -312,6 +312,9 @@ def fit(out: Path, callbacks=()) -> Path:
                 trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(run.model_tmp)
         else:
             trainer.save_model(str(run.model_tmp))
+        # every process leaves together: a rank that exits while rank 0 still merges and saves tears down gloo/NCCL
+        # under it (seen: SIGABRT "terminate called without an active exception" on machine 1 of two, with LoRA)
+        trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(run.model_tmp)
         shutil.rmtree(run.model, ignore_errors=True)
