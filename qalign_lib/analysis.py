@@ -39,7 +39,7 @@ from . import benchmarks as registry
 from . import config, data, layout, log, prompts, statistics
 from .config import Config
 from .errors import ConfigError, DataError, ResultsError, RunError
-from .io import append_jsonl, atomic_write, read_jsonl, write_json
+from .io import append_jsonl, atomic_write, read_results, write_json
 from .languages import parse_langs
 
 logger = log.get(__name__)
@@ -180,13 +180,7 @@ def translation_settings(max_new_tokens: int, model_ref: str, engine: dict | Non
 
 def translation_rows(out: layout.TranslationDir, lang: str, ids=None) -> list[dict]:
     """Rows of one language's translations, those of ``ids`` when given (an id twice: the first row counts)."""
-    path = out.hypotheses(lang)
-    if not path.exists() and not path.is_symlink():
-        return []
-    try:
-        rows = read_jsonl(path, ("id", "hypothesis", "reference"))
-    except DataError as e:
-        raise ResultsError(f"{e}; delete the file to translate again") from None
+    rows = read_results(out.hypotheses(lang), ("id", "hypothesis", "reference"), "delete the file to translate again")
     wanted = None if ids is None else set(ids)
     seen, kept = set(), []
     for row in rows:

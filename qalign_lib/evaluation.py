@@ -13,8 +13,8 @@ from . import benchmarks as registry
 from . import config, data, engines, layout, log, modeling, parallel, prompts, scoring, versions
 from .config import Config
 from .generation import done_ids, generate_to_files
-from .io import read_jsonl, valid_id, write_json
-from .errors import ConfigError, DataError, ResultsError, RunError
+from .io import read_results, valid_id, write_json
+from .errors import ConfigError, ResultsError, RunError
 from .languages import parse_langs
 
 logger = log.get(__name__)
@@ -122,12 +122,7 @@ def generations(root: layout.EvalRoot, benchmark: str, lang: str, wanted: set | 
     The same id twice with the same response (two writers before locks existed) keeps one; with different
     responses it is an error naming the file and the lines."""
     path = root.generations(benchmark, lang)
-    if not path.exists() and not path.is_symlink():
-        return []
-    try:
-        rows = read_jsonl(path, ("lang", "id", "response"))
-    except DataError as e:
-        raise ResultsError(f"{e}; delete the file to regenerate it") from None
+    rows = read_results(path, ("lang", "id", "response"), "delete the file to regenerate it")
     seen: dict = {}
     out = []
     for k, row in enumerate(rows, 1):

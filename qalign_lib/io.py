@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import DataError, OutputError
+from .errors import DataError, OutputError, ResultsError
 
 
 def valid_id(ident) -> bool:
@@ -117,6 +117,18 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), hint: str 
                 raise DataError(f"{path}:{lineno}: missing field {field!r} (required fields: {', '.join(required)})")
         rows.append(row)
     return rows
+
+
+def read_results(path: str | os.PathLike, required: Iterable[str], fix: str) -> list[dict]:
+    """The rows of a results file that the project itself appends to (generations, translations): [] while it does not
+    exist yet (a dangling link still counts as there, and errors); any other fault is a ResultsError ending in ``fix``."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return []
+    try:
+        return read_jsonl(path, required)
+    except DataError as e:
+        raise ResultsError(f"{e}; {fix}") from None
 
 
 def check_input(path: Path, hint: str = "") -> None:
