@@ -497,7 +497,7 @@ def analyze(cfg: Config, run: str | None = None, model: str | None = None) -> di
                     engine = hf or engines.HF.load(root.model, engines.dtype(cfg.dtype))
                 else:
                     hf = None  # vLLM takes the GPU: let the Transformers copy go first
-                    engine = engines.load(cfg.engine, root.model, cfg.dtype)
+                    engine = engines.for_config(cfg, root.model)  # tensor parallel etc. as evaluation
             out[name]["translation"] = translate(engine, tdir, name, _langs(cfg, name), cfg.translation_limit,
                                                  cfg.translation_max_new_tokens, cfg.analysis_batch_size,
                                                  cfg.eval_token_budget, want)

@@ -94,6 +94,12 @@ def load(engine: str, model_ref: str, cfg_dtype: str, tensor_parallel_size: int 
     return VLLM(model_ref, dtype(cfg_dtype), tensor_parallel_size, vllm_chunk, vllm_eager)
 
 
+def for_config(cfg, model_ref: str) -> Engine:
+    """The engine a config asks for, with every engine parameter it declares (``engine``, ``dtype``,
+    ``tensor_parallel_size``, ``vllm_chunk``, ``vllm_eager``): what evaluation and the analyses generate with."""
+    return load(cfg.engine, model_ref, cfg.dtype, cfg.tensor_parallel_size, cfg.vllm_chunk, cfg.vllm_eager)
+
+
 class HF:
     """Transformers: :func:`generation.generate` (sorted by length, token budget, left padding, KV cache)."""
     name = "hf"

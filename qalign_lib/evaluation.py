@@ -152,4 +152,4 @@ def load_generations(root: layout.EvalRoot, benchmark: str, langs, limit=None) -
 
 
 def _load(cfg: Config, model_ref: str) -> engines.Engine:
-    return engines.load(cfg.engine, model_ref, cfg.dtype, cfg.tensor_parallel_size, cfg.vllm_chunk, cfg.vllm_eager)
+    return engines.for_config(cfg, model_ref)
