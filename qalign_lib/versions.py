@@ -89,6 +89,27 @@ def installed_all() -> dict[str, str]:
     return out
 
 
+# torch's companion libraries are built against one torch minor release: torchaudio 2.N and torchvision 0.(N+15) with
+# torch 2.N. A mismatched one fails when imported (undefined symbols), which vLLM does for audio models.
+COMPANIONS = {"torchaudio": lambda minor: f"2.{minor}", "torchvision": lambda minor: f"0.{minor + 15}"}
+
+
+def mismatched_companions(packages: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """name -> (installed version, the release series torch needs) for each installed torch companion that was built
+    for another torch (``packages``: normalized name -> version, e.g. :func:`installed_all`)."""
+    torch_version = public(packages.get("torch"))
+    m = re.match(r"2\.(\d+)\.", torch_version or "")
+    if not m:
+        return {}
+    minor = int(m.group(1))
+    out = {}
+    for name, series in COMPANIONS.items():
+        have = public(packages.get(name))
+        if have and not (have + ".").startswith(series(minor) + "."):
+            out[name] = (have, series(minor))
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def nvidia_smi() -> tuple[dict, ...]:
     """One dict per GPU from ``nvidia-smi`` (name, memory_mib, driver), () when there is none or no nvidia-smi.

