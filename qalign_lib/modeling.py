@@ -8,6 +8,7 @@ A model reference is one of
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -146,17 +147,29 @@ def ensure_pad_token(tokenizer, model=None) -> bool:
         return False
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     if model is not None:
-        old = model.get_input_embeddings().weight.shape[0]
+        old = model.get_input_embeddings().num_embeddings  # not weight.shape: a ZeRO-3 partition is empty here
         if len(tokenizer) > old:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            with torch.no_grad():
-                for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
-                    if emb is not None:
-                        emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+            embeddings = [e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None]
+            with torch.no_grad(), _gathered(list({id(e.weight): e.weight for e in embeddings}.values())):  # tied: once
+                for emb in embeddings:
+                    emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
         model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     return True
+
+
+def _gathered(params: list):
+    """The whole of ``params`` while in the block, where DeepSpeed ZeRO-3 partitions them (rank 0's changes are
+    broadcast to the other ranks' partitions on exit); else nothing to do."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 def tiny_random_llama(out: str | os.PathLike, corpus: list[str], vocab_size: int = 512, hidden: int = 64,

@@ -78,6 +78,7 @@ def status(cfg: config.Config, name: str, tasks: list[str], langs, init: str = "
 def prepare(cfg: config.Config, name: str, tasks: list[str], langs, init: str = "base", stage: int = 1) -> Path | None:
     """Build the examples and write run.json + train.jsonl. Returns None when the run is already finished with the
     same inputs. A finished (or started) run whose inputs changed is moved aside, never overwritten."""
+    batch = batch_plan(cfg, cfg.num_processes)
     p = plan(cfg, name, tasks, langs, init, stage)
     run = layout.run(cfg.size, name)
     if run.path.exists():
@@ -87,11 +88,52 @@ def prepare(cfg: config.Config, name: str, tasks: list[str], langs, init: str = 
             return None
         if old != p["fingerprint"] and (run.is_done() or run.checkpoints.exists()):
             layout.move_aside(run.path, f"inputs changed ({old} -> {p['fingerprint']})")
+    if last_checkpoint(run.path) and run.run_json.is_file():
+        check_resume_batch(run.meta().get("batch"), batch, f"run {name}'s checkpoints ({run.checkpoints}) were trained")
     run.path.mkdir(parents=True, exist_ok=True)
     check_lora(cfg)
     write_jsonl(run.train_jsonl, p.pop("examples"))
-    write_json(run.run_json, {**p, "config": cfg.to_dict(), "versions": versions.stack()})  # what it trains with
+    write_json(run.run_json, {**p, "batch": batch, "config": cfg.to_dict(), "versions": versions.stack()})  # what it trains with
     return run.path
+
+
+def batch_plan(cfg: config.Config, processes: int) -> dict:
+    """per-device batch x accumulation x processes, which must make ``batch_size`` exactly (a ConfigError naming the
+    values that would, else): the effective batch is a learned parameter, in the fingerprint and run.json."""
+    b, n = cfg.batch_size, processes
+    p = min(cfg.per_device_batch_size, b)
+    accumulation, rest = divmod(b, p * n)
+    if rest == 0 and accumulation >= 1:
+        return {"per_device_batch_size": p, "gradient_accumulation_steps": accumulation, "num_processes": n,
+                "effective_batch_size": p * accumulation * n}
+    ways = []
+    if b % p == 0:
+        ways.append(f"-p num_processes one of {_divisors(b // p)}")
+    if b % n == 0:
+        ways.append(f"-p per_device_batch_size one of {_divisors(b // n)} with num_processes {n}")
+    below = b // (p * n) * p * n
+    ways.append(f"-p batch_size a multiple of {p * n} (per_device_batch_size x num_processes), e.g. "
+                f"{' or '.join(str(v) for v in (below, below + p * n) if v)}")
+    raise ConfigError(f"batch_size {b} is not per_device_batch_size {p} x num_processes {n} x a whole number of "
+                      f"accumulation steps (it would train with {p * max(1, accumulation) * n}): use {'; or '.join(ways)}")
+
+
+def _divisors(m: int) -> str:
+    return ", ".join(str(k) for k in range(1, m + 1) if m % k == 0)
+
+
+def check_resume_batch(trained: dict | None, now: dict, what: str) -> None:
+    """A resume must keep the checkpoint's split of the batch (processes, per-device batch, accumulation): another
+    split changes the steps per epoch and which examples share an update mid-run."""
+    if trained is None or trained == now:  # None: a run prepared before the split was recorded
+        return
+
+    def split(b: dict) -> str:
+        return ", ".join(f"{k} {b.get(k)}" for k in ("num_processes", "per_device_batch_size", "gradient_accumulation_steps"))
+
+    raise ConfigError(f"{what} with {split(trained)}; this launch has {split(now)}: set -p num_processes "
+                      f"{trained.get('num_processes')} -p per_device_batch_size {trained.get('per_device_batch_size')} "
+                      "to resume, or move the run's checkpoints aside to start over")
 
 
 def _liger_available() -> bool:
@@ -112,23 +154,20 @@ def report_to(cfg: config.Config) -> list[str]:
 
 
 def training_args(cfg: config.Config, out: Path, world_size: int = 1):
-    """SFTConfig for the paper recipe: effective batch = per-device batch x accumulation x processes."""
+    """SFTConfig for the paper recipe: effective batch = per-device batch x accumulation x processes, exactly
+    (:func:`batch_plan`); one GPU per process."""
     import torch
     from trl import SFTConfig
 
     run = layout.RunDir(Path(out))
-    per_device = min(cfg.per_device_batch_size, cfg.batch_size)
-    accumulation = max(1, cfg.batch_size // (per_device * world_size))
-    if per_device * accumulation * world_size != cfg.batch_size:
-        logger.warning("batch_size %d is not a multiple of %dx%d; using %d", cfg.batch_size, per_device, world_size,
-                       per_device * accumulation * world_size)
+    batch = batch_plan(cfg, world_size)
     bf16 = cfg.dtype == "bfloat16" and torch.cuda.is_available()
-    return SFTConfig(
+    args = SFTConfig(
         output_dir=str(run.checkpoints),
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=batch["per_device_batch_size"],
+        gradient_accumulation_steps=batch["gradient_accumulation_steps"],
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
@@ -152,6 +191,13 @@ def training_args(cfg: config.Config, out: Path, world_size: int = 1):
         use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
         disable_tqdm=False,
     )
+    if args.n_gpu > 1:
+        # one process that sees several GPUs (no launcher): transformers would wrap the model in nn.DataParallel,
+        # which TRL refuses (and which would change the batch). Train on the first GPU only, as the Trainer itself
+        # does for a model-parallel model (trainer.py: `self.args._n_gpu = 1`)
+        logger.info("%d GPUs visible to one training process: training on %s only", args.n_gpu, args.device)
+        args._n_gpu = 1
+    return args
 
 
 def tokenize(examples: list[dict], tokenizer, max_length: int, lengths: dict | None = None) -> tuple[list[dict], int]:
@@ -266,11 +312,18 @@ def make_trainer(out: Path, callbacks=()):
     from trl import SFTTrainer
 
     run = layout.RunDir(Path(out))
-    _, cfg, tokenizer, model, rows = load_for_training(run.path)
+    meta = run.meta()
+    cfg = config.build(meta["config"], source=str(run.run_json))
     check_lora(cfg)
-    completion_only_logits(cfg.completion_only_logits)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    trainer = SFTTrainer(model=model, args=training_args(cfg, run.path, world), train_dataset=Dataset.from_list(rows),
+    check_resume_batch(meta.get("batch"), batch_plan(cfg, world), f"run {run.name} was prepared (run.json)")
+    # the trainer's config before the model: under `accelerate launch` it sets up the process group and DeepSpeed's
+    # config, so that from_pretrained builds a ZeRO-3 model already partitioned and FSDP's cpu_ram_efficient_loading
+    # reads the weights on rank 0 only (transformers' is_deepspeed_zero3_enabled / is_fsdp_enabled)
+    args = training_args(cfg, run.path, world)
+    _, _, tokenizer, model, rows = load_for_training(run.path)
+    completion_only_logits(cfg.completion_only_logits)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[_loss_logger(run.train_log), *callbacks],
                          peft_config=lora_config(cfg))
     if cfg.loss_reduction == "reference":
@@ -310,6 +363,7 @@ def fit(out: Path, callbacks=()) -> Path:
             if trainer.is_world_process_zero():
                 trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(run.model_tmp)
         else:
+            full_state_dict(trainer)
             trainer.save_model(str(run.model_tmp))
         # every process leaves together: a rank that exits while rank 0 still merges and saves tears down gloo/NCCL
         # under it (seen: SIGABRT "terminate called without an active exception" on machine 1 of two, with LoRA)
@@ -320,6 +374,16 @@ def fit(out: Path, callbacks=()) -> Path:
         os.replace(run.model_tmp, run.model)
         finish(run.path)
     return run.path
+
+
+def full_state_dict(trainer) -> None:
+    """FSDP checkpoints are sharded (each rank writes its shard; params/launch/fsdp.yaml); the final model is one
+    full state dict that from_pretrained reads: switch the plugin before save_model (a no-op without FSDP)."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+        return
+    plugin.state_dict_config = plugin.optim_state_dict_config = None  # else set_state_dict_type keeps the sharded ones
+    plugin.set_state_dict_type("FULL_STATE_DICT")
 
 
 @contextlib.contextmanager
