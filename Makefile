@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 export QALIGN_DATA_DIR ?= $(CURDIR)/data
 export PYTHONUNBUFFERED := 1
 
-.PHONY: study test test-fast test-vllm venv data-check doctor bench bench-vllm wheels clean-runs notebooks-clean
+.PHONY: study test test-fast test-vllm venv data-check doctor bench bench-vllm wheels gpu-check clean-runs notebooks-clean
 
 CPU_SET := constraints/cpu.txt
 $(VENV)/.installed: pyproject.toml $(CPU_SET)
@@ -46,7 +46,7 @@ data-check: venv
 	$(VENV)/bin/qalign data check --study tiny
 
 doctor: venv           ## is this machine ready? versions, GPUs, NCCL, disk, data, then a smoke run of every launch config
-	$(VENV)/bin/qalign doctor --study $(or $(STUDY),tiny) $(if $(SIZE),--size $(SIZE)) $(DOCTOR_ARGS)
+	$(VENV)/bin/qalign doctor $(if $(STUDY),--study $(STUDY)) $(if $(SIZE),--size $(SIZE)) $(DOCTOR_ARGS)
 
 bench: venv            ## speed benchmark (separate from the tests) -> figures/bench/
 	$(VENV)/bin/papermill notebooks/benchmark.ipynb runs/benchmark.ipynb
@@ -55,14 +55,16 @@ bench-vllm: venv       ## the generation benchmark with the vllm engine too (CPU
 	$(VENV)/bin/papermill notebooks/benchmark.ipynb runs/benchmark-vllm.ipynb -p parts generate \
 	  -p models embedded:smollm2-135m-instruct -p out_dir figures/bench/generation
 
-# Wheels for an offline GPU machine that already has torch, transformers, accelerate (and peft): copy the repo with
-# .whl/ there, then  pip install --no-index --no-deps .whl/*.whl && pip install --no-deps --no-build-isolation -e .
-GPU_WHEELS ?= trl datasets papermill nbformat nbclient ipykernel jupyter-client jupyter-core traitlets tenacity \
-	entrypoints ansicolors pyarrow dill xxhash multiprocess fsspec seaborn gguf liger-kernel
+# Wheels for an offline GPU machine that already has torch, accelerate, peft, pyarrow and pandas (Python 3.12, as
+# the device machine's): what tools/gpu_check.py carries, at the GPU set's pins (constraints/gpu.txt): transformers,
+# trl, datasets, peft, tokenizers, fsspec, dill, multiprocess (~18 MiB; any other wheel in .whl/ is removed: two
+# versions of one package stop the install). More: make wheels WHEELS_EXTRA="papermill==2.7.0 ...". There:
+#   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 wheels: venv
-	$(PY) -m pip download -q --no-deps --only-binary=:all: -c constraints/gpu.txt --python-version 3.12 --implementation cp \
-	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl $(GPU_WHEELS)
+	$(PY) tools/gpu_check.py wheels $(WHEELS_EXTRA)
+
+gpu-check: venv        ## prepare the GPU check here (wheels, model, CPU fp32 references; ~30 s), print the device call
+	$(PY) tools/gpu_check.py prepare
 
 clean-runs:
 	rm -rf runs/tiny
