@@ -495,8 +495,9 @@ def analyze(cfg: Config, run: str | None = None, model: str | None = None) -> di
             if engine is None and not _translations_complete(cfg, tdir, name, want):
                 if engines.resolve(cfg.engine) == "hf":
                     engine = hf or engines.HF.load(root.model, engines.dtype(cfg.dtype))
-                else:
-                    hf = None  # vLLM takes the GPU: let the Transformers copy go first
+                else:  # vLLM wants 0.92 of the card free: the Transformers copy goes first, cache and all
+                    engines.release(hf)
+                    hf = None
                     engine = engines.for_config(cfg, root.model)  # tensor parallel etc. as evaluation
             out[name]["translation"] = translate(engine, tdir, name, _langs(cfg, name), cfg.translation_limit,
                                                  cfg.translation_max_new_tokens, cfg.analysis_batch_size,

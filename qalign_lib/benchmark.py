@@ -411,7 +411,7 @@ def bench_generation(name: str, s: dict, model, tok, peak: float, work: Path) ->
     wanted = [e for e in s["gen_engines"] if e in ENGINES]
     if "vllm" in wanted and (not engines.vllm_installed() or name == "llama2-7b-shape"):
         logger.warning("vLLM is not installed here or %s has no files: the benchmark runs without it (`make "
-                       "bench-vllm` runs it in .venv-vllm)", name)
+                       "venv` installs vLLM's CPU build)", name)
         wanted.remove("vllm")
     logger.info("%s: generating for %d questions (%s; %s), %s new tokens: reference, %s", name, len(flat),
                 ",".join(s["gen_benchmarks"]), ",".join(s["gen_langs"]), s["max_new_tokens"], ", ".join(wanted))

@@ -107,7 +107,10 @@ class Config:
     max_new_tokens: dict[str, int] | None = param(None, "generation length per benchmark (null = the registry's, the "
                                                   "reference scripts' 600 mGSM / 300 mSVAMP)", "generated", "eval", min=1)
     eval_batch_size: int = param(64, "prompts per generation batch (sorted by length)", "speed", "eval", min=1)
-    eval_token_budget: int | None = param(None, "max tokens in a generation batch: rows x (prompt + max_new_tokens); null = no cap",
+    eval_token_budget: int | None = param(None, "hf engine: max tokens in a generation batch: rows x (longest prompt + "
+                                          "max_new_tokens); null = on a GPU derived from the memory free after the "
+                                          "weights (80% of it over the KV cache, 2 x layers x kv_heads x head_dim x dtype "
+                                          "bytes, plus the prefill activations of a token), elsewhere no cap",
                                           "speed", "eval", min=1)
     engine: Literal["auto", "hf", "vllm"] = param(
         "auto", "generation engine: hf (Transformers, our batched greedy loop) or vllm (pip install qalign[vllm]); auto = "

