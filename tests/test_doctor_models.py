@@ -130,10 +130,30 @@ def test_predicted_checkpoint_bytes_and_peak_memory_match_the_cpu_smoke(tmp_path
             r = doctor.train_config(tmp_path, launch, processes, 2, node, Path(model), log_file)
             assert "error" not in r, r.get("error_full")
             cfg = doctor.smoke_cfg(Path(model), launch, processes, 2, gpu=False)
-            fp = doctor.footprint(shape, cfg, False, launch, processes)
+            base = doctor.measured_process_gib(launch.startswith("zero3"))
+            assert base is not None and 0.2 < base < 3, base  # a Python with torch, transformers and TRL imported
+            fp = doctor.footprint(shape, cfg, False, launch, processes, process_gib=base)
             m = r["measured"]
             assert abs(m["checkpoint"] - fp.checkpoint_bytes) <= 0.10 * fp.checkpoint_bytes + 1e6, (launch, m, fp)
             assert abs(m["model"] - fp.model_bytes) <= 0.10 * fp.model_bytes + 1e6, (launch, m, fp)
             assert abs(m["node_rss"] / doctor.GiB - fp.host_gib) <= 0.35 * fp.host_gib, (launch, m, fp)
             row = doctor.compare_model(r, shape, cfg, gpu=False)
             assert row.status == PASS, row
+
+
+def test_the_smoke_comparison_allows_process_noise_but_not_a_wrong_model(monkeypatch):
+    """The doctor's CPU smoke model (0.45M parameters): its processes' memory is almost all imports, measured here
+    (faked: 0.5 GiB); 0.72 GiB measured for a single smoke (seen with vLLM's CPU build installed) passes, while a
+    checkpoint twice the predicted size or memory three times the prediction does not."""
+    monkeypatch.setattr(doctor, "measured_process_gib", lambda deepspeed: 0.5)
+    shape = doctor.Shape(params=0.45e6, hidden=128, layers=2, vocab=513, source="test")
+    cfg = doctor.smoke_cfg(Path("/m"), "single", 1, 1, gpu=False)
+    fp = doctor.footprint(shape, cfg, False, "single", 1, process_gib=0.5)
+    seen = {"checkpoint": fp.checkpoint_bytes * 0.85, "model": fp.model_bytes, "node_rss": 0.72 * doctor.GiB}
+    result = {"launch": "single", "processes": 1, "measured": seen}
+    row = doctor.compare_model(result, shape, cfg, gpu=False)
+    assert row.status == PASS and "0.50 GiB per process is the imports (measured)" in row.detail, row
+    assert doctor.compare_model({**result, "measured": {**seen, "checkpoint": 2 * fp.checkpoint_bytes + 2e6}},
+                                shape, cfg, gpu=False).status != PASS
+    assert doctor.compare_model({**result, "measured": {**seen, "node_rss": 3 * fp.host_gib * doctor.GiB}},
+                                shape, cfg, gpu=False).status != PASS
