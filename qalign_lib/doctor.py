@@ -129,12 +129,6 @@ def check_python(version: str) -> Row:
                "conda env create -f environment.yml (Python 3.11), or python3.11 -m venv")
 
 
-def _torch_series(name: str, version: str) -> str:
-    """The torch release a companion was built for: 2.N for torchaudio 2.N.x and for torchvision 0.(N+15).x."""
-    minor = int(version.split(".")[1])
-    return f"2.{minor}" if name == "torchaudio" else f"2.{minor - 15}"
-
-
 def check_versions(kind: str, installed: dict[str, str], tested: dict[str, str]) -> list[Row]:
     """One row per package of :data:`CORE` in the tested set, then one for the other pinned packages."""
     source = f"constraints/{kind}.txt"
@@ -159,7 +153,7 @@ def check_versions(kind: str, installed: dict[str, str], tested: dict[str, str])
         else:
             rows.append(Row(name, PASS, f"{have} (tested: {want})"))
     for name, (have, series) in versions.mismatched_companions(installed).items():
-        rows.append(Row(name, FAIL, f"{have} was built for torch {_torch_series(name, have)}, not torch "
+        rows.append(Row(name, FAIL, f"{have} was built for torch {versions.torch_built_for(name, have)}, not torch "
                         f"{installed.get('torch')} (which needs {name} {series}.x): importing it fails (vLLM does, for "
                         "audio models)",
                         f"pip uninstall -y {name} (text models never need it)"))
@@ -429,14 +423,18 @@ def footprint(shape: Shape, cfg: config.Config, gpu: bool, launch: str | None = 
         host = max(host, device * GiB * per_node + (model_file if deepspeed else 0.0))
     if process_gib is None:
         process_gib = PROCESS_GIB["gpu" if gpu else "cpu"] + (PROCESS_GIB["deepspeed"] if deepspeed else 0.0)
-    process = process_gib
     ckpt, writers = _checkpoint(p, launch, spec, n, width)
-    return Footprint(launch, n, device, process * per_node + host / GiB, ckpt, model_file, writers,
+    return Footprint(launch, n, device, process_gib * per_node + host / GiB, ckpt, model_file, writers,
                      {k: v / GiB for k, v in terms.items()})
 
 
+def _terms(fp: Footprint) -> str:
+    """The footprint's device terms that show at one decimal (GiB)."""
+    return ", ".join(f"{k} {v:.1f}" for k, v in fp.terms.items() if v >= 0.05)
+
+
 def describe(fp: Footprint, gpu: bool) -> str:
-    terms = ", ".join(f"{k} {v:.1f}" for k, v in fp.terms.items() if v >= 0.05)
+    terms = _terms(fp)
     where = "GPU" if gpu else "memory"
     return (f"{where} ~{fp.device_gib:.1f} GiB/process ({terms}), host ~{fp.host_gib:.0f} GiB/node, checkpoint "
             f"~{fp.checkpoint_bytes / GB:.1f} GB ({fp.writers}), model {fp.model_bytes / GB:.1f} GB")
@@ -445,7 +443,7 @@ def describe(fp: Footprint, gpu: bool) -> str:
 def fit_rows(node: Node, cfg: config.Config, fp: Footprint, shape: Shape, what: str) -> list[Row]:
     """The GPUs row and the host memory row of one footprint."""
     smallest = min(g.memory_gib for g in node.gpus)
-    terms = ", ".join(f"{k} {v:.1f}" for k, v in fp.terms.items() if v >= 0.05)
+    terms = _terms(fp)
     detail = (f"{what}; {fp.launch} of {shape.params / 1e9:.2f}B parameters over {fp.processes} process(es) needs "
               f"~{fp.device_gib:.0f} GiB each (GiB: {terms})")
     fix = ("-p launch zero3_offload (states in host RAM), more GPUs (-p num_processes, -p num_machines), "

@@ -94,6 +94,12 @@ def installed_all() -> dict[str, str]:
 COMPANIONS = {"torchaudio": lambda minor: f"2.{minor}", "torchvision": lambda minor: f"0.{minor + 15}"}
 
 
+def torch_built_for(name: str, version: str) -> str:
+    """The torch release a companion of :data:`COMPANIONS` was built for (the inverse of its rule)."""
+    minor = int(version.split(".")[1])
+    return f"2.{minor}" if name == "torchaudio" else f"2.{minor - 15}"
+
+
 def mismatched_companions(packages: dict[str, str]) -> dict[str, tuple[str, str]]:
     """name -> (installed version, the release series torch needs) for each installed torch companion that was built
     for another torch (``packages``: normalized name -> version, e.g. :func:`installed_all`)."""
