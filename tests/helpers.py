@@ -1,7 +1,7 @@
 """Shared test helpers: a random tiny LLaMA built from a config (no download)."""
 from pathlib import Path
 
-from qalign_lib import modeling
+from qalign_lib.models import modeling
 
 CORPUS = [
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qalign_lib import benchmarks
-from qalign_lib.languages import LANGS, NON_EN
+from qalign_lib.core import benchmarks
+from qalign_lib.core.languages import LANGS, NON_EN
 
 WORDS = {"en": ("Tom has", "apples and buys", "more. How many apples does he have now?"),
          "de": ("Tom hat", "Äpfel und kauft", "dazu. Wie viele Äpfel hat er jetzt?"),

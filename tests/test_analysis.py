@@ -10,9 +10,22 @@ import pandas as pd
 import pytest
 import torch
 
-from qalign_lib import analysis, config, layout, modeling, prompts, report, runner, statistics, study as studies
-from qalign_lib.cli import main
-from qalign_lib.errors import ConfigError
+from qalign_lib.analysis import (
+    effects,
+    inference,
+    inputs,
+    mt_metrics,
+    pipeline,
+    representations,
+    translation,
+)
+from qalign_lib.core import config, layout
+from qalign_lib.core.errors import ConfigError
+from qalign_lib.data import prompts
+from qalign_lib.models import modeling
+from qalign_lib.report import document
+from qalign_lib.study import runner, studies
+from qalign_lib.tools.cli import main
 from tests.helpers import tiny_llama
 from tests.test_cli import one_line_error
 
@@ -29,11 +42,11 @@ REFS = ["Janet’s ducks lay 16 eggs per day.", "She sells the remainder at the 
 def test_corpus_scores_equal_sacrebleu_on_fixed_strings():
     from sacrebleu.metrics import BLEU, CHRF
 
-    assert analysis.corpus_score("chrf", HYPS, REFS) == pytest.approx(CHRF().corpus_score(HYPS, [REFS]).score, abs=1e-9)
-    assert analysis.corpus_score("bleu", HYPS, REFS) == pytest.approx(BLEU().corpus_score(HYPS, [REFS]).score, abs=1e-9)
-    assert analysis.corpus_score("chrf", REFS, REFS) == pytest.approx(100.0)
-    assert analysis.corpus_score("bleu", REFS, REFS) == pytest.approx(100.0)
-    assert 0 < analysis.corpus_score("chrf", HYPS, REFS) < 100
+    assert mt_metrics.corpus_score("chrf", HYPS, REFS) == pytest.approx(CHRF().corpus_score(HYPS, [REFS]).score, abs=1e-9)
+    assert mt_metrics.corpus_score("bleu", HYPS, REFS) == pytest.approx(BLEU().corpus_score(HYPS, [REFS]).score, abs=1e-9)
+    assert mt_metrics.corpus_score("chrf", REFS, REFS) == pytest.approx(100.0)
+    assert mt_metrics.corpus_score("bleu", REFS, REFS) == pytest.approx(100.0)
+    assert 0 < mt_metrics.corpus_score("chrf", HYPS, REFS) < 100
 
 
 def test_vectorised_scores_equal_sacrebleu_on_every_subset():
@@ -46,10 +59,10 @@ def test_vectorised_scores_equal_sacrebleu_on_every_subset():
     hyps = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 9))) for _ in range(60)]
     refs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 9))) for _ in range(60)]
     for metric, cls in (("chrf", CHRF), ("bleu", BLEU)):
-        stats = analysis.sentence_stats(metric, hyps, refs)
+        stats = mt_metrics.sentence_stats(metric, hyps, refs)
         subsets = [np.random.default_rng(k).integers(0, 60, size=1 + k % 7) for k in range(200)]
         summed = np.stack([stats[idx].sum(0) for idx in subsets])
-        ours = analysis.SCORES[metric](summed)
+        ours = mt_metrics.SCORES[metric](summed)
         theirs = [cls()._compute_score_from_stats(row.astype(int).tolist()).score for row in summed]
         assert ours == pytest.approx(theirs, abs=1e-9), metric
 
@@ -58,8 +71,8 @@ def test_translation_metrics_average_and_cis():
     rows = {lang: [{"id": i, "hypothesis": h, "reference": r} for i, (h, r) in enumerate(zip(HYPS, REFS))]
             for lang in ("de", "fr")}
     rows["fr"][0] = {**rows["fr"][0], "hypothesis": REFS[0]}  # fr is better on one sentence
-    m = analysis.translation_metrics(rows, n_boot=300)
-    assert m["chrf"]["de"] == pytest.approx(analysis.corpus_score("chrf", HYPS, REFS))
+    m = translation.translation_metrics(rows, n_boot=300)
+    assert m["chrf"]["de"] == pytest.approx(mt_metrics.corpus_score("chrf", HYPS, REFS))
     assert m["chrf"]["fr"] > m["chrf"]["de"]
     assert m["chrf"]["avg"] == pytest.approx((m["chrf"]["de"] + m["chrf"]["fr"]) / 2)
     for metric in ("chrf", "bleu"):
@@ -80,7 +93,7 @@ def _states():
 
 
 def test_similarity_by_hand():
-    pq = analysis.similarity(_states(), ids=[10, 11, 12])
+    pq = representations.similarity(_states(), ids=[10, 11, 12])
     assert list(pq.columns) == ["lang", "layer", "id", "cosine", "centred_cosine", "retrieval_top1", "retrieval_top1_centred"]
     for layer in (0, 1):
         at = pq[pq["layer"] == layer].set_index("id")
@@ -96,7 +109,7 @@ def test_similarity_by_hand():
 def test_similarity_table_values_cis_and_average():
     states = _states()
     states["fr"] = states["en"].copy()  # a perfect translation: cosine 1, retrieval 1
-    table = analysis.similarity_table(analysis.similarity(states, ids=[0, 1, 2]), n_boot=200)
+    table = representations.similarity_table(representations.similarity(states, ids=[0, 1, 2]), n_boot=200)
     row = table[(table["lang"] == "de") & (table["layer"] == 0)].iloc[0]
     assert row["cosine"] == pytest.approx((1 + 2 / math.sqrt(2)) / 3)
     assert row["retrieval_top1"] == pytest.approx(1 / 3) and row["chance"] == pytest.approx(1 / 3) and row["n"] == 3
@@ -104,23 +117,23 @@ def test_similarity_table_values_cis_and_average():
     assert fr["cosine"] == pytest.approx(1) and fr["retrieval_top1"] == 1 and fr["retrieval_top1_lo"] == 1
     avg = table[(table["lang"] == "avg") & (table["layer"] == 0)].iloc[0]
     assert avg["cosine"] == pytest.approx((row["cosine"] + fr["cosine"]) / 2)
-    for m in analysis.MEASURES:
+    for m in representations.MEASURES:
         assert (table[f"{m}_lo"] <= table[m] + 1e-12).all() and (table[m] <= table[f"{m}_hi"] + 1e-12).all(), m
     assert ((table["cosine"] >= -1) & (table["cosine"] <= 1)).all()
     assert ((table["retrieval_top1"] >= 0) & (table["retrieval_top1"] <= 1)).all()
 
 
 def test_score_ci_and_paired_difference_of_means():
-    x = statistics.mean_stats([1, 0, 1, 1])
-    ci = statistics.score_ci(x, statistics.mean_score, 500)
+    x = inference.mean_stats([1, 0, 1, 1])
+    ci = inference.score_ci(x, inference.mean_score, 500)
     assert ci["value"] == 0.75 and ci["lo"] <= 0.75 <= ci["hi"] and ci["n"] == 4
-    same = statistics.paired_score_diff(x, x, statistics.mean_score, 500)
+    same = inference.paired_score_diff(x, x, inference.mean_score, 500)
     assert same["diff"] == 0 and same["lo"] == same["hi"] == 0 and same["p_value"] == 1.0
-    better = statistics.paired_score_diff(statistics.mean_stats([0] * 20), statistics.mean_stats([1] * 20),
-                                          statistics.mean_score, 500)
+    better = inference.paired_score_diff(inference.mean_stats([0] * 20), inference.mean_stats([1] * 20),
+                                          inference.mean_score, 500)
     assert better["diff"] == 1 and better["lo"] == 1 and better["p_value"] == 0.0
     with pytest.raises(ValueError, match="same, non-zero number of items"):
-        statistics.score_ci({"a": x, "b": statistics.mean_stats([1])}, statistics.mean_score, 10)
+        inference.score_ci({"a": x, "b": inference.mean_stats([1])}, inference.mean_score, 10)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,7 +149,7 @@ def tiny(tmp_path_factory):
 def test_pooling_is_the_mean_over_the_question_tokens_without_padding(tiny):
     model, tok, _ = tiny
     texts = ["Tom has 3 apples.", "Tom has 3 apples and buys 5 more. How many apples does he have now?"]
-    pooled = analysis.pooled_states(model, tok, texts, batch_size=2)
+    pooled = representations.pooled_states(model, tok, texts, batch_size=2)
     ids = tok(texts[0], add_special_tokens=True, return_special_tokens_mask=True)
     keep = [k for k, s in enumerate(ids["special_tokens_mask"]) if not s]
     with torch.no_grad():
@@ -144,18 +157,18 @@ def test_pooling_is_the_mean_over_the_question_tokens_without_padding(tiny):
     manual = np.stack([h[0, keep].mean(0).numpy() for h in states])
     assert pooled.shape == (2, model.config.num_hidden_layers + 1, model.config.hidden_size)
     assert pooled[0] == pytest.approx(manual, abs=1e-5)  # batched beside a longer text = alone: no padding leaks in
-    alone = analysis.pooled_states(model, tok, texts[1:], batch_size=1)
+    alone = representations.pooled_states(model, tok, texts[1:], batch_size=1)
     assert pooled[1] == pytest.approx(alone[0], abs=1e-5)
 
 
 def test_template_pooling_covers_the_question_tokens_only(tiny):
     _, tok, _ = tiny
     question = "Tom has 3 apples and buys 5 more."
-    ids, keep = analysis._question_positions(tok, question, "template")
+    ids, keep = representations._question_positions(tok, question, "template")
     assert tok.decode([ids[k] for k in keep]).strip() == question
     assert len(ids) > len(keep)  # the template's tokens are fed but not pooled
     with pytest.raises(ConfigError, match="representation_pooling"):
-        analysis._question_positions(tok, question, "last")
+        representations._question_positions(tok, question, "last")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,18 +190,18 @@ class EchoEngine:
 def test_translate_writes_rows_resumes_and_moves_changed_settings_aside(synthetic_data, tmp_path):
     out = layout.TranslationDir(tmp_path / "t")
     engine = EchoEngine()
-    settings = analysis.translation_settings(16, "some/model")
-    m = analysis.translate(engine, out, "mgsm", ["de", "zh"], 4, 16, 3, settings=settings)
+    settings = translation.translation_settings(16, "some/model")
+    m = translation.translate(engine, out, "mgsm", ["de", "zh"], 4, 16, 3, settings=settings)
     assert len(engine.asked) == 8 and m["n"] == {"de": 4, "zh": 4}
-    assert engine.asked[0] == prompts.alpaca(prompts.translate(analysis.parallel_questions("mgsm", ["de"], 1)[1]["de"][0], "de", "en"))
+    assert engine.asked[0] == prompts.alpaca(prompts.translate(inputs.parallel_questions("mgsm", ["de"], 1)[1]["de"][0], "de", "en"))
     row = json.loads(out.hypotheses("de").read_text().splitlines()[0])
     assert {"id", "source", "hypothesis", "reference"} <= set(row) and row["hypothesis"] == "Tom has apples."
     assert set(json.loads(out.metrics.read_text())["chrf"]) == {"de", "zh", "avg"}
     again = EchoEngine()
-    analysis.translate(again, out, "mgsm", ["de", "zh"], 6, 16, 3, settings=settings)
+    translation.translate(again, out, "mgsm", ["de", "zh"], 6, 16, 3, settings=settings)
     assert len(again.asked) == 4  # only ids 4 and 5 of each language were missing
     changed = EchoEngine()
-    analysis.translate(changed, out, "mgsm", ["de"], 2, 32, 3, settings=analysis.translation_settings(32, "some/model"))
+    translation.translate(changed, out, "mgsm", ["de"], 2, 32, 3, settings=translation.translation_settings(32, "some/model"))
     assert len(changed.asked) == 2 and list(tmp_path.glob("t.replaced-*"))
 
 
@@ -196,24 +209,24 @@ def test_analysis_settings_follow_their_parameters(synthetic_data):
     """What decides a stored analysis: the generated parameters of group analysis (and the model); speed,
     training and evaluation parameters do not; the representation limit picks the ids compared."""
     cfg = config.resolve("tiny")
-    ref = analysis.settings(cfg, "mgsm", "m")
-    assert analysis.settings(cfg.replace(translation_max_new_tokens=7), "mgsm", "m")["translation"] != ref["translation"]
-    assert analysis.settings(cfg.replace(representation_pooling="template"), "mgsm", "m")["representations"] != \
+    ref = pipeline.settings(cfg, "mgsm", "m")
+    assert pipeline.settings(cfg.replace(translation_max_new_tokens=7), "mgsm", "m")["translation"] != ref["translation"]
+    assert pipeline.settings(cfg.replace(representation_pooling="template"), "mgsm", "m")["representations"] != \
         ref["representations"]
-    assert analysis.settings(cfg, "mgsm", "other") != ref
+    assert pipeline.settings(cfg, "mgsm", "other") != ref
     for name, value in (("analysis_batch_size", 3), ("translation_limit", 2), ("eval_batch_size", 1), ("lr", 1e-5),
                         ("max_new_tokens", {"mgsm": 3})):
-        assert analysis.settings(cfg.replace(**{name: value}), "mgsm", "m") == ref, name
-    assert analysis.settings(cfg.replace(representation_limit=3), "mgsm", "m")["representations"]["ids"] == [0, 1, 2]
+        assert pipeline.settings(cfg.replace(**{name: value}), "mgsm", "m") == ref, name
+    assert pipeline.settings(cfg.replace(representation_limit=3), "mgsm", "m")["representations"]["ids"] == [0, 1, 2]
 
 
 def test_parallel_questions_align_by_id_and_name_missing_languages(synthetic_data):
-    ids, q = analysis.parallel_questions("mgsm", "de,te", 3)
+    ids, q = inputs.parallel_questions("mgsm", "de,te", 3)
     assert ids == [0, 1, 2] and set(q) == {"en", "de", "te"}
     with pytest.raises(ConfigError, match="mSVAMP has no parallel questions in te"):
-        analysis.parallel_questions("msvamp", "te")
+        inputs.parallel_questions("msvamp", "te")
     with pytest.raises(ConfigError, match="en is the reference"):
-        analysis.parallel_questions("mgsm", "en,de")
+        inputs.parallel_questions("mgsm", "en,de")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,7 +246,7 @@ def _found(hyp_quality: float, cosine: float, n: int = 6) -> dict:
 
 def test_effects_are_paired_differences_with_cis():
     found = {"A": _found(0.0, 0.4), "B": _found(1.0, 0.8), "C": _found(0.0, 0.4)}
-    eff = analysis.effects(found, [("A", "B"), ("A", "C")], "mgsm", n_boot=500)
+    eff = effects.effects(found, [("A", "B"), ("A", "C")], "mgsm", n_boot=500)
     avg = eff[eff["lang"] == "avg"].set_index(["b", "measure"])
     assert avg.loc[("B", "chrf"), "diff"] == pytest.approx(avg.loc[("B", "chrf"), "value b"] - avg.loc[("B", "chrf"), "value a"])
     assert avg.loc[("B", "chrf"), "value b"] == pytest.approx(100.0) and avg.loc[("B", "chrf"), "excludes zero"]
@@ -241,7 +254,7 @@ def test_effects_are_paired_differences_with_cis():
     assert avg.loc[("B", "retrieval_top1_centred"), "diff"] == 0 and not avg.loc[("B", "retrieval_top1_centred"), "excludes zero"]
     assert (avg.loc["C", "diff"] == 0).all() and not avg.loc["C", "excludes zero"].any()  # identical systems
     assert set(eff["lang"]) == {"de", "fr", "avg"}
-    text = analysis.summary(eff, "A", "B")
+    text = effects.summary(eff, "A", "B")
     assert "chrF +" in text and "(CI excludes zero)" in text and "centred retrieval top-1 +0.000" in text
 
 
@@ -257,7 +270,7 @@ def _study_file(params_dir, body: str):
 def params_copy(tmp_path, monkeypatch):
     import shutil
 
-    from qalign_lib.config import PROJECT_ROOT
+    from qalign_lib.core.config import PROJECT_ROOT
 
     params = tmp_path / "params"
     shutil.copytree(PROJECT_ROOT / "params", params)
@@ -300,9 +313,9 @@ def test_plan_has_analyze_steps_after_training(params_copy, synthetic_data):
 
 
 def test_report_dir_of_other_studies_is_a_subfolder():
-    assert layout.report_dir("tiny", "tiny") == layout.report_dir("tiny") == config.figures_dir() / "tiny"
-    assert layout.report_dir("7b", "paper") == config.figures_dir() / "7b"
-    assert layout.report_dir("tiny", "offline") == config.figures_dir() / "tiny" / "offline"
+    assert layout.report_dir("tiny", "tiny") == layout.report_dir("tiny") == layout.figures_dir() / "tiny"
+    assert layout.report_dir("7b", "paper") == layout.figures_dir() / "7b"
+    assert layout.report_dir("tiny", "offline") == layout.figures_dir() / "tiny" / "offline"
 
 
 def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synthetic_data, tmp_path):
@@ -310,7 +323,7 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     s = studies.load("x")
     found = {"Base": _found(0.0, 0.4), "S1": _found(1.0, 0.8)}
     out = tmp_path / "report"
-    written = report.write_report(s, out, n_boot=200, collected=({}, {}), analyses=(found, {}))
+    written = document.write_report(s, out, n_boot=200, collected=({}, {}), analyses=(found, {}))
     for name in ("translation_mgsm", "representations_mgsm", "representations_mgsm_langs", "stage1_effects_mgsm",
                  "translation_mgsm_png", "representations_mgsm_png", "representations_mgsm_langs_png",
                  "stage1_effects_mgsm_png"):
@@ -321,11 +334,11 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     top = "\n".join(readme[:8])
     assert "![Translation of mGSM questions" in top and "translation_mgsm.png" in top and "stage1_effects_mgsm.png" in top
     effects = pd.read_csv(out / "stage1_effects_mgsm.csv")
-    assert set(effects["measure"]) == set(analysis.METRICS) | set(analysis.MEASURES)
+    assert set(effects["measure"]) == set(mt_metrics.METRICS) | set(representations.MEASURES)
 
 
 def test_consistency_panel_without_data_says_so():
-    from qalign_lib import figures
+    from qalign_lib.report import figures
 
     frame = pd.DataFrame([{"benchmark": "mGSM", "system": "A", "lang": "de", "jaccard": float("nan"), "agreement": 50.0},
                           {"benchmark": "mGSM", "system": "B", "lang": "de", "jaccard": float("nan"), "agreement": 25.0}])

@@ -1,12 +1,14 @@
-"""Structural rules of the library, checked on its syntax trees (ast, not regular expressions):
+"""Structural rules of the library, checked on its syntax trees (ast, not regular expressions), over every module of
+every subpackage (``core.layout`` names qalign_lib/core/layout.py):
 
-(a) no import cycle between qalign_lib modules (imports inside functions included);
-(b) the run layout's file names are spelled only in qalign_lib/layout.py;
-(c) benchmark facts (display names, the list of benchmarks) are declared only in qalign_lib/benchmarks.py;
+(a) no import cycle between qalign_lib modules (imports inside functions included), and the subpackages form layers:
+    a module imports only from its own subpackage or from one below it (LAYERS, bottom first);
+(b) the run layout's file names are spelled only in qalign_lib/core/layout.py;
+(c) benchmark facts (display names, the list of benchmarks) are declared only in qalign_lib/core/benchmarks.py;
 (d) no module picks a matplotlib backend;
 (e) library code logs instead of printing, except the modules whose job is to print;
-(f) every module imports;
-and exception classes are declared only in qalign_lib/errors.py, under QAlignError.
+(f) every module imports, and no module is named like a standard-library module or like a sibling package;
+and exception classes are declared only in qalign_lib/core/errors.py, under QAlignError.
 """
 from __future__ import annotations
 
@@ -27,16 +29,25 @@ LAYOUT_NAMES = ("run.json", "DONE", "train.jsonl", "train_log.jsonl", "metrics.j
 BENCHMARK_DISPLAY_NAMES = ("mGSM", "mSVAMP")
 # modules whose job is to print: the command line, the notebook display (outside IPython), the launcher (streams
 # the workers' output as it comes)
-PRINT_ALLOWED = {"cli", "display", "launch"}
+PRINT_ALLOWED = {"tools.cli", "notebook.display", "train.launch"}
+# the subpackages, bottom layer first: the method (core .. report), what runs it (study), what a person touches
+# (notebook helpers, developer tools)
+LAYERS = ("core", "data", "models", "train", "evaluation", "analysis", "study", "report", "notebook", "tools")
 
 
 def modules() -> list[str]:
-    return sorted(p.stem for p in LIB.glob("*.py") if p.stem != "__init__")
+    """Every module of the package as a dotted name below it ("core.layout"), subpackages included."""
+    return sorted(".".join(p.relative_to(LIB).with_suffix("").parts) for p in LIB.rglob("*.py")
+                  if p.stem != "__init__" and "__pycache__" not in p.parts)
+
+
+def path_of(module: str) -> Path:
+    return LIB.joinpath(*module.split(".")).with_suffix(".py")
 
 
 @lru_cache(maxsize=None)
 def tree(module: str) -> ast.Module:
-    path = LIB / f"{module}.py"
+    path = path_of(module)
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
@@ -64,25 +75,34 @@ def strings(module: str):
 # (a) import graph
 
 
-def imported_modules(module: str, t: ast.AST | None = None) -> set[str]:
+def resolve_import(module: str, node: ast.ImportFrom) -> list[str]:
+    """The dotted names (below qalign_lib) that ``from X import a, b`` in ``module`` may refer to: X itself and
+    X.a, X.b (a name may be a submodule); relative imports of any level are resolved against ``module``'s package."""
+    if node.level:
+        package = module.split(".")[:-1]
+        if node.level - 1 > len(package):
+            raise AssertionError(f"{module}: import from outside the package (line {node.lineno})")
+        base = package[:len(package) - (node.level - 1)] + ((node.module or "").split(".") if node.module else [])
+    elif (node.module or "").split(".")[0] == PACKAGE:
+        base = node.module.split(".")[1:]
+    else:
+        return []
+    prefix = ".".join(base)
+    return [prefix] + [f"{prefix}.{a.name}" if prefix else a.name for a in node.names]
+
+
+def imported_modules(module: str, t: ast.AST | None = None, known: set[str] | None = None) -> set[str]:
     """The qalign_lib modules that ``module`` imports anywhere (top level or inside functions)."""
-    known = set(modules())
+    known = set(modules()) if known is None else known
     out = set()
     for node in ast.walk(tree(module) if t is None else t):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == PACKAGE and len(parts) > 1:
-                    out.add(parts[1])
+                    out.add(".".join(parts[1:]))
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 1 or (node.level == 0 and (node.module or "").split(".")[0] == PACKAGE):
-                base = (node.module or "") if node.level == 1 else (node.module or "").partition(".")[2]
-                if base:  # from .x import y / from qalign_lib.x import y
-                    out.add(base.split(".")[0])
-                else:  # from . import x, y / from qalign_lib import x
-                    out |= {alias.name for alias in node.names if alias.name in known}
-            elif node.level > 1:
-                raise AssertionError(f"{module}.py:{node.lineno}: import from outside the package")
+            out |= set(resolve_import(module, node))
     return (out & known) - {module}
 
 
@@ -120,16 +140,44 @@ def test_cycle_finder_finds_cycles():
 
 def test_import_graph_of_the_package_is_found():
     graph = {m: imported_modules(m) for m in modules()}
-    assert {"config", "data", "layout", "log", "modeling"} <= graph["training"]
-    assert "training" in graph["stages"] and "launch" in graph["stages"]
-    assert "benchmarks" in graph["config"]  # an import inside a function counts
-    assert graph["errors"] == set()
+    assert {"core.config", "data.training_data", "core.layout", "core.log", "models.modeling"} <= graph["train.training"]
+    assert "train.training" in graph["train.stages"] and "train.launch" in graph["train.stages"]
+    assert "core.benchmarks" in graph["core.config"]  # an import inside a function counts
+    assert graph["core.errors"] == set()
+    assert len(modules()) > 30 and all(m.split(".")[0] in LAYERS for m in modules())
 
 
 def test_no_import_cycle():
     graph = {m: imported_modules(m) for m in modules()}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    return [f"{m} imports {d} ({m.split('.')[0]} is below {d.split('.')[0]})" for m, deps in sorted(graph.items())
+            for d in sorted(deps) if rank[d.split(".")[0]] > rank[m.split(".")[0]]]
+
+
+def test_subpackages_are_layers():
+    assert layer_violations({"core.x": {"report.y"}, "report.y": {"core.x"}}) == [
+        "core.x imports report.y (core is below report)"]
+    offenders = layer_violations({m: imported_modules(m) for m in modules()})
+    assert not offenders, "an import against the layers " + " < ".join(LAYERS) + ":\n" + "\n".join(offenders)
+    assert {p.name for p in LIB.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(LAYERS)
+
+
+def test_no_module_shadows_the_standard_library_or_a_sibling():
+    import sys
+
+    names = [m.split(".")[-1] for m in modules()]
+    shadowing = sorted(set(names) & set(sys.stdlib_module_names))
+    assert not shadowing, f"modules named like standard-library modules: {shadowing}"
+    stems = {}
+    for n in names:  # benchmark.py beside benchmarks.py: one name told apart by an s
+        stems.setdefault(n.rstrip("s"), set()).add(n)
+    assert all(len(v) == 1 for v in stems.values()), [sorted(v) for v in stems.values() if len(v) > 1]
+    assert len(set(names)) == len(names), "two modules of one name in different subpackages"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,10 +195,10 @@ def path_component_matches(text: str, names) -> list[str]:
 def test_layout_names_only_in_layout():
     assert path_component_matches("eval/metrics.json", LAYOUT_NAMES) == ["metrics.json"]
     assert path_component_matches("has no run.json: train it", LAYOUT_NAMES) == []
-    offenders = [f"{m}.py:{line}: {text!r}" for m in modules() if m != "layout"
+    offenders = [f"{m}:{line}: {text!r}" for m in modules() if m != "core.layout"
                  for line, text in strings(m) if path_component_matches(text, LAYOUT_NAMES)]
-    assert not offenders, "run layout file names outside qalign_lib/layout.py:\n" + "\n".join(offenders)
-    spelled = {n for _, text in strings("layout") for n in path_component_matches(text, LAYOUT_NAMES)}
+    assert not offenders, "run layout file names outside qalign_lib/core/layout.py:\n" + "\n".join(offenders)
+    spelled = {n for _, text in strings("core.layout") for n in path_component_matches(text, LAYOUT_NAMES)}
     assert spelled == set(LAYOUT_NAMES)
 
 
@@ -169,11 +217,11 @@ def benchmark_list_literals(module: str) -> list[str]:
 
 
 def test_benchmark_facts_only_in_the_registry():
-    offenders = [f"{m}.py:{line}: {text!r}" for m in modules() if m != "benchmarks"
+    offenders = [f"{m}:{line}: {text!r}" for m in modules() if m != "core.benchmarks"
                  for line, text in strings(m) if text in BENCHMARK_DISPLAY_NAMES]
-    offenders += [hit for m in modules() if m != "benchmarks" for hit in benchmark_list_literals(m)]
-    assert not offenders, "benchmark facts outside qalign_lib/benchmarks.py:\n" + "\n".join(offenders)
-    assert {text for _, text in strings("benchmarks")} >= set(BENCHMARK_DISPLAY_NAMES)  # declared there
+    offenders += [hit for m in modules() if m != "core.benchmarks" for hit in benchmark_list_literals(m)]
+    assert not offenders, "benchmark facts outside qalign_lib/core/benchmarks.py:\n" + "\n".join(offenders)
+    assert {text for _, text in strings("core.benchmarks")} >= set(BENCHMARK_DISPLAY_NAMES)  # declared there
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,7 +251,7 @@ def calls(module: str, t: ast.AST | None = None):
 
 
 def test_no_matplotlib_backend_is_chosen():
-    offenders = [f"{m}.py:{line}: {name}" for m in modules() for line, name in calls(m)
+    offenders = [f"{m}:{line}: {name}" for m in modules() for line, name in calls(m)
                  if name in ("matplotlib.use", "matplotlib.pyplot.switch_backend")]
     assert not offenders, "a library module picks a matplotlib backend (leave it to the notebook):\n" + "\n".join(offenders)
 
@@ -219,13 +267,13 @@ def test_checkers_catch_violations():
     source = textwrap.dedent("""
         import matplotlib as mpl
         from matplotlib import pyplot as plt
-        import qalign_lib.data
+        import qalign_lib.data.corpora
         from . import config, not_a_module
         from .layout import run
-        from qalign_lib import training as t
+        from ..train import training as t
 
         def f():
-            from .stages import stage1
+            from qalign_lib.train.stages import stage1
             mpl.use("Agg")
             plt.switch_backend("Agg")
             print("x")
@@ -234,7 +282,8 @@ def test_checkers_catch_violations():
             return [b for b in ("msvamp", "mgsm")]
     """)
     t = ast.parse(source)
-    assert imported_modules("probe", t) == {"data", "config", "layout", "training", "stages"}
+    assert imported_modules("core.probe", t) == {"data.corpora", "core.config", "core.layout", "train.training",
+                                                 "train.stages"}
     assert [name for _, name in calls("probe", t)] == ["matplotlib.use", "matplotlib.pyplot.switch_backend", "print"]
     literals = {node.value for node in ast.walk(t) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert any(path_component_matches(text, LAYOUT_NAMES) for text in literals)
@@ -247,15 +296,14 @@ def test_checkers_catch_violations():
 
 
 def test_error_classes_only_in_errors():
-    offenders = [f"{m}.py:{node.lineno}: class {node.name}" for m in modules() if m != "errors"
+    offenders = [f"{m}:{node.lineno}: class {node.name}" for m in modules() if m != "core.errors"
                  for node in ast.walk(tree(m)) if isinstance(node, ast.ClassDef) and node.name.endswith("Error")]
-    assert not offenders, "exception classes outside qalign_lib/errors.py (one hierarchy):\n" + "\n".join(offenders)
-    from qalign_lib import errors, io
+    assert not offenders, "exception classes outside qalign_lib/core/errors.py (one hierarchy):\n" + "\n".join(offenders)
+    from qalign_lib.core import errors
 
-    declared = [node.name for node in tree("errors").body if isinstance(node, ast.ClassDef)]
+    declared = [node.name for node in tree("core.errors").body if isinstance(node, ast.ClassDef)]
     assert declared[0] == "QAlignError" and len(declared) > 1
     assert all(issubclass(getattr(errors, name), errors.QAlignError) for name in declared)
-    assert io.DataError is errors.DataError  # still importable from its old place, the same class
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from qalign_lib import benchmark
+from qalign_lib.tools import speed
 from tests.synthetic import make_data_dir
 
 
@@ -24,12 +24,12 @@ def varied_data(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_benchmark_smoke(varied_data, tmp_path):
-    s = benchmark.settings("cpu", models="tiny-random", repeats=2, warmup_steps=1, train_steps=2, train_batch_size=4,
+    s = speed.settings("cpu", models="tiny-random", repeats=2, warmup_steps=1, train_steps=2, train_batch_size=4,
                            max_length=256, gen_langs="en,de", gen_per_lang=3, max_new_tokens=4, gen_batch_size=4,
                            gen_benchmarks="mgsm", train_data="gsm8k", train_sizes="tiny")
-    results = benchmark.run(s, tmp_path / "bench")
+    results = speed.run(s, tmp_path / "bench")
     m = results["models"]["tiny-random"]
-    for part, metrics in (("train", benchmark.TRAIN_METRICS), ("generate", benchmark.GEN_METRICS)):
+    for part, metrics in (("train", speed.TRAIN_METRICS), ("generate", speed.GEN_METRICS)):
         r = m[part]
         for k in metrics:
             assert r["reference"][k] > 0 and r["ours"][k] > 0, (part, k)
@@ -44,7 +44,7 @@ def test_benchmark_smoke(varied_data, tmp_path):
     tiny = train["extra"]["size tiny"]  # the tiny size's own recipe, timed in the same rounds on the same examples
     assert tiny["tokens"] == train["reference"]["tokens"] and tiny["recipe"]["lora_r"] == 16
     assert train["ratios"]["size tiny"]["tokens_per_s"] == pytest.approx(tiny["tokens_per_s"] / train["reference"]["tokens_per_s"])
-    assert "| tiny-random | train tokens/s (size tiny) |" in benchmark.table(results)
+    assert "| tiny-random | train tokens/s (size tiny) |" in speed.table(results)
     assert m["generate"]["n"] == 6 and m["generate"]["mismatches"] == 0  # fp32 greedy: identical outputs
     g = m["generate"]
     assert g["identical"] == {"reference": 1.0, "hf": 1.0} and set(g["engines"]) == {"hf"}  # tiny-random: hf only
@@ -59,8 +59,8 @@ def test_benchmark_smoke(varied_data, tmp_path):
 
 
 def test_settings_overrides_and_errors():
-    s = benchmark.settings("cpu", models="a,b", train_steps=7)
-    assert s["models"] == ["a", "b"] and benchmark.for_model(s, "tiny-random")["train_steps"] == 7
-    assert benchmark.for_model(benchmark.settings("cpu"), "tiny-random")["train_steps"] != benchmark.settings("cpu")["train_steps"]
-    with pytest.raises(benchmark.config.ConfigError, match="unknown benchmark parameter"):
-        benchmark.settings("cpu", lr=1)
+    s = speed.settings("cpu", models="a,b", train_steps=7)
+    assert s["models"] == ["a", "b"] and speed.for_model(s, "tiny-random")["train_steps"] == 7
+    assert speed.for_model(speed.settings("cpu"), "tiny-random")["train_steps"] != speed.settings("cpu")["train_steps"]
+    with pytest.raises(speed.config.ConfigError, match="unknown benchmark parameter"):
+        speed.settings("cpu", lr=1)

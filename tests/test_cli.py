@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from qalign_lib import config
-from qalign_lib.cli import main
+from qalign_lib.core import config
+from qalign_lib.tools.cli import main
 from tests.conftest import ROOT
 from tests.synthetic import make_data_dir
 
@@ -112,7 +112,7 @@ def test_config_set_checks_and_applies_overrides(capsys):
 
 def test_download_offline_is_a_clear_message(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "qalign_lib.cli", "data", "download", "--out", str(tmp_path / "d"), "--datasets", "mgsm"],
+    r = subprocess.run([sys.executable, "-m", "qalign_lib.tools.cli", "data", "download", "--out", str(tmp_path / "d"), "--datasets", "mgsm"],
                        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert r.returncode == 1, r.stderr[-2000:]
     # the progress bar may have drawn on stderr before; the error is the one last line

@@ -10,8 +10,11 @@ import typing
 
 import pytest
 
-from qalign_lib import benchmarks, config, evaluation, modeling, training
-from qalign_lib.config import ConfigError
+from qalign_lib.core import benchmarks, config
+from qalign_lib.core.config import ConfigError
+from qalign_lib.evaluation import evaluator
+from qalign_lib.models import modeling
+from qalign_lib.train import training
 from tests.conftest import ROOT
 from tests.helpers import CORPUS, tiny_llama
 
@@ -323,18 +326,18 @@ def test_data_parameters_change_the_run_fingerprint_through_the_examples(synthet
 
 def test_generation_settings_follow_the_generated_parameters():
     cfg = config.resolve("tiny")
-    ref = evaluation.settings(cfg, "mgsm", "some/model")
+    ref = evaluator.settings(cfg, "mgsm", "some/model")
     assert ref["model"] == "some/model" and ref["max_new_tokens"] == cfg.max_new("mgsm")
     for name in config.params("generated", group="eval"):
         value = getattr(cfg, name)
         # engine: auto resolves to hf here (no vLLM or no GPU), so flip to the engine it does not resolve to
-        other = ("vllm" if evaluation.settings(cfg, "mgsm", "m")["engine"] == "hf" else "hf") if name == "engine" \
+        other = ("vllm" if evaluator.settings(cfg, "mgsm", "m")["engine"] == "hf" else "hf") if name == "engine" \
             else flipped(config.schema()[name], value)
         changed = cfg.replace(**{name: other})
-        assert evaluation.settings(changed, "mgsm", "some/model") != ref, name
+        assert evaluator.settings(changed, "mgsm", "some/model") != ref, name
     for name in config.params("speed") + config.params("selection") + config.params("runtime"):
         changed = cfg.replace(**{name: flipped(config.schema()[name], getattr(cfg, name))})
-        assert evaluation.settings(changed, "mgsm", "some/model") == ref, name
-    assert evaluation.settings(cfg.replace(eval_batch_size=1), "mgsm", "some/model") == ref
-    assert evaluation.settings(cfg.replace(eval_token_budget=500), "mgsm", "some/model") == ref
-    assert evaluation.settings(cfg, "mgsm", "other/model") != ref
+        assert evaluator.settings(changed, "mgsm", "some/model") == ref, name
+    assert evaluator.settings(cfg.replace(eval_batch_size=1), "mgsm", "some/model") == ref
+    assert evaluator.settings(cfg.replace(eval_token_budget=500), "mgsm", "some/model") == ref
+    assert evaluator.settings(cfg, "mgsm", "other/model") != ref

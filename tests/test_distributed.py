@@ -16,10 +16,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from qalign_lib import config, layout, modeling, training
-from qalign_lib.errors import ConfigError, LaunchError
-from qalign_lib.io import read_jsonl
-from qalign_lib.launch import launch, worker_error
+from qalign_lib.core import config, layout
+from qalign_lib.core.errors import ConfigError, LaunchError
+from qalign_lib.core.files import read_jsonl
+from qalign_lib.models import modeling
+from qalign_lib.train import training
+from qalign_lib.train.launch import launch, worker_error
 from tests.helpers import tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +96,7 @@ def cfg_for(model, **kw):
 def test_launch_configs_parse_and_unknown_name_is_clear():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from qalign_lib.launch import command, launch_configs
+    from qalign_lib.train.launch import command, launch_configs
 
     assert set(launch_configs()) >= {"single", "ddp", "fsdp", "zero3", "zero3_offload"}
     kinds = {name: str(load_config_from_file(str(path)).distributed_type) for name, path in launch_configs().items()}
@@ -107,7 +109,7 @@ def test_launch_configs_parse_and_unknown_name_is_clear():
     cmd = command(cfg, Path("/runs/x"))
     assert cmd[cmd.index("--num_processes") + 1] == "16" and cmd[cmd.index("--num_machines") + 1] == "2"
     assert cmd[cmd.index("--config_file") + 1].endswith("params/launch/zero3_offload.yaml")
-    assert cmd[-3:] == ["-m", "qalign_lib.training", "/runs/x"]
+    assert cmd[-3:] == ["-m", "qalign_lib.train.training", "/runs/x"]
     with pytest.raises(ConfigError, match=r"launch 'zero4'.*choose one of .*ddp.*zero3"):
         launch(config.resolve("tiny", launch="zero4", num_processes=2), Path("/runs/x"))
     with pytest.raises(ConfigError, match="launch single runs one process"):
@@ -187,7 +189,7 @@ def test_worker_failure_raises_the_workers_error(synthetic_data, tiny_model, wor
     with pytest.raises(LaunchError) as err:
         launch(cfg, run)
     message = str(err.value)
-    assert message.startswith("qalign_lib.errors.ModelError: model '/nonexistent/model' is neither an embedded model")
+    assert message.startswith("qalign_lib.core.errors.ModelError: model '/nonexistent/model' is neither an embedded model")
     assert "exit code 1" in message and str(layout.RunDir(run).launch_log()) in message
     assert "ChildFailedError" not in message.splitlines()[0] and (run / "launch.log").is_file()
 
@@ -224,7 +226,7 @@ def test_kill_9_mid_run_resumes_from_the_last_checkpoint(synthetic_data, tiny_mo
     # 8 examples, batch 1: 8 steps an epoch, 40 in all; a checkpoint every 5 steps
     cfg = cfg_for(tiny_model, epochs=5, batch_size=1, per_device_batch_size=1, save_steps=5)
     run = training.prepare(cfg, "killed", ["x2en_question"], "de,fr", "base", 1)
-    cmd = [sys.executable, "-m", "qalign_lib.training", str(run)]
+    cmd = [sys.executable, "-m", "qalign_lib.train.training", str(run)]
     with open(run / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qalign_lib import cli, config, doctor, versions
-from qalign_lib.doctor import FAIL, PASS, SKIP, WARN, Gpu, Node, Row
+from qalign_lib.core import config, versions
+from qalign_lib.tools import cli, doctor
+from qalign_lib.tools.doctor import FAIL, PASS, SKIP, WARN, Gpu, Node, Row
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = Gpu("NVIDIA H100 80GB HBM3", 79.2, (9, 0))
@@ -385,7 +386,7 @@ def test_doctor_with_its_smoke_run_passes_on_this_cpu(synthetic_data, tmp_path):
     """`qalign doctor` as a user runs it: every check, then single, DDP over gloo and ZeRO-3 on CPU; exit 0."""
     out_json = tmp_path / "doctor.json"
     env = {**os.environ, "QALIGN_DATA_DIR": str(synthetic_data), "QALIGN_RUNS_DIR": str(tmp_path / "runs")}
-    proc = subprocess.run([sys.executable, "-m", "qalign_lib.cli", "doctor", "--study", "tiny", "--json", str(out_json)],
+    proc = subprocess.run([sys.executable, "-m", "qalign_lib.tools.cli", "doctor", "--study", "tiny", "--json", str(out_json)],
                           capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     rows = {r["check"]: r for r in json.loads(out_json.read_text())["rows"]}

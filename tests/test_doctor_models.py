@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from qalign_lib import config, doctor, modeling
-from qalign_lib.doctor import FAIL, PASS, SKIP, Gpu, Node
+from qalign_lib.core import config
+from qalign_lib.models import modeling
+from qalign_lib.tools import doctor
+from qalign_lib.tools.doctor import FAIL, PASS, SKIP, Gpu, Node
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", 79.2, (9, 0))
 A100_40 = Gpu("NVIDIA A100-SXM4-40GB", 39.4, (8, 0))

@@ -4,8 +4,10 @@ import json
 import pytest
 import torch
 
-from qalign_lib import config, evaluation, generation, layout, modeling
-from qalign_lib.errors import ConfigError, RunError
+from qalign_lib.core import config, layout
+from qalign_lib.core.errors import ConfigError, RunError
+from qalign_lib.evaluation import evaluator
+from qalign_lib.models import generation, modeling
 from tests.helpers import tiny_llama
 
 
@@ -91,17 +93,17 @@ def new_tokens(n: int) -> dict:
 
 def test_evaluate_end_to_end_and_resume(synthetic_data, tiny_model, monkeypatch):
     cfg = config.resolve("tiny", model=tiny_model, eval_limit=3, max_new_tokens=new_tokens(6), eval_batch_size=4)
-    assert not evaluation.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
-    metrics = evaluation.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
-    target = evaluation.target(cfg, run="base")
+    assert not evaluator.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
+    metrics = evaluator.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
+    target = evaluator.target(cfg, run="base")
     assert target.path == layout.base_eval("tiny", tiny_model).path and target.model == tiny_model
     assert target.metrics.is_file() and json.loads(target.metrics.read_text()) == metrics
-    assert target.read_settings("mgsm") == evaluation.settings(cfg, "mgsm", tiny_model)
-    assert evaluation.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
-    assert not evaluation.is_complete(cfg.replace(eval_limit=4), run="base", benchmarks=["mgsm"], langs="de,en,te")
-    assert not evaluation.is_complete(cfg.replace(max_new_tokens=new_tokens(7)), run="base", benchmarks=["mgsm"],
+    assert target.read_settings("mgsm") == evaluator.settings(cfg, "mgsm", tiny_model)
+    assert evaluator.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
+    assert not evaluator.is_complete(cfg.replace(eval_limit=4), run="base", benchmarks=["mgsm"], langs="de,en,te")
+    assert not evaluator.is_complete(cfg.replace(max_new_tokens=new_tokens(7)), run="base", benchmarks=["mgsm"],
                                       langs="de,en,te")
-    assert evaluation.is_complete(cfg.replace(eval_batch_size=1), run="base", benchmarks=["mgsm"], langs="de,en,te")
+    assert evaluator.is_complete(cfg.replace(eval_batch_size=1), run="base", benchmarks=["mgsm"], langs="de,en,te")
     assert metrics["mgsm"]["reference"]["n"] == {"de": 3, "en": 3, "te": 3}
     assert metrics["msvamp"]["reference"]["n"] == {"de": 3, "en": 3}  # te is not part of mSVAMP: skipped
     for scorer in ("reference", "strict"):
@@ -109,7 +111,7 @@ def test_evaluate_end_to_end_and_resume(synthetic_data, tiny_model, monkeypatch)
         assert set(r["accuracy"]) == {"de", "en", "te"} and r["average_langs"] == ["de", "en"]
     rows = [json.loads(line) for line in target.generations("mgsm", "de").read_text().splitlines()]
     assert [r["id"] for r in sorted(rows, key=lambda r: r["id"])] == [0, 1, 2] and all("response" in r for r in rows)
-    assert {r["id"] for r in evaluation.load_generations(target, "mgsm", ["de", "en", "sw"], limit=2)["de"]} == {0, 1}
+    assert {r["id"] for r in evaluator.load_generations(target, "mgsm", ["de", "en", "sw"], limit=2)["de"]} == {0, 1}
 
     # resume: drop one row and tear the last line as a kill mid-write would; only the missing id is generated again
     path = target.generations("mgsm", "de")
@@ -117,22 +119,22 @@ def test_evaluate_end_to_end_and_resume(synthetic_data, tiny_model, monkeypatch)
     path.write_text("".join(lines[:1]) + lines[1][:10])
     calls = []
     real = generation.generate_to_files
-    monkeypatch.setattr(evaluation, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
-    again = evaluation.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
+    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
+    again = evaluator.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
     assert [[(it["lang"], it["id"]) for it in items] for items in calls] == [[("de", 1), ("de", 2)]]
     assert again["mgsm"]["reference"]["n"] == metrics["mgsm"]["reference"]["n"]
     # nothing missing: no model is even loaded
-    monkeypatch.setattr(evaluation, "_load", lambda *a: (_ for _ in ()).throw(AssertionError("model loaded")))
-    evaluation.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="de,en,te")
+    monkeypatch.setattr(evaluator, "_load", lambda *a: (_ for _ in ()).throw(AssertionError("model loaded")))
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="de,en,te")
 
 
 def test_changed_generation_settings_move_old_generations_aside(synthetic_data, tiny_model):
     cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens=new_tokens(4), eval_batch_size=4)
-    evaluation.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
-    root = evaluation.target(cfg, run="base").path
-    evaluation.evaluate(cfg.replace(eval_batch_size=2), run="base", benchmarks=["mgsm"], langs="en")  # speed only
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
+    root = evaluator.target(cfg, run="base").path
+    evaluator.evaluate(cfg.replace(eval_batch_size=2), run="base", benchmarks=["mgsm"], langs="en")  # speed only
     assert not list(root.glob("mgsm.replaced-*"))
-    evaluation.evaluate(cfg.replace(max_new_tokens=new_tokens(5)), run="base", benchmarks=["mgsm"], langs="en")
+    evaluator.evaluate(cfg.replace(max_new_tokens=new_tokens(5)), run="base", benchmarks=["mgsm"], langs="en")
     aside = list(root.glob("mgsm.replaced-*"))
     assert len(aside) == 1 and (aside[0] / "en.jsonl").is_file() and json.loads((aside[0] / "settings.json").read_text())[
         "max_new_tokens"] == 4
@@ -140,20 +142,20 @@ def test_changed_generation_settings_move_old_generations_aside(synthetic_data, 
 
 def test_evaluate_external_model_and_unknown_run(synthetic_data, tiny_model):
     cfg = config.resolve("tiny", eval_limit=1, max_new_tokens=new_tokens(4))
-    metrics = evaluation.evaluate(cfg, model=tiny_model, benchmarks=["msvamp"], langs="en")
+    metrics = evaluator.evaluate(cfg, model=tiny_model, benchmarks=["msvamp"], langs="en")
     assert metrics["model"] == tiny_model and metrics["size"] == "tiny" and metrics["limit"] == 1
     assert layout.model_eval("tiny", tiny_model).read_metrics() == metrics
     with pytest.raises(RunError, match="not finished"):
-        evaluation.evaluate(cfg, run="never-trained")
-    assert not evaluation.is_complete(cfg, run="never-trained")
+        evaluator.evaluate(cfg, run="never-trained")
+    assert not evaluator.is_complete(cfg, run="never-trained")
     with pytest.raises(ConfigError, match="unknown benchmark"):
-        evaluation.evaluate(cfg, model=tiny_model, benchmarks="gsm8k")
+        evaluator.evaluate(cfg, model=tiny_model, benchmarks="gsm8k")
     with pytest.raises(ConfigError, match="langs: unknown or unsupported language code"):
-        evaluation.evaluate(cfg, model=tiny_model, langs="de,xx")
+        evaluator.evaluate(cfg, model=tiny_model, langs="de,xx")
 
 
 def test_each_benchmark_takes_the_languages_it_has():
     cfg = config.resolve("tiny", eval_langs="de,en,te")
-    assert evaluation.requested(cfg, "mgsm") == ["de", "en", "te"]
-    assert evaluation.requested(cfg, "msvamp") == ["de", "en"]
-    assert evaluation.requested(cfg, "msvamp", langs="te") == []
+    assert evaluator.requested(cfg, "mgsm") == ["de", "en", "te"]
+    assert evaluator.requested(cfg, "msvamp") == ["de", "en"]
+    assert evaluator.requested(cfg, "msvamp", langs="te") == []

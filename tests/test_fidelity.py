@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from qalign_lib import data, languages, prompts
+from qalign_lib.core import languages
+from qalign_lib.data import prompts, training_data
 
 # finetune.py:24-28
 PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
@@ -65,7 +66,7 @@ def reference_stage2(question: str, answer: str) -> tuple[str, str]:
 
 
 def ours(task: str, lang: str, limit: int | None = None) -> list[tuple[str, str]]:
-    return [(r["prompt"], r["completion"]) for r in data.build(task, lang, limit=limit)]
+    return [(r["prompt"], r["completion"]) for r in training_data.build(task, lang, limit=limit)]
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -103,13 +104,13 @@ def test_templates_equal_the_reference():
 
 def test_one_complete_prompt_literally(synthetic_data):
     """Every byte of one training example (sw, X->En question, the first synthetic row), written out."""
-    first = data.build("x2en_question", "sw")[0]
+    first = training_data.build("x2en_question", "sw")[0]
     assert first["prompt"] == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
         "\n\n### Instruction:\nTranslate the following sentences from Swahili (macrolanguage) to English. "
         "Tom ana 3 matofaa na ananunua 2 zaidi. Ana matofaa mangapi sasa?\n\n### Response:")
     assert first["completion"] == "Tom has 3 apples and buys 2 more. How many apples does he have now?"
-    back = data.build("en2x_question", "sw")[0]
+    back = training_data.build("en2x_question", "sw")[0]
     assert back["prompt"] == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
         "\n\n### Instruction:\nTranslate the following sentences from English to Swahili (macrolanguage). "
@@ -150,7 +151,7 @@ STAGE1 = {  # task -> (the line pairs it reads, direction)
 
 
 def test_the_stage1_tasks_are_all_covered():
-    assert set(STAGE1) == set(data.STAGE1_TASKS)
+    assert set(STAGE1) == set(training_data.STAGE1_TASKS)
     assert tuple(languages.NON_EN) == STAGE1_LANGS
 
 

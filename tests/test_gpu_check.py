@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qalign_lib import versions
-from qalign_lib.errors import ConfigError
+from qalign_lib.core import versions
+from qalign_lib.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

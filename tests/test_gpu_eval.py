@@ -7,7 +7,10 @@ import weakref
 import pytest
 import torch
 
-from qalign_lib import analysis, config, engines, generation, parallel
+from qalign_lib.analysis import pipeline
+from qalign_lib.core import config, layout
+from qalign_lib.evaluation import sharding
+from qalign_lib.models import engines, generation
 from tests.helpers import tiny_llama
 
 GIB = 2 ** 30
@@ -65,7 +68,7 @@ def test_analysis_frees_the_hf_model_and_the_cuda_cache_before_vllm_starts(synth
     monkeypatch.setattr(engines, "vllm_installed", lambda: True)
     monkeypatch.setattr(engines, "model_device", lambda model: CUDA0)  # the hf model "lives on the GPU"
     fake_reserved(monkeypatch, [14 * GIB], calls, alive=lambda: models[0]() is not None)
-    out = analysis.analyze(cfg, model=tiny_model)
+    out = pipeline.analyze(cfg, model=tiny_model)
     assert len(models) == 1 and len(started) == 1
     assert set(out["mgsm"]) == {"representations", "translation"}
 
@@ -76,7 +79,7 @@ def test_release_warns_when_something_still_holds_the_model(tiny_model, monkeypa
     held = engine.model  # e.g. a notebook variable
     calls, reserved = [], [14 * GIB]
     fake_reserved(monkeypatch, reserved, calls, alive=lambda: True)
-    with caplog.at_level(logging.INFO, logger="qalign.engines"):
+    with caplog.at_level(logging.INFO, logger="qalign.models.engines"):
         engines.release(engine)
     assert engine.model is None and calls == ["empty_cache"] and held is not None
     assert "still reserves 14.0 GiB" in caplog.text
@@ -85,7 +88,7 @@ def test_release_warns_when_something_still_holds_the_model(tiny_model, monkeypa
     ref = weakref.ref(engine.model)
     fake_reserved(monkeypatch, reserved, calls, alive=lambda: ref() is not None)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="qalign.engines"):
+    with caplog.at_level(logging.INFO, logger="qalign.models.engines"):
         engines.release(engine)
     assert ref() is None and "PyTorch reserves 0.0 GiB (14.0 GiB before)" in caplog.text
     engines.release(None)  # nothing loaded: nothing to do
@@ -175,18 +178,17 @@ def test_the_budget_is_derived_only_on_a_gpu_and_only_when_none_is_given(llama2,
 
 
 def test_every_vllm_engine_has_its_own_cache_root(tmp_path, monkeypatch):
-    from qalign_lib import layout
 
     cfg = config.resolve("tiny", engine="vllm")
     monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(parallel, "gpus", lambda: 8)
+    monkeypatch.setattr(sharding, "gpus", lambda: 8)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "shared"))
     launched = []
-    monkeypatch.setattr(parallel, "_run", lambda cmds, log_path, envs, **kwargs: launched.append((cmds, envs)))
+    monkeypatch.setattr(sharding, "_run", lambda cmds, log_path, envs, **kwargs: launched.append((cmds, envs)))
     root = layout.EvalRoot(tmp_path / "eval", "m")
     items = [{"id": i, "lang": "en", "prompt": "x" * i} for i in range(16)]
-    parallel.generate(cfg, root, "mgsm", items, 4, 8, ["en"])
+    sharding.generate(cfg, root, "mgsm", items, 4, 8, ["en"])
     (cmds, envs), = launched
     roots = [env["VLLM_CACHE_ROOT"] for env in envs]
     assert len(cmds) == 8 and len(set(roots)) == 8 and str(tmp_path / "shared") not in roots

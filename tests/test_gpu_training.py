@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from qalign_lib import layout, modeling, training
-from qalign_lib.errors import ConfigError
-from qalign_lib.launch import launch, launch_configs
+from qalign_lib.core import layout
+from qalign_lib.core.errors import ConfigError
+from qalign_lib.models import modeling
+from qalign_lib.train import training
+from qalign_lib.train.launch import launch, launch_configs
 from tests.test_distributed import cfg_for, tiny_model, workers_env  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,13 +133,16 @@ def fsdp_plugin(monkeypatch, mixed_precision: str = "bf16"):
     """accelerate's FullyShardedDataParallelPlugin as a worker of `accelerate launch --config_file fsdp.yaml` on an
     8-GPU node builds it: the launcher's environment (accelerate.utils.launch.prepare_multi_gpu_env), then the plugin
     from it and the mixed precision set as AcceleratorState sets it."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.commands.launch import (
+        _validate_launch_command,
+        launch_command_parser,
+    )
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     with fake_gpus(8):
         args = launch_command_parser().parse_args(["--config_file", str(launch_configs()["fsdp"]), "--num_processes", "8",
-                                                   "--mixed_precision", mixed_precision, "-m", "qalign_lib.training", "/x"])
+                                                   "--mixed_precision", mixed_precision, "-m", "qalign_lib.train.training", "/x"])
         env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
         for key, value in env.items():
             if key.startswith(("FSDP_", "ACCELERATE_")):

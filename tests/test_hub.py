@@ -1,4 +1,4 @@
-"""qalign_lib.hub: normalizers on tiny rows in each source schema (hub rows, QAlign's text files), and download()
+"""qalign_lib.tools.download: normalizers on tiny rows in each source schema (hub rows, QAlign's text files), and download()
 failing fast and clearly offline."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from qalign_lib import benchmarks, hub
-from qalign_lib.io import DataError
-from qalign_lib.languages import LANGS, NAMES, NON_EN
-
+from qalign_lib.core import benchmarks
+from qalign_lib.core.files import DataError
+from qalign_lib.core.languages import LANGS, NAMES, NON_EN
+from qalign_lib.tools import download
 
 # --- tiny rows in the hub schemas ---------------------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ def instruct_rows():
 
 
 def flores_rows(lang: str, split: str):
-    config = hub.FLORES_CONFIGS[lang]
+    config = download.FLORES_CONFIGS[lang]
     iso, script = config.split("_")
     return [{"id": i, "iso_639_3": iso, "iso_15924": script, "glottocode": "x", "text": f"{lang} {split} sentence {i}",
              "url": "u", "domain": "d", "topic": "t", "has_image": False, "has_hyperlink": False} for i in (2, 0, 1)]
@@ -81,7 +81,7 @@ def metamathqa_rows():
 # --- normalizers --------------------------------------------------------------------------------------------------
 
 def test_mgsm_ids_and_answers():
-    assert hub.normalize_mgsm(mgsm_rows()) == [
+    assert download.normalize_mgsm(mgsm_rows()) == [
         {"id": 0, "question": "Janet has 16 eggs.", "answer": "18", "answer_raw": "18"},
         {"id": 1, "question": "A robe takes 2 bolts.", "answer": "2125", "answer_raw": "2125"},
         {"id": 2, "question": "A mirror stores text.", "answer": "1000", "answer_raw": "1,000"}]
@@ -90,48 +90,48 @@ def test_mgsm_ids_and_answers():
 @pytest.mark.parametrize("value,expected", [("2,125", "2125"), ("8.0", "8"), (18, "18"), (18.0, "18"),
                                             ("2.50", "2.5"), ("-3", "-3"), (" 114,200 ", "114200")])
 def test_number(value, expected):
-    assert hub.number(value) == expected
+    assert download.number(value) == expected
 
 
 def test_number_rejects_text():
     with pytest.raises(DataError, match="answer_number"):
-        hub.normalize_mgsm([{"question": "q", "answer_number": "seven"}], "mgsm en")
+        download.normalize_mgsm([{"question": "q", "answer_number": "seven"}], "mgsm en")
 
 
 def test_mgsm_missing_field_is_named():
     with pytest.raises(DataError, match=r"mgsm en row 1: field 'answer_number' is missing"):
-        hub.normalize_mgsm([mgsm_rows()[0], {"question": "q"}], "mgsm en")
+        download.normalize_mgsm([mgsm_rows()[0], {"question": "q"}], "mgsm en")
     with pytest.raises(DataError, match=r"field 'question' is a int"):
-        hub.normalize_mgsm([{"question": 3, "answer_number": 1}])
+        download.normalize_mgsm([{"question": 3, "answer_number": 1}])
 
 
 def test_msvamp():
-    assert hub.normalize_msvamp(msvamp_rows("de")) == [
+    assert download.normalize_msvamp(msvamp_rows("de")) == [
         {"id": 0, "question": " Julia spielte mit 18 Kindern.", "answer": "8", "answer_raw": "8.0",
          "equation": "- number0 number1", "question_en": "julia played tag with 18 kids ."},
         {"id": 1, "question": "Bobby aß 2 Bonbons.", "answer": "2", "answer_raw": "2.0",
          "equation": "+ number0 number1", "question_en": "bobby ate 2 candies ."}]
-    en = hub.normalize_msvamp(msvamp_rows("en"))
+    en = download.normalize_msvamp(msvamp_rows("en"))
     assert [r["question_en"] for r in en] == [r["question"] for r in en] == [
         "julia played tag with 18 kids .", "bobby ate 2 candies ."]
 
 
 def test_msvamp_missing_field_is_named():
     with pytest.raises(DataError, match=r"field 'response' is missing"):
-        hub.normalize_msvamp([{"m_query": "q", "equation": "x"}])
+        download.normalize_msvamp([{"m_query": "q", "equation": "x"}])
 
 
 def test_gsm8k():
-    assert hub.normalize_gsm8k(GSM8K_TRAIN)[2] == {
+    assert download.normalize_gsm8k(GSM8K_TRAIN)[2] == {
         "id": 2, "question": "Betty needs $1,000 for a wallet.", "answer": "<<100/2=50>>50 <<50+955=1005>>\n#### 1,005",
         "final": "1005"}
     with pytest.raises(DataError, match=r"gsm8k row 0: field 'answer' has no '####"):
-        hub.normalize_gsm8k([{"question": "q", "answer": "no final line"}])
+        download.normalize_gsm8k([{"question": "q", "answer": "no final line"}])
 
 
 def test_gsm8kinstruct_aligns_by_content_not_position():
-    train = hub.normalize_gsm8k(GSM8K_TRAIN)
-    inst = hub.normalize_gsm8kinstruct(instruct_rows(), train)
+    train = download.normalize_gsm8k(GSM8K_TRAIN)
+    inst = download.normalize_gsm8kinstruct(instruct_rows(), train)
     assert inst["en"] == [
         {"id": 0, "gsm8k_idx": 0, "question": "Natalia sold 48 clips\nin April.", "answer": COTS[0]},
         {"id": 1, "gsm8k_idx": 1, "question": "Weng earns $12 an hour. How much?", "answer": COTS[1]},
@@ -159,17 +159,17 @@ class _Records(logging.Handler):
 def test_gsm8kinstruct_keeps_every_row():
     """Rows that align to no GSM8K id (unknown, or ambiguous) are kept for MultiReason and the mixed setting, after
     the aligned ones, with distinct ids >= UNALIGNED_ID derived from their hub row index; a low share is a warning."""
-    train = hub.normalize_gsm8k(GSM8K_TRAIN)
+    train = download.normalize_gsm8k(GSM8K_TRAIN)
     rows = instruct_rows() + [instruct_row("en", "A question that is not in GSM8K.", "<<1+1=2>>2\n#### 2"),
                               instruct_row("de", "Unbekannt.", "<<9*9=81>>81\n#### 81"),
                               instruct_row("fr", "Weng, encore.", "Taux : <<12/60=0.2>>0.2.\n#### 10")]
-    handler, logger = _Records(), logging.getLogger("qalign.hub")
+    handler, logger = _Records(), logging.getLogger("qalign.tools.download")
     logger.addHandler(handler)
     try:
-        inst = hub.normalize_gsm8kinstruct(rows, train)
+        inst = download.normalize_gsm8kinstruct(rows, train)
     finally:
         logger.removeHandler(handler)
-    u = hub.UNALIGNED_ID
+    u = download.UNALIGNED_ID
     assert sum(len(v) for v in inst.values()) == len(rows)  # every row, every language
     assert [r["id"] for r in inst["en"]] == [0, 1, 2, u + 8]
     assert inst["en"][3] == {"id": u + 8, "gsm8k_idx": None, "question": "A question that is not in GSM8K.",
@@ -189,13 +189,13 @@ def test_gsm8kinstruct_keeps_every_row():
 
 
 def test_gsm8kinstruct_malformed_rows():
-    train = hub.normalize_gsm8k(GSM8K_TRAIN)
+    train = download.normalize_gsm8k(GSM8K_TRAIN)
     with pytest.raises(DataError, match=r"row 0: field 'chosen' is missing"):
-        hub.normalize_gsm8kinstruct([{"prompt": instruct_row("en", "q", "a")["prompt"]}], train)
+        download.normalize_gsm8kinstruct([{"prompt": instruct_row("en", "q", "a")["prompt"]}], train)
     with pytest.raises(DataError, match=r"row 0: field 'prompt' names no known language"):
-        hub.normalize_gsm8kinstruct([{"prompt": "### Instruction:\nq\n\n### Response:", "chosen": "a"}], train)
+        download.normalize_gsm8kinstruct([{"prompt": "### Instruction:\nq\n\n### Response:", "chosen": "a"}], train)
     with pytest.raises(DataError, match=r"row 0: field 'prompt' has no '### Instruction:'"):
-        hub.normalize_gsm8kinstruct([{"prompt": "Solve q", "chosen": "a"}], train)
+        download.normalize_gsm8kinstruct([{"prompt": "Solve q", "chosen": "a"}], train)
 
 
 # --- QAlign's released question pairs (source schema: line-aligned text files train.{x} / train.en) --------------
@@ -221,15 +221,15 @@ def qalign_tree(root: Path, langs=NON_EN) -> Path:
     """A directory laid out like NJUNLP/QAlign: data/gsmtrans/gsm8kinstruct_question/{x}-en/train.{x,en}."""
     for lang in langs:
         for side, lines in zip((lang, "en"), qalign_sides(lang)):
-            path = root / hub.qalign_path(lang, side)
+            path = root / download.qalign_path(lang, side)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))
     return root
 
 
 def test_question_pairs_ids_unmatched_and_empty_lines():
-    train, u = hub.normalize_gsm8k(GSM8K_TRAIN), hub.UNALIGNED_ID
-    rows = hub.normalize_question_pairs(QALIGN_DE, QALIGN_DE_EN, train, "de")
+    train, u = download.normalize_gsm8k(GSM8K_TRAIN), download.UNALIGNED_ID
+    rows = download.normalize_question_pairs(QALIGN_DE, QALIGN_DE_EN, train, "de")
     assert rows == [
         {"id": 1, "question_en": "Weng earns $12 an hour. How much?", "question": "Weng verdient 12 $ pro Stunde."},
         {"id": u + 1, "question_en": "A line that is in no GSM8K row.", "question": "Eine Zeile, die in GSM8K fehlt."},
@@ -237,41 +237,41 @@ def test_question_pairs_ids_unmatched_and_empty_lines():
         {"id": u + 5, "question_en": "Natalia sold 48 clips in April.",
          "question": "Natalia verkaufte im April 48 Clips."}]
     assert len(rows) == sum(1 for x, en in zip(QALIGN_DE, QALIGN_DE_EN) if x.strip() and en.strip())
-    assert hub.normalize_question_pairs([], [], train, "bn") == []
+    assert download.normalize_question_pairs([], [], train, "bn") == []
 
 
 def test_question_pairs_unequal_line_counts():
     with pytest.raises(DataError, match=r"gsm8kinstruct_question th-en: train.th has 3 lines but train.en has 2"):
-        hub.normalize_question_pairs(["a", "b", "c"], ["a", "b"], hub.normalize_gsm8k(GSM8K_TRAIN), "th")
+        download.normalize_question_pairs(["a", "b", "c"], ["a", "b"], download.normalize_gsm8k(GSM8K_TRAIN), "th")
     with pytest.raises(DataError, match=r"field 'question' is missing"):
-        hub.normalize_question_pairs(["a"], ["a"], [{"id": 0, "answer": "x"}], "de")
+        download.normalize_question_pairs(["a"], ["a"], [{"id": 0, "answer": "x"}], "de")
 
 
 def test_qalign_lines():
-    assert hub.qalign_lines(b"a\r\nb\rc\n", "f") == ["a", "b", "c"]  # universal newlines, as Python reads text
-    assert hub.qalign_lines("a\n\n \nb".encode(), "f") == ["a", "", " ", "b"]
-    assert hub.qalign_lines(b"", "f") == [] and hub.qalign_lines(b"\n", "f") == [""]
-    assert hub.qalign_lines("x\u2028y\n".encode(), "f") == ["x\u2028y"]  # not a line end for file iteration
+    assert download.qalign_lines(b"a\r\nb\rc\n", "f") == ["a", "b", "c"]  # universal newlines, as Python reads text
+    assert download.qalign_lines("a\n\n \nb".encode(), "f") == ["a", "", " ", "b"]
+    assert download.qalign_lines(b"", "f") == [] and download.qalign_lines(b"\n", "f") == [""]
+    assert download.qalign_lines("x\u2028y\n".encode(), "f") == ["x\u2028y"]  # not a line end for file iteration
     with pytest.raises(DataError, match=r"^train.bn: not UTF-8 text \(byte 1\).*--qalign-repo"):
-        hub.qalign_lines(b"a\xff\n", "train.bn")
+        download.qalign_lines(b"a\xff\n", "train.bn")
     with pytest.raises(DataError, match=r"Git LFS pointer"):
-        hub.qalign_lines(b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n", "train.th")
+        download.qalign_lines(b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n", "train.th")
 
 
 def test_qalign_urls_are_pinned():
-    assert hub.qalign_url(hub.qalign_path("th", "th")) == (
+    assert download.qalign_url(download.qalign_path("th", "th")) == (
         "https://raw.githubusercontent.com/NJUNLP/QAlign/a65ee63836e41896466a1b81834d8db0deaf4324/"
         "data/gsmtrans/gsm8kinstruct_question/th-en/train.th")
 
 
 def test_read_qalign_file_from_a_directory(tmp_path):
     qalign_tree(tmp_path / "QAlign", langs=["de"])
-    assert hub.read_qalign_file(hub.qalign_path("de", "de"), tmp_path / "QAlign").decode().splitlines() == QALIGN_DE
+    assert download.read_qalign_file(download.qalign_path("de", "de"), tmp_path / "QAlign").decode().splitlines() == QALIGN_DE
     with pytest.raises(DataError, match=r"qalign-repo .*bn-en/train.bn is not a file there.*not a git repository.*"
                                         r"leave out --qalign-repo to download"):
-        hub.read_qalign_file(hub.qalign_path("bn", "bn"), tmp_path / "QAlign")
+        download.read_qalign_file(download.qalign_path("bn", "bn"), tmp_path / "QAlign")
     with pytest.raises(DataError, match=r"--qalign-repo .*nowhere: not a directory"):
-        hub.read_qalign_file(hub.qalign_path("de", "de"), tmp_path / "nowhere")
+        download.read_qalign_file(download.qalign_path("de", "de"), tmp_path / "nowhere")
 
 
 def _git(*args, cwd):
@@ -290,17 +290,17 @@ def test_read_qalign_file_from_a_bare_git_repository(tmp_path, monkeypatch):
         _git("clone", "-q", "--bare", str(src), str(tmp_path / "bare.git"), cwd=tmp_path)
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"git is not usable here: {e}")
-    monkeypatch.setattr(hub, "QALIGN_COMMIT", commit)
-    data = hub.read_qalign_file(hub.qalign_path("de", "en"), tmp_path / "bare.git")
-    assert hub.qalign_lines(data, "x") == QALIGN_DE_EN
-    (src / hub.qalign_path("de", "de")).unlink()  # a work tree without the file: read from its .git
-    assert hub.qalign_lines(hub.read_qalign_file(hub.qalign_path("de", "de"), src), "x") == QALIGN_DE
+    monkeypatch.setattr(download, "QALIGN_COMMIT", commit)
+    data = download.read_qalign_file(download.qalign_path("de", "en"), tmp_path / "bare.git")
+    assert download.qalign_lines(data, "x") == QALIGN_DE_EN
+    (src / download.qalign_path("de", "de")).unlink()  # a work tree without the file: read from its .git
+    assert download.qalign_lines(download.read_qalign_file(download.qalign_path("de", "de"), src), "x") == QALIGN_DE
     with pytest.raises(DataError, match=r"th-en/train.th is not a file there, and `git cat-file blob "
                                         + commit + r":data/gsmtrans/gsm8kinstruct_question/th-en/train.th` failed"):
-        hub.read_qalign_file(hub.qalign_path("th", "th"), tmp_path / "bare.git")
-    monkeypatch.setattr(hub, "QALIGN_COMMIT", "0" * 40)  # a clone without the pinned commit
+        download.read_qalign_file(download.qalign_path("th", "th"), tmp_path / "bare.git")
+    monkeypatch.setattr(download, "QALIGN_COMMIT", "0" * 40)  # a clone without the pinned commit
     with pytest.raises(DataError, match=r"that has commit 0{40}"):
-        hub.read_qalign_file(hub.qalign_path("de", "en"), tmp_path / "bare.git")
+        download.read_qalign_file(download.qalign_path("de", "en"), tmp_path / "bare.git")
 
 
 @pytest.mark.parametrize("error,reason", [
@@ -316,14 +316,14 @@ def test_fetch_failure_names_the_url_and_the_fix(monkeypatch, error, reason):
         raise error
 
     monkeypatch.setattr(urllib.request, "urlopen", fail)
-    url = hub.qalign_url(hub.qalign_path("bn", "bn"))
+    url = download.qalign_url(download.qalign_path("bn", "bn"))
     with pytest.raises(DataError) as e:
-        hub.read_qalign_file(hub.qalign_path("bn", "bn"))
+        download.read_qalign_file(download.qalign_path("bn", "bn"))
     msg = str(e.value)
     assert msg.startswith(f"cannot download {url}: ") and "--qalign-repo DIR" in msg and "git clone" in msg
     assert re.search(reason, msg), msg
     assert "\n" not in msg and e.value.__cause__ is None and e.value.__context__ is None
-    assert seen == [(url, hub.URL_TIMEOUT)]
+    assert seen == [(url, download.URL_TIMEOUT)]
 
 
 class _FakeResponse(io.BytesIO):
@@ -336,7 +336,7 @@ class _FakeResponse(io.BytesIO):
 
 def _fake_github(root: Path, seen: list):
     """urlopen serving the files of a directory laid out like the repository, at the pinned raw URLs only."""
-    prefix = hub.QALIGN_RAW_URL.format(repo=hub.QALIGN_REPO, commit=hub.QALIGN_COMMIT, path="")
+    prefix = download.QALIGN_RAW_URL.format(repo=download.QALIGN_REPO, commit=download.QALIGN_COMMIT, path="")
 
     def urlopen(url, timeout=None):
         seen.append(url)
@@ -355,37 +355,37 @@ def _no_network(*args, **kwargs):
 def test_download_question_pairs(tmp_path, monkeypatch, mode):
     """gsm8kinstruct_question: all nine languages (bn and th included) from QAlign's files, ids from GSM8K train."""
     tree, seen = qalign_tree(tmp_path / "QAlign"), []
-    monkeypatch.setattr(hub, "load_rows", lambda src, config, split: GSM8K_TRAIN)
-    monkeypatch.setattr(hub, "check_reachable", lambda hub_id: None)
+    monkeypatch.setattr(download, "load_rows", lambda src, config, split: GSM8K_TRAIN)
+    monkeypatch.setattr(download, "check_reachable", lambda hub_id: None)
     monkeypatch.setattr(urllib.request, "urlopen", _fake_github(tree, seen) if mode == "github" else _no_network)
     out = tmp_path / "data"
-    written = hub.download(out, datasets=["gsm8kinstruct_question"],
+    written = download.download(out, datasets=["gsm8kinstruct_question"],
                            qalign_repo=tree if mode == "qalign_repo" else None)
     assert written == {f"gsm8kinstruct_question/{lang}.jsonl": 4 if lang == "de" else 2 for lang in NON_EN}
     if mode == "github":
-        assert sorted(seen) == sorted(hub.qalign_url(hub.qalign_path(lang, side))
+        assert sorted(seen) == sorted(download.qalign_url(download.qalign_path(lang, side))
                                       for lang in NON_EN for side in (lang, "en"))
     th = [json.loads(line) for line in (out / "gsm8kinstruct_question/th.jsonl").read_text("utf-8").splitlines()]
     assert th == [{"id": 0, "question_en": "Natalia sold 48 clips in April.", "question": "th: Natalia"},
                   {"id": 2, "question_en": "Betty needs $1,000 for a wallet.", "question": "th: Betty"}]
     de = [json.loads(line)["id"] for line in (out / "gsm8kinstruct_question/de.jsonl").read_text("utf-8").splitlines()]
-    assert de == [1, hub.UNALIGNED_ID + 1, 0, hub.UNALIGNED_ID + 5]
+    assert de == [1, download.UNALIGNED_ID + 1, 0, download.UNALIGNED_ID + 5]
     assert not (out / "gsm8k").exists() and not list(out.rglob("*.tmp"))
 
 
 def test_download_question_pairs_failure_writes_nothing(tmp_path, monkeypatch):
     tree = qalign_tree(tmp_path / "QAlign", langs=[lang for lang in NON_EN if lang != "th"])
-    monkeypatch.setattr(hub, "load_rows", lambda src, config, split: GSM8K_TRAIN)
-    monkeypatch.setattr(hub, "check_reachable", lambda hub_id: None)
+    monkeypatch.setattr(download, "load_rows", lambda src, config, split: GSM8K_TRAIN)
+    monkeypatch.setattr(download, "check_reachable", lambda hub_id: None)
     monkeypatch.setattr(urllib.request, "urlopen", _fake_github(tree, []))
     with pytest.raises(DataError, match=r"cannot download https://raw.githubusercontent.com/NJUNLP/QAlign/"
                                         r"a65ee63836e41896466a1b81834d8db0deaf4324/.*th-en/train.th: HTTP 404"):
-        hub.download(tmp_path / "data", datasets=["gsm8kinstruct_question"])
+        download.download(tmp_path / "data", datasets=["gsm8kinstruct_question"])
     assert not (tmp_path / "data").exists()
     qalign_tree(tree, langs=["th"])
-    (tree / hub.qalign_path("de", "de")).write_text("only one line\n", encoding="utf-8")
+    (tree / download.qalign_path("de", "de")).write_text("only one line\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"de-en: train.de has 1 lines but train.en has 6"):
-        hub.download(tmp_path / "data", datasets=["gsm8kinstruct_question"], qalign_repo=tree)
+        download.download(tmp_path / "data", datasets=["gsm8kinstruct_question"], qalign_repo=tree)
 
 
 MIRROR = Path("/work/.mirror/NJUNLP+QAlign/repo")  # a bare snapshot of NJUNLP/QAlign @ a65ee63, where it exists
@@ -395,51 +395,51 @@ def test_real_reference_files_match_the_snapshot(real_data):
     """The reference's de-en files, read from a bare mirror with git at the pinned commit, normalize to the rows of
     shared/data/gsm8kinstruct_question/de.jsonl (same ids for the same pairs)."""
     if not (MIRROR / "objects").is_dir():
-        pytest.skip(f"no mirror of {hub.QALIGN_REPO} at {MIRROR}")
+        pytest.skip(f"no mirror of {download.QALIGN_REPO} at {MIRROR}")
     try:
-        x = hub.qalign_lines(hub.read_qalign_file(hub.qalign_path("de", "de"), MIRROR), "train.de")
-        en = hub.qalign_lines(hub.read_qalign_file(hub.qalign_path("de", "en"), MIRROR), "train.en")
+        x = download.qalign_lines(download.read_qalign_file(download.qalign_path("de", "de"), MIRROR), "train.de")
+        en = download.qalign_lines(download.read_qalign_file(download.qalign_path("de", "en"), MIRROR), "train.en")
     except DataError as e:
         pytest.skip(f"the mirror cannot be read: {e}")
     train = [json.loads(line) for line in (real_data / "gsm8k/train.jsonl").read_text("utf-8").splitlines()]
-    rows = hub.normalize_question_pairs(x, en, train, "de")
+    rows = download.normalize_question_pairs(x, en, train, "de")
     assert len(rows) == sum(1 for a, b in zip(x, en) if a.strip() and b.strip()) == 7464
     shared = [json.loads(line) for line in
               (real_data / "gsm8kinstruct_question/de.jsonl").read_text("utf-8").splitlines()]
     by_pair = {(r["question_en"], r["question"]): r["id"] for r in shared}
     both = [(r["id"], by_pair[key]) for r in rows if (key := (r["question_en"], r["question"])) in by_pair]
     assert len(both) == len(shared) and all(a == b for a, b in both)
-    assert all(r["id"] < hub.UNALIGNED_ID for r in rows)
+    assert all(r["id"] < download.UNALIGNED_ID for r in rows)
 
 
 def test_flores_orders_by_id_and_checks_alignment():
-    out = hub.normalize_flores({lang: flores_rows(lang, "dev") for lang in ("en", "zh")})
+    out = download.normalize_flores({lang: flores_rows(lang, "dev") for lang in ("en", "zh")})
     assert out == {"en": ["en dev sentence 0", "en dev sentence 1", "en dev sentence 2"],
                    "zh": ["zh dev sentence 0", "zh dev sentence 1", "zh dev sentence 2"]}
     with pytest.raises(DataError, match=r"flores de: field 'id' values differ"):
-        hub.normalize_flores({"en": flores_rows("en", "dev"), "de": flores_rows("de", "dev")[:2]})
+        download.normalize_flores({"en": flores_rows("en", "dev"), "de": flores_rows("de", "dev")[:2]})
     wrong = [dict(r, iso_639_3="zho") for r in flores_rows("zh", "dev")]
     with pytest.raises(DataError, match=r"'iso_639_3'/'iso_15924' say zho_Hans, expected cmn_Hans"):
-        hub.normalize_flores({"zh": wrong})
+        download.normalize_flores({"zh": wrong})
     broken = [dict(r, text="two\nlines") for r in flores_rows("en", "dev")]
     with pytest.raises(DataError, match=r"field 'text' contains a line break"):
-        hub.normalize_flores({"en": broken})
+        download.normalize_flores({"en": broken})
     with pytest.raises(DataError, match=r"field 'id' is missing"):
-        hub.normalize_flores({"en": [{"text": "x"}]})
+        download.normalize_flores({"en": [{"text": "x"}]})
 
 
 def test_metamathqa():
-    assert hub.normalize_metamathqa(metamathqa_rows()) == [
+    assert download.normalize_metamathqa(metamathqa_rows()) == [
         {"id": 0, "query": "What is 1+1?", "response": "1+1=2. The answer is: 2", "type": "GSM_Rephrased"}]
     with pytest.raises(DataError, match=r"field 'type' is missing"):
-        hub.normalize_metamathqa([{"query": "q", "response": "r"}])
+        download.normalize_metamathqa([{"query": "q", "response": "r"}])
 
 
 def test_sources_cover_the_language_registry():
-    assert list(hub.SOURCES["mgsm"].configs) == list(benchmarks.get("mgsm").langs)
-    assert list(hub.SOURCES["msvamp"].configs) == list(benchmarks.get("msvamp").langs) == list(LANGS)
-    assert set(hub.FLORES_CONFIGS) == set(LANGS)
-    assert set(hub.DATASETS) == set(hub.SOURCES) | {"gsm8kinstruct_question"}
+    assert list(download.SOURCES["mgsm"].configs) == list(benchmarks.get("mgsm").langs)
+    assert list(download.SOURCES["msvamp"].configs) == list(benchmarks.get("msvamp").langs) == list(LANGS)
+    assert set(download.FLORES_CONFIGS) == set(LANGS)
+    assert set(download.DATASETS) == set(download.SOURCES) | {"gsm8kinstruct_question"}
 
 
 # --- same fields as the real normalized files ---------------------------------------------------------------------
@@ -450,12 +450,12 @@ def _real_fields(root, rel: str) -> list[str]:
 
 
 def test_fields_match_real_files(real_data):
-    inst = hub.normalize_gsm8kinstruct(instruct_rows(), hub.normalize_gsm8k(GSM8K_TRAIN))
-    pairs = hub.normalize_question_pairs(QALIGN_DE, QALIGN_DE_EN, hub.normalize_gsm8k(GSM8K_TRAIN), "de")
-    produced = {"mgsm/en.jsonl": hub.normalize_mgsm(mgsm_rows()),
-                "msvamp/en.jsonl": hub.normalize_msvamp(msvamp_rows("en")),
-                "msvamp/de.jsonl": hub.normalize_msvamp(msvamp_rows("de")),
-                "gsm8k/train.jsonl": hub.normalize_gsm8k(GSM8K_TRAIN),
+    inst = download.normalize_gsm8kinstruct(instruct_rows(), download.normalize_gsm8k(GSM8K_TRAIN))
+    pairs = download.normalize_question_pairs(QALIGN_DE, QALIGN_DE_EN, download.normalize_gsm8k(GSM8K_TRAIN), "de")
+    produced = {"mgsm/en.jsonl": download.normalize_mgsm(mgsm_rows()),
+                "msvamp/en.jsonl": download.normalize_msvamp(msvamp_rows("en")),
+                "msvamp/de.jsonl": download.normalize_msvamp(msvamp_rows("de")),
+                "gsm8k/train.jsonl": download.normalize_gsm8k(GSM8K_TRAIN),
                 "gsm8kinstruct/en.jsonl": inst["en"],
                 "gsm8kinstruct_question/de.jsonl": pairs}
     for rel, rows in produced.items():
@@ -468,7 +468,7 @@ def test_download_offline_fails_fast_and_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.time()
     with pytest.raises(DataError) as e:
-        hub.download(tmp_path / "data", datasets=["mgsm"])
+        download.download(tmp_path / "data", datasets=["mgsm"])
     msg = str(e.value)
     assert time.time() - t0 < 30
     assert "juletxara/mgsm" in msg and "offline" in msg and "QALIGN_DATA_DIR" in msg and "internet" in msg
@@ -483,15 +483,15 @@ def test_download_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: connection refused
     t0 = time.time()
     with pytest.raises(DataError, match=r"cannot download openai/gsm8k .*unreachable.*QALIGN_DATA_DIR"):
-        hub.download(tmp_path, datasets=["gsm8k"])
+        download.download(tmp_path, datasets=["gsm8k"])
     assert time.time() - t0 < 15
 
 
 def test_download_unknown_dataset(tmp_path):
     with pytest.raises(DataError, match=r"unknown dataset\(s\) mmlu; known: mgsm, msvamp"):
-        hub.download(tmp_path, datasets=["mmlu"])
+        download.download(tmp_path, datasets=["mmlu"])
     with pytest.raises(DataError, match=r"known: .*gsm8kinstruct, gsm8kinstruct_question, flores"):
-        hub.download(tmp_path, datasets=["gsm8kinstruct_questions"])
+        download.download(tmp_path, datasets=["gsm8kinstruct_questions"])
 
 
 def test_download_writes_the_layout(tmp_path, monkeypatch):
@@ -500,7 +500,7 @@ def test_download_writes_the_layout(tmp_path, monkeypatch):
 
     def fake_load(src, config, split):
         calls.append((src.hub_id, config, split))
-        key = next(k for k, s in hub.SOURCES.items() if s is src)
+        key = next(k for k, s in download.SOURCES.items() if s is src)
         if key == "mgsm":
             return mgsm_rows()
         if key == "msvamp":
@@ -510,16 +510,16 @@ def test_download_writes_the_layout(tmp_path, monkeypatch):
         if key == "gsm8kinstruct":
             return instruct
         if key == "flores":
-            return flores_rows(next(lang for lang, c in hub.FLORES_CONFIGS.items() if c == config), split)
+            return flores_rows(next(lang for lang, c in download.FLORES_CONFIGS.items() if c == config), split)
         return metamathqa_rows()
 
     instruct = instruct_rows() + [instruct_row(lang, f"{lang} q", COTS[0])
                                   for lang in ("bn", "th", "sw", "ja", "zh", "ru")]
     instruct.append(instruct_row("sw", "Swali lisilo na jozi.", "<<7*7=49>>49\n#### 49"))  # aligns to nothing: kept
-    monkeypatch.setattr(hub, "load_rows", fake_load)
-    monkeypatch.setattr(hub, "check_reachable", lambda hub_id: None)
+    monkeypatch.setattr(download, "load_rows", fake_load)
+    monkeypatch.setattr(download, "check_reachable", lambda hub_id: None)
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
-    written = hub.download(tmp_path, datasets=["mgsm", "gsm8kinstruct", "flores", "metamathqa"])
+    written = download.download(tmp_path, datasets=["mgsm", "gsm8kinstruct", "flores", "metamathqa"])
     assert written["mgsm/te.jsonl"] == 3 and written["gsm8kinstruct/en.jsonl"] == 3
     assert sum(written[f"gsm8kinstruct/{lang}.jsonl"] for lang in LANGS) == len(instruct)  # every row kept
     assert written["gsm8kinstruct/sw.jsonl"] == 2

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from qalign_lib import config, layout
-from qalign_lib.errors import ConfigError, ResultsError, RunError
+from qalign_lib.core import files, layout
+from qalign_lib.core.errors import ConfigError, ResultsError, RunError
 
 
 @pytest.mark.parametrize("name", ["s1-x2en_question", "qalign-monoreason", "a", "run.v2", "A+B_c-1", "x" * 128,
@@ -15,7 +15,7 @@ from qalign_lib.errors import ConfigError, ResultsError, RunError
 def test_valid_run_names(name):
     assert layout.check_name(name) == name
     run = layout.run("tiny", name)
-    assert run.name == name and run.path == config.runs_dir() / "tiny" / name
+    assert run.name == name and run.path == layout.runs_dir() / "tiny" / name
 
 
 @pytest.mark.parametrize("name", ["../x", "..", ".", "a/../../x", "/abs/path", "/", "", ".hidden", "a/b", "a\\b",
@@ -42,7 +42,7 @@ def test_bad_sizes_are_config_errors(size):
 
 
 def test_every_path_is_inside_the_runs_directory():
-    root = config.runs_dir().resolve()
+    root = layout.runs_dir().resolve()
     run = layout.run("tiny", "s1")
     paths = [run.path, run.model, run.model_tmp, run.run_json, run.train_jsonl, run.train_log, run.loss_png,
              run.checkpoints, run.tensorboard, run.done_marker, run.launch_log(), run.launch_log(1), run.eval.path,
@@ -57,7 +57,7 @@ def test_every_path_is_inside_the_runs_directory():
         root / "tiny" / "models" / "Wenhao97_QAlign-MetaMathQA-7B" / "eval"
     assert layout.model_eval("tiny", "x/y").model == "x/y"
     assert layout.base_eval("tiny", "m").path == root / "tiny" / "base" / "eval"
-    assert layout.report_dir("tiny") == config.figures_dir() / "tiny"
+    assert layout.report_dir("tiny") == layout.figures_dir() / "tiny"
     with pytest.raises(ConfigError, match="model="):
         layout.model_eval("tiny", "///")
 
@@ -71,11 +71,11 @@ def test_move_aside_keeps_both(tmp_path):
     target = layout.run("tiny", "s1").path
     target.mkdir(parents=True)
     (target / "run.json").write_text('{"fingerprint": "old"}')
-    first = layout.move_aside(target, "inputs changed")
+    first = files.move_aside(target, "inputs changed")
     assert not target.exists() and json.loads((first / "run.json").read_text()) == {"fingerprint": "old"}
     target.mkdir()
     (target / "run.json").write_text('{"fingerprint": "new"}')
-    second = layout.move_aside(target, "inputs changed again")  # within the same second: a name of its own
+    second = files.move_aside(target, "inputs changed again")  # within the same second: a name of its own
     assert first != second and first.is_dir() and second.is_dir()
     assert json.loads((second / "run.json").read_text()) == {"fingerprint": "new"}
     assert {p.name for p in target.parent.iterdir()} == {first.name, second.name}
@@ -83,7 +83,7 @@ def test_move_aside_keeps_both(tmp_path):
     # a file (a benchmark's generations) is moved aside the same way
     f = tmp_path / "de.jsonl"
     f.write_text("x\n")
-    aside = layout.move_aside(f, "settings changed")
+    aside = files.move_aside(f, "settings changed")
     assert aside.read_text() == "x\n" and not f.exists()
 
 
@@ -137,8 +137,8 @@ def test_eval_root_reads_results_files():
 
 
 def test_paths_are_built_without_touching_the_disk():
-    before = set(os.listdir(config.runs_dir().parent)) if config.runs_dir().parent.exists() else set()
+    before = set(os.listdir(layout.runs_dir().parent)) if layout.runs_dir().parent.exists() else set()
     run = layout.run("tiny", "s1")
     _ = (run.model, run.eval.metrics, layout.model_eval("tiny", "a/b").path, layout.notebooks_dir("tiny"))
-    assert not config.runs_dir().exists()
-    assert (set(os.listdir(config.runs_dir().parent)) if config.runs_dir().parent.exists() else set()) == before
+    assert not layout.runs_dir().exists()
+    assert (set(os.listdir(layout.runs_dir().parent)) if layout.runs_dir().parent.exists() else set()) == before

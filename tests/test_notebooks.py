@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from qalign_lib import config, layout, runner
+from qalign_lib.core import config, layout
+from qalign_lib.study import runner
 from tests.conftest import ROOT
 from tests.helpers import tiny_llama
 
@@ -118,7 +119,8 @@ def test_stage_notebooks_through_papermill(tiny_params, tmp_path):
 
 @pytest.mark.slow
 def test_study_chain_and_report_through_papermill(tiny_params, tmp_path, capsys):
-    from qalign_lib import log, study as studies
+    from qalign_lib.core import log
+    from qalign_lib.study import studies
 
     log.setup("INFO")
     assert runner.run_study("tiny") == 0
@@ -162,4 +164,4 @@ def test_bad_override_stops_before_any_work(tmp_path, synthetic_data):
     with pytest.raises(pm.PapermillExecutionError) as e:
         run_nb("stage1", tmp_path, size="tiny", epochs=-1)
     assert e.value.ename == "ConfigError" and "epochs=-1" in e.value.evalue and "out of range" in e.value.evalue
-    assert not (config.runs_dir() / "tiny").exists()
+    assert not (layout.runs_dir() / "tiny").exists()

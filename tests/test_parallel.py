@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
-from qalign_lib import config, engines, evaluation, generation, layout, parallel
-from qalign_lib.errors import ConfigError, LaunchError, ModelError
+from qalign_lib.core import config, files, layout
+from qalign_lib.core.errors import ConfigError, LaunchError, ModelError
+from qalign_lib.evaluation import evaluator, sharding
+from qalign_lib.models import engines, generation
 from tests.helpers import tiny_llama
 
 
@@ -50,12 +52,12 @@ def test_engine_resolves_and_is_part_of_the_generation_settings(monkeypatch):
     assert engines.resolve("auto") == "vllm"                    # vLLM and a GPU: vllm
     monkeypatch.setattr(engines, "vllm_installed", lambda: False)
     assert engines.resolve("auto") == "hf"                      # a GPU without vLLM: hf
-    hf = evaluation.settings(cfg.replace(engine="hf"), "mgsm", "m")
+    hf = evaluator.settings(cfg.replace(engine="hf"), "mgsm", "m")
     assert hf["engine"] == "hf" and hf["engine_version"].startswith("transformers ")
-    assert evaluation.settings(cfg.replace(engine="vllm"), "mgsm", "m")["engine"] == "vllm"
-    assert evaluation.settings(cfg.replace(engine="vllm"), "mgsm", "m") != hf
+    assert evaluator.settings(cfg.replace(engine="vllm"), "mgsm", "m")["engine"] == "vllm"
+    assert evaluator.settings(cfg.replace(engine="vllm"), "mgsm", "m") != hf
     monkeypatch.setattr(engines, "version", lambda name: "transformers 0.0.1")  # an upgrade of the engine ...
-    assert evaluation.settings(cfg.replace(engine="hf"), "mgsm", "m") != hf       # ... is a settings change
+    assert evaluator.settings(cfg.replace(engine="hf"), "mgsm", "m") != hf       # ... is a settings change
     with pytest.raises(ConfigError, match="engine"):
         cfg.replace(engine="tgi")
 
@@ -64,17 +66,17 @@ def test_engine_vllm_without_vllm_stops_before_anything_is_touched(synthetic_dat
     monkeypatch.setattr(engines, "vllm_installed", lambda: False)
     cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, engine="vllm")
     with pytest.raises(ModelError, match=r"qalign\[vllm\]"):
-        evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
-    assert not evaluation.target(cfg, run="base").path.exists()
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    assert not evaluator.target(cfg, run="base").path.exists()
 
 
 def test_switching_engines_moves_old_generations_aside(synthetic_data, tiny_model, monkeypatch):
     cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens={"mgsm": 3}, engine="hf")
-    evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
-    root = evaluation.target(cfg, run="base")
+    evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    root = evaluator.target(cfg, run="base")
     monkeypatch.setattr(engines, "vllm_installed", lambda: True)  # pretend: vllm here, served by a fake engine
-    monkeypatch.setattr(evaluation, "_load", lambda *a: FakeEngine())
-    evaluation.evaluate(cfg.replace(engine="vllm"), run="base", benchmarks="mgsm", langs="en")
+    monkeypatch.setattr(evaluator, "_load", lambda *a: FakeEngine())
+    evaluator.evaluate(cfg.replace(engine="vllm"), run="base", benchmarks="mgsm", langs="en")
     aside = list(root.path.glob("mgsm.replaced-*"))
     assert len(aside) == 1 and json.loads((aside[0] / "settings.json").read_text())["engine"] == "hf"
     assert root.read_settings("mgsm")["engine"] == "vllm"
@@ -85,32 +87,32 @@ def test_switching_engines_moves_old_generations_aside(synthetic_data, tiny_mode
 
 
 def test_data_parallel_size_defaults_to_one_engine_per_gpu_group():
-    assert parallel.size(None, 1, n_gpus=0) == 1
-    assert parallel.size(None, 1, n_gpus=8) == 8
-    assert parallel.size(None, 2, n_gpus=8) == 4
-    assert parallel.size(None, 4, n_gpus=2) == 1
-    assert parallel.size(3, 1, n_gpus=0) == 3      # CPU processes, as the tests run them
-    assert parallel.size(2, 2, n_gpus=4) == 2
+    assert sharding.size(None, 1, n_gpus=0) == 1
+    assert sharding.size(None, 1, n_gpus=8) == 8
+    assert sharding.size(None, 2, n_gpus=8) == 4
+    assert sharding.size(None, 4, n_gpus=2) == 1
+    assert sharding.size(3, 1, n_gpus=0) == 3      # CPU processes, as the tests run them
+    assert sharding.size(2, 2, n_gpus=4) == 2
     with pytest.raises(ConfigError, match="needs 6 GPUs; 4 are visible"):
-        parallel.size(3, 2, n_gpus=4)
+        sharding.size(3, 2, n_gpus=4)
 
 
 def test_each_vllm_engine_gets_its_own_group_of_the_visible_gpus():
-    assert parallel.gpu_groups(4, 2, visible="0,1,2,3,4,5,6,7") == ["0,1", "2,3", "4,5", "6,7"]
-    assert parallel.gpu_groups(2, 1, visible="4,6,7") == ["4", "6"]  # the node's own CUDA_VISIBLE_DEVICES is kept
+    assert sharding.gpu_groups(4, 2, visible="0,1,2,3,4,5,6,7") == ["0,1", "2,3", "4,5", "6,7"]
+    assert sharding.gpu_groups(2, 1, visible="4,6,7") == ["4", "6"]  # the node's own CUDA_VISIBLE_DEVICES is kept
     with pytest.raises(ConfigError, match="need 4 GPUs; 3 are visible"):
-        parallel.gpu_groups(2, 2, visible="1,2,3")
+        sharding.gpu_groups(2, 2, visible="1,2,3")
 
 
 def test_shards_cover_every_question_once_with_the_same_mix_of_lengths():
     todo = items(23) + items(5, "de")
     for n in (1, 2, 3, 8, 40):
-        shards = parallel.shard(todo, n)
+        shards = sharding.shard(todo, n)
         assert len(shards) == n
         flat = [(it["lang"], it["id"]) for s in shards for it in s]
         assert sorted(flat) == sorted((it["lang"], it["id"]) for it in todo) and len(set(flat)) == len(flat)
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
-    a, b = parallel.shard(todo, 2)
+    a, b = sharding.shard(todo, 2)
     assert abs(sum(len(it["prompt"]) for it in a) - sum(len(it["prompt"]) for it in b)) <= 13  # one prompt at most
 
 
@@ -124,11 +126,11 @@ def test_fold_appends_shard_rows_once_repairs_torn_lines_and_removes_the_shards(
     s0.write_text("".join(json.dumps({"lang": "en", "id": i, "response": f"r{i}", "new_tokens": 1}) + "\n" for i in (0, 2)))
     s1.write_text(json.dumps({"lang": "en", "id": 1, "response": "r1", "new_tokens": 1}) + "\n" + '{"lang": "en", "id": 3, "resp')
     assert root.shard_files("mgsm", "en") == [s0, s1]
-    assert parallel.fold(root, "mgsm", ["en", "de"]) == 2
+    assert sharding.fold(root, "mgsm", ["en", "de"]) == 2
     got = rows(main)
     assert [(r["id"], r["response"]) for r in got] == [(0, "kept"), (2, "r2"), (1, "r1")]  # id 3 was torn: lost
     assert not root.shards_dir("mgsm").exists()
-    assert parallel.fold(root, "mgsm", ["en"]) == 0 and rows(main) == got  # nothing left: a no-op
+    assert sharding.fold(root, "mgsm", ["en"]) == 0 and rows(main) == got  # nothing left: a no-op
 
 
 def test_worker_generates_only_its_shard_into_its_own_files(tmp_path, monkeypatch):
@@ -136,7 +138,7 @@ def test_worker_generates_only_its_shard_into_its_own_files(tmp_path, monkeypatc
     todo = items(7) + items(4, "de")
     task = root.shard_task("mgsm")
     task.parent.mkdir(parents=True)
-    shards = parallel.shard(todo, 3)
+    shards = sharding.shard(todo, 3)
     task.write_text(json.dumps({"engine": "hf", "model": "m", "root": str(root.path), "benchmark": "mgsm",
                                 "dtype": "float32", "tensor_parallel_size": 1, "vllm_chunk": 8, "vllm_eager": None,
                                 "max_new_tokens": 4, "batch_size": 2, "token_budget": None, "shards": shards}))
@@ -144,23 +146,23 @@ def test_worker_generates_only_its_shard_into_its_own_files(tmp_path, monkeypatc
     monkeypatch.setattr(engines, "load", lambda *a, **k: fake)
     monkeypatch.setenv("QALIGN_SHARD", "1")
     monkeypatch.setenv("QALIGN_SHARDS", "3")
-    assert parallel.rank() == (1, 3)
-    assert parallel.worker(task) == len(shards[1])
+    assert sharding.rank() == (1, 3)
+    assert sharding.worker(task) == len(shards[1])
     assert sorted(fake.seen) == sorted(it["prompt"] for it in shards[1])
     written = {(r["lang"], r["id"]) for lang in ("en", "de") for p in root.shard_files("mgsm", lang) for r in rows(p)}
     assert written == {(it["lang"], it["id"]) for it in shards[1]}
     assert all(p.name.endswith(".shard1.jsonl") for lang in ("en", "de") for p in root.shard_files("mgsm", lang))
     monkeypatch.setenv("QALIGN_SHARDS", "2")
     with pytest.raises(ConfigError, match="3 shards"):
-        parallel.worker(task)
+        sharding.worker(task)
 
 
 def test_a_killed_data_parallel_run_resumes_from_its_shard_files(synthetic_data, tiny_model, monkeypatch):
     """What two engines finished before a kill (their shard files, one line torn) is folded in; only the rest is
     generated again, and the result equals an uninterrupted run."""
     cfg = config.resolve("tiny", model=tiny_model, eval_limit=4, max_new_tokens={"mgsm": 4}, engine="hf")
-    whole = evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
-    root = evaluation.target(cfg, run="base")
+    whole = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    root = evaluator.target(cfg, run="base")
     full = {r["id"]: r for r in rows(root.generations("mgsm", "en"))}
     root.generations("mgsm", "en").unlink()
     for k, ids in enumerate([(0, 1), (2,)]):
@@ -169,8 +171,8 @@ def test_a_killed_data_parallel_run_resumes_from_its_shard_files(synthetic_data,
         path.write_text("".join(json.dumps(full[i]) + "\n" for i in ids) + ('{"lang": "en", "id": 3' if k else ""))
     calls = []
     real = generation.generate_to_files
-    monkeypatch.setattr(evaluation, "generate_to_files", lambda e, todo, *a, **k: calls.append(todo) or real(e, todo, *a, **k))
-    again = evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, todo, *a, **k: calls.append(todo) or real(e, todo, *a, **k))
+    again = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     assert [[it["id"] for it in todo] for todo in calls] == [[3]]
     assert {r["id"]: r for r in rows(root.generations("mgsm", "en"))} == full
     assert again["mgsm"] == whole["mgsm"] and not root.shards_dir("mgsm").exists()
@@ -179,9 +181,9 @@ def test_a_killed_data_parallel_run_resumes_from_its_shard_files(synthetic_data,
 def test_a_failing_worker_names_its_error_and_keeps_what_the_others_finished(synthetic_data, tiny_model, monkeypatch):
     cfg = config.resolve("tiny", model=tiny_model, eval_limit=2, max_new_tokens={"mgsm": 3}, engine="hf",
                          data_parallel_size=2)
-    monkeypatch.setattr(parallel, "_accelerate", lambda n, task: [sys.executable, "-c", "raise ValueError('worker broke')"])
+    monkeypatch.setattr(sharding, "_accelerate", lambda n, task: [sys.executable, "-c", "raise ValueError('worker broke')"])
     with pytest.raises(LaunchError, match="ValueError: worker broke"):
-        evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,11 +193,11 @@ def test_a_failing_worker_names_its_error_and_keeps_what_the_others_finished(syn
 @pytest.mark.slow
 def test_two_hf_processes_under_accelerate_give_what_one_process_gives(synthetic_data, tiny_model):
     base = config.resolve("tiny", model=tiny_model, eval_limit=5, max_new_tokens={"mgsm": 6}, engine="hf")
-    one = evaluation.evaluate(base, model=tiny_model, benchmarks="mgsm", langs="de,en")
-    root = evaluation.target(base, model=tiny_model)
+    one = evaluator.evaluate(base, model=tiny_model, benchmarks="mgsm", langs="de,en")
+    root = evaluator.target(base, model=tiny_model)
     single = {lang: {r["id"]: r["response"] for r in rows(root.generations("mgsm", lang))} for lang in ("de", "en")}
-    layout.move_aside(root.path, "test")
-    two = evaluation.evaluate(base.replace(data_parallel_size=2), model=tiny_model, benchmarks="mgsm", langs="de,en")
+    files.move_aside(root.path, "test")
+    two = evaluator.evaluate(base.replace(data_parallel_size=2), model=tiny_model, benchmarks="mgsm", langs="de,en")
     sharded = {lang: {r["id"]: r["response"] for r in rows(root.generations("mgsm", lang))} for lang in ("de", "en")}
     assert sharded == single and two["mgsm"] == one["mgsm"]
     log = root.shard_log("mgsm").read_text()  # the workers' output is kept beside the generations

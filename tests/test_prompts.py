@@ -1,7 +1,7 @@
 """Exact prompt strings: the suite fails if the template or any instruction format changes by one byte."""
 import pytest
 
-from qalign_lib import data, prompts
+from qalign_lib.data import prompts, training_data
 
 HEADER = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
           "request.\n\n### Instruction:\n")
@@ -50,24 +50,24 @@ def test_every_task_prompt_exact(fixture_data):
         "flores_x2en": (HEADER + t + "German to English. Guten Tag.\n\n### Response:", "Good day.", "de-0"),
     }
     for task, (prompt, completion, ident) in expected.items():
-        rows = data.build(task, "de")
+        rows = training_data.build(task, "de")
         assert rows[0] == {"prompt": prompt, "completion": completion, "lang": "de", "id": ident}, task
     # responses are aligned by id, not by line: de.jsonl lists id 6 first, en.jsonl id 5 first
-    assert [r["id"] for r in data.build("x2en_response", "de")] == ["de-6", "de-5"]
-    assert data.build("x2en_response", "de")[1]["completion"] == "Two.\n#### 2"
+    assert [r["id"] for r in training_data.build("x2en_response", "de")] == ["de-6", "de-5"]
+    assert training_data.build("x2en_response", "de")[1]["completion"] == "Two.\n#### 2"
 
 
 def test_stage2_prompts_exact(fixture_data):
-    assert data.build("gsm8k") == [{"prompt": HEADER + "Natalia?\n\n### Response:", "completion": "48/2 = <<48/2=24>>24\n#### 72",
+    assert training_data.build("gsm8k") == [{"prompt": HEADER + "Natalia?\n\n### Response:", "completion": "48/2 = <<48/2=24>>24\n#### 72",
                                     "lang": "en", "id": "gsm8k-0"}]
-    assert data.build("metamathqa") == [{"prompt": HEADER + "What is 1+1?\n\n### Response:",
+    assert training_data.build("metamathqa") == [{"prompt": HEADER + "What is 1+1?\n\n### Response:",
                                          "completion": "1+1=2. The answer is: 2", "lang": "en", "id": "metamathqa-0"}]
-    rows = data.build("gsm8kinstruct", "de,en")
+    rows = training_data.build("gsm8kinstruct", "de,en")
     assert rows[0]["prompt"] == HEADER + "F6\n\n### Response:" and rows[0]["id"] == "gsm8kinstruct-de-6"
 
 
 def test_mixture_is_shuffled_with_seed(fixture_data):
-    a = data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=1)
-    b = data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=1)
-    c = data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=2)
+    a = training_data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=1)
+    b = training_data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=1)
+    c = training_data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=2)
     assert a == b and sorted(r["id"] for r in a) == sorted(r["id"] for r in c) and len(a) == 5

@@ -28,11 +28,20 @@ import papermill as pm
 import pytest
 import yaml
 
-from qalign_lib import config, engines, evaluation, figures, generation, layout, runner, stages, training
-from qalign_lib import io as qio
-from qalign_lib import study as studies
-from qalign_lib.cli import main
-from qalign_lib.errors import ConfigError, QAlignError, ResultsError, RunError, StudyError
+from qalign_lib.core import config, layout, locks
+from qalign_lib.core import files
+from qalign_lib.core.errors import (
+    ConfigError,
+    QAlignError,
+    ResultsError,
+    RunError,
+    StudyError,
+)
+from qalign_lib.evaluation import evaluator
+from qalign_lib.models import engines, generation
+from qalign_lib.study import runner, studies
+from qalign_lib.tools.cli import main
+from qalign_lib.train import stages, training
 from tests.conftest import ROOT
 from tests.helpers import tiny_llama
 from tests.synthetic import make_data_dir
@@ -197,8 +206,8 @@ def device_node(tmp_path) -> Path:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from qalign_lib import layout
-with layout.lock(Path(sys.argv[1]), "a test holder"):
+from qalign_lib.core import locks
+with locks.lock(Path(sys.argv[1]), "a test holder"):
     print("locked", flush=True)
     time.sleep(600)
 """
@@ -229,7 +238,7 @@ def eval_cfg(tiny_model, **kw):
 
 def no_model(monkeypatch):
     """Loading a model is an error: the checks under test come before any model is loaded."""
-    monkeypatch.setattr(evaluation, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    monkeypatch.setattr(evaluator, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
 
 
 def nothing_under(path: Path) -> bool:
@@ -249,7 +258,7 @@ def test_run_name_with_traversal_is_refused_and_the_victim_untouched(synthetic_d
         stages.stage1(cfg, "x2en_question", "de", name="../../victim")
     assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == ["model", "model/weights.bin"]
     assert (victim / "model" / "weights.bin").read_bytes() == b"precious"
-    assert nothing_under(config.runs_dir())
+    assert nothing_under(layout.runs_dir())
 
 
 def test_absolute_run_name_is_refused(synthetic_data, tiny_model, tmp_path):
@@ -257,21 +266,21 @@ def test_absolute_run_name_is_refused(synthetic_data, tiny_model, tmp_path):
     cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, report_to="none")
     with pytest.raises(ConfigError, match="elsewhere"):
         stages.stage1(cfg, "x2en_question", "de", name=str(target))
-    assert not target.exists() and nothing_under(config.runs_dir())
+    assert not target.exists() and nothing_under(layout.runs_dir())
 
 
 def test_base_is_a_reserved_run_name(synthetic_data, tiny_model):
     cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, report_to="none")
     with pytest.raises(ConfigError, match="reserved"):
         stages.stage1(cfg, "x2en_question", "de", name="base")
-    assert nothing_under(config.runs_dir())
+    assert nothing_under(layout.runs_dir())
 
 
 def test_evaluate_run_with_traversal_is_refused(synthetic_data, tiny_model, tmp_path, monkeypatch):
     no_model(monkeypatch)
     with pytest.raises(ConfigError, match="victim"):
-        evaluation.evaluate(eval_cfg(tiny_model), run="../../victim", benchmarks="mgsm", langs="en")
-    assert not (tmp_path / "victim").exists() and nothing_under(config.runs_dir())
+        evaluator.evaluate(eval_cfg(tiny_model), run="../../victim", benchmarks="mgsm", langs="en")
+    assert not (tmp_path / "victim").exists() and nothing_under(layout.runs_dir())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,7 +291,7 @@ def test_atomic_write_refuses_a_directory(tmp_path):
     target = tmp_path / "adir"
     (target / "inside").mkdir(parents=True)
     with pytest.raises(QAlignError) as e:
-        with qio.atomic_write(target) as f:
+        with files.atomic_write(target) as f:
             f.write("x")
     assert type(e.value).__name__ == "OutputError" and str(target) in str(e.value)
     assert (target / "inside").is_dir()
@@ -294,7 +303,7 @@ def test_atomic_write_refuses_a_fifo_without_blocking(tmp_path):
     os.mkfifo(fifo)
 
     def write():
-        with qio.atomic_write(fifo) as f:
+        with files.atomic_write(fifo) as f:
             f.write("x\n")
 
     with pytest.raises(QAlignError) as e:
@@ -306,7 +315,7 @@ def test_atomic_write_refuses_a_fifo_without_blocking(tmp_path):
 def test_atomic_write_refuses_a_device_node(tmp_path):
     node = device_node(tmp_path)
     with pytest.raises(QAlignError) as e:
-        with qio.atomic_write(node) as f:
+        with files.atomic_write(node) as f:
             f.write("x\n")
     assert type(e.value).__name__ == "OutputError" and str(node) in str(e.value)
     assert stat.S_ISCHR(os.lstat(node).st_mode)
@@ -318,7 +327,7 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
     real.write_text("old\n")
     link = tmp_path / "link.json"
     link.symlink_to(real)
-    with qio.atomic_write(link) as f:
+    with files.atomic_write(link) as f:
         f.write("new\n")
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert real.read_text() == "new\n"
@@ -326,7 +335,7 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
 
 def test_atomic_write_empty_path_is_an_output_error(tmp_path):
     with pytest.raises(QAlignError) as e:
-        with qio.atomic_write("") as f:
+        with files.atomic_write("") as f:
             f.write("x")
     assert type(e.value).__name__ == "OutputError"
     assert sorted(tmp_path.iterdir()) == []  # nothing written into the working directory
@@ -335,9 +344,9 @@ def test_atomic_write_empty_path_is_an_output_error(tmp_path):
 def test_atomic_write_new_file_follows_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        qio.write_json(tmp_path / "a.json", {"a": 1})
+        files.write_json(tmp_path / "a.json", {"a": 1})
         os.umask(0o027)
-        qio.write_jsonl(tmp_path / "b.jsonl", [{"a": 1}])
+        files.write_jsonl(tmp_path / "b.jsonl", [{"a": 1}])
     finally:
         os.umask(old)
     assert mode(tmp_path / "a.json") == 0o644 and mode(tmp_path / "b.jsonl") == 0o640
@@ -348,7 +357,7 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path, umask022)
     for m in (0o664, 0o600):
         path.write_text("{}\n")
         path.chmod(m)
-        qio.write_json(path, {"m": m})
+        files.write_json(path, {"m": m})
         assert mode(path) == m and json.loads(path.read_text()) == {"m": m}
 
 
@@ -358,8 +367,8 @@ def test_run_files_are_readable_by_the_group_as_the_umask_says(synthetic_data, t
     run = layout.RunDir(out)
     assert mode(run.run_json) == 0o644 and mode(run.train_jsonl) == 0o644
     root = layout.base_eval("tiny", tiny_model)
-    qio.write_json(root.metrics, {})
-    qio.write_json(root.settings("mgsm"), {})
+    files.write_json(root.metrics, {})
+    files.write_json(root.settings("mgsm"), {})
     assert mode(root.metrics) == 0o644 and mode(root.settings("mgsm")) == 0o644
 
 
@@ -377,19 +386,19 @@ def test_repaired_generations_file_keeps_its_mode(tmp_path):
 
 
 def test_figures_save_follows_the_same_rules(tmp_path, umask022):
-    new = figures.save(figures.loss_curve([]), tmp_path / "new.png")
+    new = files.save_figure(training.loss_curve([]), tmp_path / "new.png")
     assert mode(new) == 0o644
     real = tmp_path / "real.png"
     real.write_bytes(b"old")
     real.chmod(0o664)
     link = tmp_path / "link.png"
     link.symlink_to(real)
-    figures.save(figures.loss_curve([]), link)
+    files.save_figure(training.loss_curve([]), link)
     assert link.is_symlink() and real.read_bytes().startswith(b"\x89PNG") and mode(real) == 0o664
     folder = tmp_path / "folder.png"
     folder.mkdir()
     with pytest.raises(QAlignError) as e:
-        figures.save(figures.loss_curve([]), folder)
+        files.save_figure(training.loss_curve([]), folder)
     assert type(e.value).__name__ == "OutputError" and str(folder) in str(e.value) and folder.is_dir()
 
 
@@ -452,12 +461,12 @@ def test_lock_is_exclusive_names_the_holder_pid_and_is_released_by_kill_9(tmp_pa
     path = tmp_path / "shared" / ".lock"
     with held_lock(path) as holder:
         with pytest.raises(RunError) as e:
-            with layout.lock(path, "a second writer"):
+            with locks.lock(path, "a second writer"):
                 pytest.fail("took a lock that another process holds")
         assert str(holder.pid) in str(e.value)
         holder.kill()  # SIGKILL: no cleanup runs in the holder
         holder.wait()
-    with layout.lock(path, "after the holder died"):
+    with locks.lock(path, "after the holder died"):
         pass
 
 
@@ -477,10 +486,10 @@ def test_training_holds_the_run_lock(synthetic_data, tiny_model):
 def test_evaluation_holds_the_eval_root_lock(synthetic_data, tiny_model, monkeypatch):
     no_model(monkeypatch)
     cfg = eval_cfg(tiny_model)
-    root = evaluation.target(cfg, run="base")
+    root = evaluator.target(cfg, run="base")
     with held_lock(root.lock_file) as holder:
         with pytest.raises(RunError) as e:
-            evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+            evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
         assert str(holder.pid) in str(e.value)
     assert not root.generations("mgsm", "en").exists() and not root.metrics.exists()
 
@@ -511,8 +520,8 @@ def test_generation_appends_skip_ids_already_present(tmp_path, monkeypatch):
 
 def test_duplicate_identical_generations_are_read_once_with_a_warning(synthetic_data, tiny_model):
     cfg = eval_cfg(tiny_model)
-    first = evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
-    root = evaluation.target(cfg, run="base")
+    first = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    root = evaluator.target(cfg, run="base")
     path = root.generations("mgsm", "en")
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines) + lines[0])  # what two concurrent evaluations used to leave
@@ -521,8 +530,8 @@ def test_duplicate_identical_generations_are_read_once_with_a_warning(synthetic_
     handler.emit = records.append
     logging.getLogger("qalign").addHandler(handler)
     try:
-        rows = evaluation.generations(root, "mgsm", "en")
-        again = evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+        rows = evaluator.generations(root, "mgsm", "en")
+        again = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     finally:
         logging.getLogger("qalign").removeHandler(handler)
     assert sorted(r["id"] for r in rows) == [0, 1]
@@ -532,14 +541,14 @@ def test_duplicate_identical_generations_are_read_once_with_a_warning(synthetic_
 
 def test_duplicate_different_generations_name_the_file_and_line(synthetic_data, tiny_model):
     cfg = eval_cfg(tiny_model)
-    evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
-    root = evaluation.target(cfg, run="base")
+    evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    root = evaluator.target(cfg, run="base")
     path = root.generations("mgsm", "en")
     lines = path.read_text().splitlines(keepends=True)
     row = json.loads(lines[0])
     path.write_text("".join(lines) + json.dumps({**row, "response": row["response"] + " and something else"}) + "\n")
     with pytest.raises(ResultsError) as e:
-        evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     message = str(e.value)
     rest = message.replace(str(path), "FILE")  # the file, and its line 3 (as FILE:3, "line 3" or "rows 1 and 3")
     assert "FILE" in rest and ("FILE:3" in rest or re.search(r"\b(line|row)s?\b[^;]*\b3\b", rest)), message
@@ -570,8 +579,8 @@ def test_evaluate_empty_model_is_a_config_error(synthetic_data, tiny_model, monk
     no_model(monkeypatch)
     cfg = eval_cfg(tiny_model)
     with pytest.raises(ConfigError, match="model"):
-        evaluation.evaluate(cfg, model="", benchmarks="mgsm", langs="en")
-    assert nothing_under(config.runs_dir())  # not the base model's eval root
+        evaluator.evaluate(cfg, model="", benchmarks="mgsm", langs="en")
+    assert nothing_under(layout.runs_dir())  # not the base model's eval root
 
 
 def test_cli_data_build_monolingual_task_checks_langs(synthetic_data, tmp_path, capsys):
@@ -598,7 +607,7 @@ def test_every_notebook_checks_its_parameters_first():
 @pytest.mark.timeout(300)
 def test_cli_runs_folder_read_only_is_one_line(tiny_params, capsys, monkeypatch):
     monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: pytest.fail("a notebook ran although runs/ is read-only"))
-    runs = config.runs_dir()
+    runs = layout.runs_dir()
     deny(monkeypatch, runs, errno.EROFS, "write")
     rc, err = cli(["study", "--study", "tiny", "--no-report"], capsys)
     assert rc == 1 and str(runs) in one_line_error(err)
@@ -694,11 +703,11 @@ def test_corrupt_metrics_json_names_the_file(tmp_path):
 def test_empty_settings_json_names_the_file(synthetic_data, tiny_model, monkeypatch):
     no_model(monkeypatch)
     cfg = eval_cfg(tiny_model)
-    root = evaluation.target(cfg, run="base")
+    root = evaluator.target(cfg, run="base")
     root.settings("mgsm").parent.mkdir(parents=True)
     root.settings("mgsm").write_text("")
     with pytest.raises(ResultsError) as e:
-        evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     assert str(root.settings("mgsm")) in str(e.value)
 
 
@@ -804,9 +813,9 @@ def _gen_rows(path: Path) -> dict:
 def _resume_generates_only_what_is_missing(cfg, before: dict, path: Path, monkeypatch) -> None:
     calls = []
     real = generation.generate_to_files
-    monkeypatch.setattr(evaluation, "generate_to_files",
+    monkeypatch.setattr(evaluator, "generate_to_files",
                         lambda e, items, *a, **k: calls.append([it["id"] for it in items]) or real(e, items, *a, **k))
-    metrics = evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    metrics = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     assert metrics["mgsm"]["reference"]["n"] == {"en": 3}
     assert sorted(i for c in calls for i in c) == sorted(set(range(3)) - set(before))
     after = _gen_rows(path)
@@ -815,7 +824,7 @@ def _resume_generates_only_what_is_missing(cfg, before: dict, path: Path, monkey
 
 def test_full_disk_during_evaluation_resumes_with_nothing_lost(synthetic_data, tiny_model, monkeypatch):
     cfg = eval_cfg(tiny_model, eval_limit=3, eval_batch_size=1)
-    path = evaluation.target(cfg, run="base").generations("mgsm", "en")
+    path = evaluator.target(cfg, run="base").generations("mgsm", "en")
     real_fsync, state = os.fsync, {"n": 0, "full": True}
 
     def fsync(fd):  # the second append to the generations file finds the disk full
@@ -831,7 +840,7 @@ def test_full_disk_during_evaluation_resumes_with_nothing_lost(synthetic_data, t
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises((OSError, QAlignError)):
-        evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     before = _gen_rows(path)
     assert 1 <= len(before) < 3
     state["full"] = False
@@ -840,7 +849,7 @@ def test_full_disk_during_evaluation_resumes_with_nothing_lost(synthetic_data, t
 
 def test_sigint_during_evaluation_resumes_with_nothing_lost(synthetic_data, tiny_model, monkeypatch):
     cfg = eval_cfg(tiny_model, eval_limit=3, eval_batch_size=1)
-    path = evaluation.target(cfg, run="base").generations("mgsm", "en")
+    path = evaluator.target(cfg, run="base").generations("mgsm", "en")
     real = generation.generate
 
     def interrupted(*a, **k):  # Ctrl-C while the second batch is generated
@@ -851,7 +860,7 @@ def test_sigint_during_evaluation_resumes_with_nothing_lost(synthetic_data, tiny
 
     monkeypatch.setattr(generation, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     before = _gen_rows(path)
     assert len(before) == 1
     monkeypatch.setattr(generation, "generate", real)
@@ -894,7 +903,7 @@ def test_stage1_notebook_refuses_bad_parameters_before_any_work(tiny_params, tmp
         run_nb("stage1", tmp_path, size="tiny", **parameters)
     assert e.value.ename == "ConfigError", (e.value.ename, e.value.evalue)
     assert all(x in e.value.evalue for x in expected), e.value.evalue
-    assert nothing_under(config.runs_dir()) and not (tmp_path / "elsewhere").exists()
+    assert nothing_under(layout.runs_dir()) and not (tmp_path / "elsewhere").exists()
     assert sorted(p.name for p in victim.rglob("*")) == ["model", "model.safetensors"]
     assert (victim / "model" / "model.safetensors").read_bytes() == b"precious"
 
@@ -920,4 +929,4 @@ def test_evaluate_notebook_refuses_bad_parameters_before_any_work(tiny_params, t
         run_nb("evaluate", tmp_path, size="tiny", **parameters)
     assert e.value.ename == "ConfigError", (e.value.ename, e.value.evalue)
     assert all(re.search(x, e.value.evalue) for x in expected), e.value.evalue
-    assert nothing_under(config.runs_dir()) and not (victim / "eval").exists()
+    assert nothing_under(layout.runs_dir()) and not (victim / "eval").exists()

@@ -7,9 +7,12 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from qalign_lib import benchmarks, data, errors, layout, report, results, study as studies, tables
-from qalign_lib.config import PROJECT_ROOT as ROOT
-from qalign_lib.io import write_json
+from qalign_lib.core import benchmarks, errors, layout
+from qalign_lib.core.config import PROJECT_ROOT as ROOT
+from qalign_lib.core.files import write_json
+from qalign_lib.data import corpora
+from qalign_lib.report import document, results, tables
+from qalign_lib.study import studies
 
 # ----------------------------------------------------------------------------------------------------------------
 # Table builders on hand-made results (numbers computed by hand)
@@ -127,7 +130,7 @@ def _fake_system(cfg, ref: str, accuracy: dict) -> layout.EvalRoot:
         root = run.eval
     for benchmark, per_lang in accuracy.items():
         for lang, k in per_lang.items():
-            gold = data.load_benchmark(benchmark, lang, limit=cfg.eval_limit)
+            gold = corpora.load_benchmark(benchmark, lang, limit=cfg.eval_limit)
             rows = [{"lang": lang, "id": q["id"], "response": f"The answer is {q['answer'] if i < k else 'unknown'}."}
                     for i, q in enumerate(gold)]
             path = root.generations(benchmark, lang)
@@ -153,9 +156,9 @@ def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthe
     with pytest.raises(errors.ResultsError, match="not valid JSON"):
         results.collect(s)
     # and so is a bug
-    from qalign_lib import evaluation
+    from qalign_lib.evaluation import evaluator
 
-    monkeypatch.setattr(evaluation, "load_generations", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(evaluator, "load_generations", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         results.collect(s)
 
@@ -167,7 +170,7 @@ def test_published_checkpoint_row_joins_the_report(synthetic_data):
                         {b: {lang: s.cfg.eval_limit for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs}
                          for b in s.benchmarks})
     assert root == layout.model_eval(s.size, model)
-    written = report.write_report(s, extra_models=[model], n_boot=500)
+    written = document.write_report(s, extra_models=[model], n_boot=500)
     out = layout.report_dir(s.size)
     name = f"{benchmarks.get('mgsm').table.lower().replace(' ', '')}_mgsm"
     table = pd.read_csv(out / f"{name}.csv", index_col=0)

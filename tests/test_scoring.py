@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from qalign_lib import scoring
-from qalign_lib.errors import ConfigError, DataError, ResultsError
-from qalign_lib.scoring import extract_reference as ref, extract_strict as strict
+from qalign_lib.core.errors import ConfigError, DataError, ResultsError
+from qalign_lib.evaluation import scoring
+from qalign_lib.evaluation.scoring import extract_reference as ref
+from qalign_lib.evaluation.scoring import extract_strict as strict
 
 
 @pytest.mark.parametrize("text, expected", [

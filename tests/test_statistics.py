@@ -5,8 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qalign_lib.statistics import (accuracy_ci, agreement_rate, average_ci, consistency_table, holm,
-                                   jaccard_consistency, mcnemar, paired_bootstrap)
+from qalign_lib.analysis.inference import (
+    accuracy_ci,
+    agreement_rate,
+    average_ci,
+    consistency_table,
+    holm,
+    jaccard_consistency,
+    mcnemar,
+    paired_bootstrap,
+)
 
 
 def bools(seq, start=0):

@@ -3,8 +3,9 @@ import shutil
 
 import pytest
 
-from qalign_lib import runner, stages, study as studies
-from qalign_lib.config import ConfigError
+from qalign_lib.core.config import ConfigError
+from qalign_lib.study import runner, studies
+from qalign_lib.train import stages
 from tests.conftest import ROOT
 from tests.helpers import tiny_llama
 from tests.synthetic import make_data_dir

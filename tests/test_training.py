@@ -7,8 +7,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from qalign_lib import config, layout, modeling, stages, training
-from qalign_lib.errors import ConfigError, DataError, ModelError, RunError
+from qalign_lib.core import config, layout
+from qalign_lib.core.errors import ConfigError, DataError, ModelError, RunError
+from qalign_lib.models import modeling
+from qalign_lib.train import stages, training
 from tests.helpers import tiny_llama
 
 

@@ -1,16 +1,20 @@
 """The tested sets (constraints/cpu.txt, constraints/gpu.txt) against pyproject.toml, environment.yml and the
 Makefile; the versions every run and evaluation records; the report's software table."""
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
-from qalign_lib import config, evaluation, layout, report, study as studies, training, versions
-from qalign_lib.errors import ConfigError
-from qalign_lib.io import write_json
+from qalign_lib.core import config, layout, versions
+from qalign_lib.core.errors import ConfigError
+from qalign_lib.core.files import write_json
+from qalign_lib.evaluation import evaluator
+from qalign_lib.report import document
+from qalign_lib.study import studies
+from qalign_lib.train import training
 from tests.helpers import tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +138,7 @@ def test_run_json_and_metrics_record_the_versions(synthetic_data, tiny_model):
     run = training.prepare(cfg, "recorded", ["x2en_question"], "de", "base", 1)
     meta = layout.RunDir(run).meta()
     assert meta["versions"]["transformers"] == versions.installed("transformers") and "torch" in meta["versions"]
-    metrics = evaluation.evaluate(cfg, model=tiny_model, benchmarks="mgsm", langs="en")
+    metrics = evaluator.evaluate(cfg, model=tiny_model, benchmarks="mgsm", langs="en")
     saved = layout.model_eval("tiny", tiny_model).read_metrics()
     assert saved["versions"] == metrics["versions"] and saved["versions"]["trl"] == versions.installed("trl")
 
@@ -148,16 +152,16 @@ def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
     done.done_marker.write_text("x\n")
     write_json(done.eval.metrics, {"versions": {"torch": "2.13.0", "transformers": "5.19.0", "cuda": "13.0"}})
     write_json(layout.base_eval(s.size, s.cfg.model).metrics, {})  # from before versions were recorded: left out
-    recorded = report.recorded_versions(s)
+    recorded = document.recorded_versions(s)
     assert set(recorded) == {"training monoreason", "evaluation MonoReason"}
-    table = report.versions_table(recorded)
+    table = document.versions_table(recorded)
     assert "| torch | 2.13.0 |" in table
     assert "| transformers | 5.23.0 (training monoreason); 5.19.0 (evaluation MonoReason) |" in table
     assert "| cuda | — (training monoreason); 13.0 (evaluation MonoReason) |" in table
-    report.write_report(s, n_boot=100)
+    document.write_report(s, n_boot=100)
     index = (layout.report_dir(s.size) / "README.md").read_text()
     assert "## Software" in index and table in index
-    assert "_no versions recorded" in report.versions_table({})
+    assert "_no versions recorded" in document.versions_table({})
 
 
 def test_the_vllm_tier_runs_in_the_one_venv():

@@ -11,7 +11,10 @@ import pytest
 pytest.importorskip("vllm")
 pm = pytest.importorskip("papermill")
 
-from qalign_lib import config, data, engines, evaluation, layout, scoring  # noqa: E402
+from qalign_lib.core import config, layout
+from qalign_lib.data import corpora
+from qalign_lib.evaluation import evaluator, scoring
+from qalign_lib.models import engines
 
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,13 +32,13 @@ def evaluate_nb(tmp_path: Path, engine: str) -> Path:
 
 def responses(root: layout.EvalRoot) -> dict:
     return {(b, r["lang"], r["id"]): r["response"] for b in ("mgsm", "msvamp")
-            for lang in evaluation.requested(config.resolve("tiny"), b)
-            for r in evaluation.generations(root, b, lang)}
+            for lang in evaluator.requested(config.resolve("tiny"), b)
+            for r in evaluator.generations(root, b, lang)}
 
 
 def test_vllm_engine_matches_hf_and_scores_identically(real_data, tmp_path, monkeypatch):
     cfg = config.resolve("tiny")
-    root = evaluation.target(cfg, run="base")
+    root = evaluator.target(cfg, run="base")
     results = {}
     for engine in ("vllm", "hf"):
         evaluate_nb(tmp_path, engine)
@@ -54,11 +57,11 @@ def test_vllm_engine_matches_hf_and_scores_identically(real_data, tmp_path, monk
 
     # scores from the same files are identical whichever engine wrote them: rescore vLLM's files here
     for b in ("mgsm", "msvamp"):
-        langs = evaluation.requested(cfg, b)
-        gold = {lang: data.gold_answers(b, lang) for lang in langs}
+        langs = evaluator.requested(cfg, b)
+        gold = {lang: corpora.gold_answers(b, lang) for lang in langs}
         scored = {}
         for name, r in (("vllm", vroot), ("hf", hroot)):
-            rows = [row for lang in langs for row in evaluation.generations(r, b, lang)]
+            rows = [row for lang in langs for row in evaluator.generations(r, b, lang)]
             scored[name] = {s: scoring.score_rows(rows, gold, b, s) for s in scoring.SCORERS}
         for s in scoring.SCORERS:
             assert scoring.public(scored["vllm"][s]) == vm[b][s] and scoring.public(scored["hf"][s]) == hm[b][s], (b, s)

@@ -105,8 +105,8 @@ def _now() -> str:
 
 def pinned(names=WHEEL_NAMES, constraints: Path | None = None) -> dict[str, str]:
     """{name: version} of the carried wheels, from the GPU set; a name the set does not pin is an error."""
-    from qalign_lib import versions
-    from qalign_lib.errors import ConfigError
+    from qalign_lib.core import versions
+    from qalign_lib.core.errors import ConfigError
 
     pins = versions.read_constraints(constraints or versions.constraints_file("gpu"))
     missing = [n for n in names if versions.normalize(n) not in pins]
@@ -129,7 +129,7 @@ def download_command(specs: list[str], dest: Path) -> list[str]:
 
 def wheel_version(path: Path) -> tuple[str, str]:
     """(normalized name, version) of a wheel file name."""
-    from qalign_lib import versions
+    from qalign_lib.core import versions
 
     name, version = path.name.split("-")[:2]
     return versions.normalize(name), version
@@ -137,7 +137,7 @@ def wheel_version(path: Path) -> tuple[str, str]:
 
 def download_wheels(dest: Path, extra: list[str] = ()) -> list[Path]:
     """The pinned wheels in ``dest`` (any other wheel there removed: two versions of one package stop the install)."""
-    from qalign_lib.errors import QAlignError
+    from qalign_lib.core.errors import QAlignError
 
     specs = wheel_specs() + list(extra)
     dest.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def download_wheels(dest: Path, extra: list[str] = ()) -> list[Path]:
 
 def check_wheels(folder: Path, want: dict[str, str]) -> list[str]:
     """Problems of a wheel folder: a pinned package missing or at another version, or a package twice."""
-    from qalign_lib import versions
+    from qalign_lib.core import versions
 
     found: dict[str, list[str]] = {}
     for w in sorted(folder.glob("*.whl")):
@@ -222,7 +222,7 @@ def build_model(out: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from qalign_lib import modeling
+    from qalign_lib.models import modeling
 
     embedded = Path(modeling.resolve("embedded:smollm2-135m-instruct"))
     tokenizer = AutoTokenizer.from_pretrained(embedded)
@@ -249,7 +249,7 @@ def build_model(out: Path) -> Path:
 def examples(n: int = EXAMPLES, seed: int = 0) -> list[dict]:
     import random
 
-    from qalign_lib import prompts
+    from qalign_lib.data import prompts
 
     rng = random.Random(seed)
     out = []
@@ -262,7 +262,7 @@ def examples(n: int = EXAMPLES, seed: int = 0) -> list[dict]:
 
 def copy_data(src: Path, dest: Path, langs=("en", *HIDDEN_LANGS), rows: int = HIDDEN_QUESTIONS) -> None:
     """The first ``rows`` lines of mGSM in ``langs`` (the benchmark data is not in the repository)."""
-    from qalign_lib.errors import DataError
+    from qalign_lib.core.errors import DataError
 
     for lang in langs:
         path = src / "mgsm" / f"{lang}.jsonl"
@@ -276,7 +276,7 @@ def copy_data(src: Path, dest: Path, langs=("en", *HIDDEN_LANGS), rows: int = HI
 
 def generation_prompts(folder: Path) -> list[str]:
     """Alpaca prompts of different lengths (left padding in one batch): arithmetic and mGSM questions."""
-    from qalign_lib import prompts
+    from qalign_lib.data import prompts
 
     texts = [e["prompt"] for e in examples(3, seed=2)]
     for lang in ("en", "de", "zh"):
@@ -291,10 +291,13 @@ def generation_prompts(folder: Path) -> list[str]:
 
 def train(work: Path, name: str, model: Path, dtype: str, launch: str) -> dict:
     """STEPS optimizer steps through the project's training path (launch.launch -> training.fit): losses."""
-    from qalign_lib import config, doctor, layout, modeling, training, versions
-    from qalign_lib import launch as launcher
-    from qalign_lib.errors import QAlignError
-    from qalign_lib.io import write_json, write_jsonl
+    from qalign_lib.core import config, layout, versions
+    from qalign_lib.core.errors import QAlignError
+    from qalign_lib.core.files import write_json, write_jsonl
+    from qalign_lib.models import modeling
+    from qalign_lib.tools import doctor
+    from qalign_lib.train import launch as launcher
+    from qalign_lib.train import training
 
     cfg = config.resolve("tiny", model=str(model), launch=launch, num_processes=1, num_machines=1, dtype=dtype,
                          lr=1e-3, epochs=STEPS, batch_size=EXAMPLES, per_device_batch_size=EXAMPLES,
@@ -329,7 +332,7 @@ def train(work: Path, name: str, model: Path, dtype: str, launch: str) -> dict:
 
 def greedy(model: Path, prompts: list[str], dtype: str) -> list[str]:
     """Greedy outputs of the project's hf engine (engines.HF: left-padded batch, its device)."""
-    from qalign_lib import engines
+    from qalign_lib.models import engines
 
     engine = engines.HF.load(str(model), dtype)
     out = [""] * len(prompts)
@@ -343,14 +346,16 @@ def hidden(model: Path, folder: Path, work: Path, dtype: str) -> dict:
     """analysis.represent on the carried mGSM rows: {"lang/layer/id": cosine} and the mean cosine per layer."""
     import pandas as pd
 
-    from qalign_lib import analysis, layout, modeling
+    from qalign_lib.analysis import representations
+    from qalign_lib.core import layout
+    from qalign_lib.models import modeling
 
     net = modeling.load_model(str(model), dtype).to(modeling.device())
     tok = modeling.load_tokenizer(str(model))
     out = layout.RepresentationDir(work / f"representations-{dtype}")
     shutil.rmtree(out.path, ignore_errors=True)
     out.path.mkdir(parents=True)
-    analysis.represent(net, tok, out, "mgsm", list(HIDDEN_LANGS), HIDDEN_QUESTIONS, batch_size=8, model_ref=str(model),
+    representations.represent(net, tok, out, "mgsm", list(HIDDEN_LANGS), HIDDEN_QUESTIONS, batch_size=8, model_ref=str(model),
                        root=folder / "data", n_boot=100)
     pq = pd.read_csv(out.per_question)
     cos = {f"{r.lang}/{r.layer}/{r.id}": float(r.cosine) for r in pq.itertuples()}
@@ -422,7 +427,7 @@ def combine(checks: list[dict]) -> str:
 
 
 def _refs(folder: Path) -> dict:
-    from qalign_lib.errors import QAlignError
+    from qalign_lib.core.errors import QAlignError
 
     path = folder / "reference.json"
     if not path.is_file():
@@ -433,7 +438,7 @@ def _refs(folder: Path) -> dict:
 def part_versions(folder: Path, work: Path) -> dict:
     import torch
 
-    from qalign_lib import versions
+    from qalign_lib.core import versions
 
     want = pinned()
     names = (*WHEEL_NAMES, "torch", "accelerate", "huggingface_hub", "safetensors", "pyarrow", "pandas", "sacrebleu")
@@ -507,7 +512,8 @@ def part_doctor(folder: Path, work: Path) -> dict:
 
     import torch
 
-    from qalign_lib import config, doctor, versions
+    from qalign_lib.core import config, versions
+    from qalign_lib.tools import doctor
 
     node = doctor.probe()
     cfg = config.resolve("7b")
@@ -542,8 +548,8 @@ PART_FUNCS = {"versions": part_versions, "train_single": part_train_single, "tra
 
 
 def part_main(name: str, folder: Path, work: Path, out: Path) -> int:
-    from qalign_lib import log
-    from qalign_lib.io import write_json
+    from qalign_lib.core import log
+    from qalign_lib.core.files import write_json
 
     log.setup(os.environ.get("QALIGN_LOG_LEVEL", "WARNING"))
     start = time.perf_counter()
@@ -621,9 +627,9 @@ def default_results() -> Path:
 def run(folder: Path, results: Path, parts=None, log_path: Path | None = None, total: float = TOTAL_S,
         work: Path | None = None) -> dict:
     """Every part (or ``parts``) in order; the results file rewritten (atomically) after each."""
-    from qalign_lib import versions
-    from qalign_lib.errors import ConfigError
-    from qalign_lib.io import write_json
+    from qalign_lib.core import versions
+    from qalign_lib.core.errors import ConfigError
+    from qalign_lib.core.files import write_json
 
     parts = list(PARTS) if parts is None else list(parts)
     unknown = [p for p in parts if p not in PARTS]
@@ -671,8 +677,8 @@ def prepare(folder: Path, wheels: Path | None, data_root: Path) -> dict:
     """Wheels (unless ``wheels`` is None), model, data and the CPU fp32 references into ``folder``."""
     import torch
 
-    from qalign_lib import versions
-    from qalign_lib.io import write_json
+    from qalign_lib.core import versions
+    from qalign_lib.core.files import write_json
 
     start = time.perf_counter()
     timings = {}
@@ -680,7 +686,7 @@ def prepare(folder: Path, wheels: Path | None, data_root: Path) -> dict:
         download_wheels(wheels)
         problems = check_wheels(wheels, pinned())
         if problems:
-            from qalign_lib.errors import QAlignError
+            from qalign_lib.core.errors import QAlignError
 
             raise QAlignError(f"{wheels}: {'; '.join(problems)}")
         timings["wheels"] = time.perf_counter() - start
@@ -751,18 +757,18 @@ def main(argv=None) -> int:
     pt.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
-    from qalign_lib import log
-    from qalign_lib.errors import QAlignError
+    from qalign_lib.core import log
+    from qalign_lib.core.errors import QAlignError
 
     try:
         if a.cmd == "part":
             return part_main(a.name, Path(a.folder), Path(a.work), Path(a.out))
         log.setup(os.environ.get("QALIGN_LOG_LEVEL", "WARNING"))
         if a.cmd == "prepare":
-            from qalign_lib import data
+            from qalign_lib.data import corpora
 
             start = time.perf_counter()
-            prepare(Path(a.folder), None if a.no_wheels else Path(a.wheels), data.data_dir(a.data))
+            prepare(Path(a.folder), None if a.no_wheels else Path(a.wheels), corpora.data_dir(a.data))
             print(f"prepared in {time.perf_counter() - start:.0f} s")
             a.cmd = "plan"
         if a.cmd == "wheels":

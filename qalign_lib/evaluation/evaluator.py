@@ -1,0 +1,158 @@
+"""Evaluation of one system: generations per benchmark and language, then scores with every registered scorer.
+
+Where the files live is :mod:`qalign_lib.layout`'s business (an eval root per run, per base model, per published
+model). Generations are appended per language as they are produced; a rerun resumes at the first missing id. The
+generation settings (model, template, decoding and every parameter declared as ``generated``) are kept beside the
+generations; when they change, the old generations are moved aside.
+"""
+from __future__ import annotations
+
+import time
+
+from qalign_lib.core import benchmarks as registry
+from qalign_lib.core import config, files, layout, locks, log, versions
+from qalign_lib.core.config import Config
+from qalign_lib.core.errors import ConfigError, ResultsError, RunError
+from qalign_lib.core.files import read_results, valid_id, write_json
+from qalign_lib.core.languages import parse_langs
+from qalign_lib.data import corpora, prompts
+from qalign_lib.evaluation import scoring, sharding
+from qalign_lib.models import engines, modeling
+from qalign_lib.models.generation import done_ids, generate_to_files
+
+logger = log.get(__name__)
+
+
+def target(cfg: Config, run: str | None = None, model: str | None = None) -> layout.EvalRoot:
+    """The eval root (and the model it evaluates) of a run name, ``base``, or an explicit model."""
+    if model is not None and not str(model).strip():
+        raise ConfigError("model='': give a Hub id or a local path to evaluate, or leave model unset (None) to "
+                          "evaluate `run`")
+    return layout.eval_root(cfg.size, cfg.model, run, model)
+
+
+def settings(cfg: Config, benchmark: str, model_ref: str) -> dict:
+    """What determines a benchmark's generations: derived from the parameters declared ``generated`` (the engine as
+    the one it resolves to here, with its version)."""
+    out = {"model": model_ref, "template": prompts.ALPACA_TEMPLATE, "decoding": "greedy"}
+    for key in config.params("generated", group="eval"):  # the analyses' own are in analysis.settings
+        if key == "engine":
+            out.update(engines.describe(cfg.engine))
+        else:
+            out[key] = cfg.max_new(benchmark) if key == "max_new_tokens" else getattr(cfg, key)
+    return out
+
+
+def requested(cfg: Config, benchmark: str, langs=None) -> list[str]:
+    """The languages of ``benchmark`` among those asked for (each benchmark takes those it has)."""
+    asked = parse_langs(cfg.eval_langs if langs is None else langs, allowed=registry.all_langs(), what="langs")
+    return [lang for lang in asked if lang in registry.get(benchmark).langs]
+
+
+def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benchmarks=None,
+             langs=None, limit: int | None = None) -> dict:
+    """Generate what is missing and score everything; returns and writes metrics.json. Holds the eval root's lock."""
+    modeling.preflight(cfg)
+    engines.require(cfg.engine)  # engine=vllm without vLLM stops here, before anything is moved aside
+    root = target(cfg, run, model)
+    names = registry.parse(benchmarks)
+    limit = cfg.eval_limit if limit is None else config.validate("eval_limit", limit, "evaluate(limit=...)")
+    for name in names:
+        requested(cfg, name, langs)  # bad languages stop here, before any model is loaded
+    with locks.lock(root.lock_file, f"the evaluation of {root.model} ({root.path})"):
+        return _evaluate(cfg, root, names, langs, limit)
+
+
+def _evaluate(cfg: Config, root: layout.EvalRoot, names: list[str], langs, limit) -> dict:
+    loaded = None
+    metrics = {"model": root.model, "size": cfg.size, "limit": limit, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "versions": versions.stack()}  # the software that generated and scored
+    for name in names:
+        bench_langs = requested(cfg, name, langs)
+        want = settings(cfg, name, root.model)
+        old = root.read_settings(name)
+        if old is not None and old != want:
+            files.move_aside(root.bench_dir(name), "generation settings changed")
+        write_json(root.settings(name), want)
+        sharding.fold(root, name, bench_langs)  # rows of data-parallel engines that a kill left in their own files
+        questions = {lang: corpora.load_benchmark(name, lang, limit=limit) for lang in bench_langs}
+        todo = []  # every missing question of this benchmark, all languages together: fuller batches
+        for lang in bench_langs:
+            have = done_ids(root.generations(name, lang))
+            todo += [{"id": q["id"], "lang": lang, "prompt": prompts.alpaca(q["question"])}
+                     for q in questions[lang] if q["id"] not in have]
+        shards = sharding.size(cfg.data_parallel_size, cfg.tensor_parallel_size) if todo else 1
+        if todo and shards > 1:  # several engines at once, each in its own process(es)
+            sharding.generate(cfg, root, name, todo, want["max_new_tokens"], min(shards, len(todo)), bench_langs)
+        elif todo:
+            if loaded is None:
+                loaded = _load(cfg, root.model)
+            logger.info("%s: generating %d responses (%d languages) with %s (%s)", name, len(todo), len(bench_langs),
+                        root.model, loaded.name)
+            generate_to_files(loaded, todo, root.bench_dir(name), want["max_new_tokens"], cfg.eval_batch_size,
+                              cfg.eval_token_budget, desc=name)
+        rows = [r for lang in bench_langs for r in generations(root, name, lang, set(questions[lang]["id"]))]
+        gold = {lang: corpora.gold_answers(name, lang) for lang in bench_langs}
+        metrics[name] = {s: scoring.public(scoring.score_rows(rows, gold, name, s, source=str(root.bench_dir(name))))
+                         for s in scoring.SCORERS}
+    write_json(root.metrics, metrics)
+    return metrics
+
+
+def is_complete(cfg: Config, run: str | None = None, model: str | None = None, benchmarks=None,
+                langs=None, limit: int | None = None) -> bool:
+    """True when metrics.json covers every requested question with the current generation settings."""
+    try:
+        root = target(cfg, run, model)
+    except RunError:
+        return False
+    metrics = root.read_metrics()
+    if metrics is None:
+        return False
+    limit = cfg.eval_limit if limit is None else limit
+    for name in registry.parse(benchmarks):
+        if name not in metrics or root.read_settings(name) != settings(cfg, name, root.model):
+            return False
+        want = {lang: len(corpora.load_benchmark(name, lang, limit=limit)) for lang in requested(cfg, name, langs)}
+        if metrics[name].get(scoring.DEFAULT, {}).get("n") != want:
+            return False
+    return True
+
+
+def generations(root: layout.EvalRoot, benchmark: str, lang: str, wanted: set | None = None) -> list[dict]:
+    """The generation rows of one language whose id is among ``wanted`` (the evaluated subset); [] if none yet.
+
+    The same id twice with the same response (two writers before locks existed) keeps one; with different
+    responses it is an error naming the file and the lines."""
+    path = root.generations(benchmark, lang)
+    rows = read_results(path, ("lang", "id", "response"), "delete the file to regenerate it")
+    seen: dict = {}
+    out = []
+    for k, row in enumerate(rows, 1):
+        ident = row["id"]
+        if not valid_id(ident):
+            raise ResultsError(f"{path}: row {k}: id {ident!r} must be an integer or a string; delete the file to regenerate it")
+        if ident in seen:
+            first = seen[ident]
+            if rows[first - 1]["response"] != row["response"]:
+                raise ResultsError(f"{path}: rows {first} and {k} both answer id {ident!r} with different responses; "
+                                   "delete one of them (or the file, to regenerate it)")
+            logger.warning("%s: row %d repeats id %r (same response as row %d); counted once", path, k, ident, first)
+            continue
+        seen[ident] = k
+        if wanted is None or ident in wanted:
+            out.append(row)
+    return out
+
+
+def load_generations(root: layout.EvalRoot, benchmark: str, langs, limit=None) -> dict[str, list[dict]]:
+    """lang -> generation rows of one eval root (for reports), restricted to the first ``limit`` questions."""
+    out = {}
+    for lang in langs:
+        if root.generations(benchmark, lang).is_file():
+            out[lang] = generations(root, benchmark, lang, set(corpora.load_benchmark(benchmark, lang, limit=limit)["id"]))
+    return out
+
+
+def _load(cfg: Config, model_ref: str) -> engines.Engine:
+    return engines.for_config(cfg, model_ref)

@@ -1,0 +1,178 @@
+"""``qalign study``: execute a study's notebooks through papermill in dependency order.
+
+Each training run is one stage1/stage2 notebook, each system one evaluate notebook, each system of the study's
+``analysis`` section one analyze notebook (translation quality and representation alignment), and the report
+notebook comes last. The plan decides exactly as a stage does: a run is done only when it finished with the same fingerprint
+(config, data, the run it starts from); a changed run and everything downstream of it are todo. A run whose data
+is absent is skipped with the reason (never trained on substitute data), and so is everything that depends on it.
+Executed notebooks are kept in ``runs/<size>/notebooks/`` as the record of what ran.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qalign_lib.analysis import pipeline
+from qalign_lib.core import config, layout, locks, log
+from qalign_lib.core.errors import QAlignError, StudyError
+from qalign_lib.evaluation import evaluator
+from qalign_lib.study import studies
+from qalign_lib.train import stages, training
+
+logger = log.get(__name__)
+
+
+@dataclass
+class Step:
+    kind: str  # train | evaluate | analyze | report
+    name: str
+    notebook: str
+    params: dict
+    status: str  # todo | done | skip
+    reason: str = ""
+
+
+def notebook_path(name: str) -> Path:
+    return config.PROJECT_ROOT / "notebooks" / f"{name}.ipynb"
+
+
+def _train_status(s: studies.Study, run: studies.Run, todo: dict[str, str]) -> tuple[str, str]:
+    """(status, reason) of one run of the study: compares fingerprints exactly as the stage notebook will."""
+    if run.init in todo:
+        return "todo", f"after {run.init} ({todo[run.init]})"
+    if run.stage == 1:
+        phases = [(run.name, run.tasks, run.init)]
+    else:
+        phases = [(name, [dataset], init) for name, dataset, init in stages.phases(s.cfg, run.init, run.tasks, run.name)]
+    for name, tasks, init in phases:
+        if name != phases[0][0] and phases[0][0] in todo:
+            break
+        try:
+            state = training.status(s.cfg, name, tasks, run.langs if run.stage == 1 or "gsm8kinstruct" in tasks else None,
+                                    init, run.stage)
+        except QAlignError as e:  # e.g. the init phase is not finished yet
+            return "todo", str(e).split(";")[0]
+        if state != "done":
+            return "todo", "inputs changed since it was trained" if state == "changed" else ""
+    return "done", "finished with the same inputs"
+
+
+def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -> list[Step]:
+    steps: list[Step] = []
+    blocked: dict[str, str] = {}
+    todo: dict[str, str] = {}
+    for name in studies.order(s, only):
+        run = s.runs[name]
+        missing = studies.missing(s, name)
+        params = {"size": s.size, "run_name": name}
+        if run.stage == 1:
+            nb, params = "stage1", {**params, "task": run.tasks[0], "langs": ",".join(run.langs)}
+        else:
+            nb, params = "stage2", {**params, "init": run.init, "data": ",".join(run.tasks), "langs": ",".join(run.langs)}
+        if run.init in blocked:
+            status, reason = "skip", f"depends on {run.init}, which is skipped"
+        elif missing:
+            status, reason = "skip", "missing data: " + "; ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        else:
+            status, reason = _train_status(s, run, todo)
+        if status == "skip":
+            blocked[name] = reason
+        elif status == "todo":
+            todo[name] = reason or "not trained yet"
+        steps.append(Step("train", name, nb, params, status, reason))
+    targets = [n for n in s.systems if not only or n in only or s.systems[n] in only or s.systems[n] in studies.order(s, only)]
+    no_bench = studies.missing_benchmarks(s)
+    for system in targets:
+        run = s.systems[system]
+        params = {"size": s.size, "benchmarks": ",".join(s.benchmarks)}
+        params.update({"model": run.split(":", 1)[1]} if run.startswith("model:") else {"run": run})
+        if no_bench:
+            steps.append(Step("evaluate", system, "evaluate", params, "skip", "missing benchmark data: " + "; ".join(no_bench[:3])
+                              + (" ..." if len(no_bench) > 3 else "")))
+            continue
+        if run in blocked:
+            steps.append(Step("evaluate", system, "evaluate", params, "skip", f"its run {run} is skipped"))
+            continue
+        if run in todo:
+            steps.append(Step("evaluate", system, "evaluate", params, "todo", f"after training {run}"))
+            continue
+        complete = evaluator.is_complete(s.cfg, run=params.get("run"), model=params.get("model"), benchmarks=s.benchmarks)
+        steps.append(Step("evaluate", system, "evaluate", params, "done" if complete else "todo", "complete" if complete else ""))
+    no_data = studies.missing_analysis_data(s)
+    for system, ref in s.analyses.items():  # what stage 1 did to each model: translation and representations
+        if only and not (system in only or ref in only or ref in studies.order(s, only)):
+            continue
+        params = {"size": s.size, **({"model": ref.split(":", 1)[1]} if ref.startswith("model:") else {"run": ref})}
+        if no_data:
+            status, reason = "skip", "missing benchmark data: " + "; ".join(no_data[:3]) + (" ..." if len(no_data) > 3 else "")
+        elif ref in blocked:
+            status, reason = "skip", f"its run {ref} is skipped"
+        elif ref in todo:
+            status, reason = "todo", f"after training {ref}"
+        else:
+            complete = pipeline.is_complete(s.cfg, run=params.get("run"), model=params.get("model"))
+            status, reason = ("done", "complete") if complete else ("todo", "")
+        steps.append(Step("analyze", system, "analyze", params, status, reason))
+    if report:
+        evaluated = any(st.kind in ("evaluate", "analyze") and st.status != "skip" for st in steps)
+        steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name},
+                          "todo" if evaluated else "skip", "" if evaluated else "no system can be evaluated"
+                          + (f" (missing benchmark data: {'; '.join(no_bench[:2])})" if no_bench else "")))
+    return steps
+
+
+def execute(step: Step, out_dir: Path, index: int) -> Path:
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    out = out_dir / f"{index:02d}-{step.kind}-{step.name.replace('/', '_').replace(' ', '_')}.ipynb"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(notebook_path(step.notebook)), str(out), parameters=step.params, kernel_name="python3",
+                            log_output=True, progress_bar=False, cwd=str(config.PROJECT_ROOT))
+    except PapermillExecutionError as e:
+        raise StudyError(f"{step.kind} {step.name} failed in {step.notebook}.ipynb: {e.ename}: {e.evalue}\n"
+                         f"  executed notebook with the full traceback: {out}") from None
+    except DeadKernelError:
+        raise StudyError(f"{step.kind} {step.name}: the kernel died (out of memory?) while running {step.notebook}.ipynb; "
+                         f"rerun `qalign study` to resume from what is finished (partial notebook: {out})") from None
+    return out
+
+
+def run_study(name: str, size: str | None = None, only: list[str] | None = None, dry_run: bool = False,
+              report: bool = True) -> int:
+    """Run (or with ``dry_run`` only print) a study's plan; raises StudyError naming a failed step."""
+    s = studies.load(name, size=size)
+    steps = plan(s, only, report)
+    width = max(len(st.name) for st in steps)
+    logger.info("study %s (%s), size %s, model %s: %d steps", s.name, s.source, s.size, s.cfg.model, len(steps))
+    for i, st in enumerate(steps, 1):
+        logger.info("  %2d. %-8s %-*s  %-4s  %s.ipynb %s%s", i, st.kind, width, st.name, st.status, st.notebook, st.params,
+                    f"  ({st.reason})" if st.reason else "")
+    if dry_run:
+        return 0
+    with locks.lock(layout.study_lock(s.size), f"`qalign study` for size {s.size}"):
+        return _run(s, steps)
+
+
+def _run(s: studies.Study, steps: list[Step]) -> int:
+    import logging
+
+    log.attach("papermill", logging.INFO)
+    out_dir = layout.notebooks_dir(s.size)
+    start = time.time()
+    todo = [st for st in steps if st.status == "todo"]
+    for k, st in enumerate(todo, 1):
+        t = time.time()
+        logger.info("\n=== [%d/%d] %s %s (%s.ipynb) — %.0fs elapsed ===", k, len(todo), st.kind, st.name, st.notebook,
+                    time.time() - start)
+        path = execute(st, out_dir, steps.index(st) + 1)
+        logger.info("=== done in %.0fs: %s", time.time() - t, path)
+    skipped = [st for st in steps if st.status == "skip"]
+    logger.info("\nstudy %s: %d steps run, %d already complete, %d skipped, %.0fs", s.name, len(todo),
+                len(steps) - len(todo) - len(skipped), len(skipped), time.time() - start)
+    for st in skipped:
+        logger.info("  skipped %s %s: %s", st.kind, st.name, st.reason)
+    return 0

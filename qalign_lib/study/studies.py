@@ -1,0 +1,212 @@
+"""Studies as data: ``params/study-<name>.yaml`` declares training runs (a DAG: each run starts from the base
+model or from another run) and the systems to evaluate. This module resolves a study against its size, derives
+the data it needs, and orders the runs so that one stage-1 model serves every stage 2 that starts from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qalign_lib.core import benchmarks as registry
+from qalign_lib.core import config, layout
+from qalign_lib.core.config import Config
+from qalign_lib.core.errors import ConfigError
+from qalign_lib.data import corpora, training_data
+
+
+@dataclass
+class Run:
+    name: str
+    stage: int
+    init: str = "base"  # "base" or the name of another run
+    tasks: list[str] = field(default_factory=list)  # stage 1: one task; stage 2: a sequence (mixed setting)
+    langs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    name: str
+    size: str
+    cfg: Config
+    runs: dict[str, Run]
+    systems: dict[str, str]  # display name -> run name ("base" = the untrained model)
+    benchmarks: list[str]
+    caption: str = ""
+    groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. table -> systems
+    source: str = ""
+    analyses: dict[str, str] = field(default_factory=dict)  # display name -> run, "base" or "model:<id>" (analysis.py)
+    effects: list[tuple[str, str]] = field(default_factory=list)  # (a, b) pairs of analyses: the stage-1 effects b - a
+
+
+def study_file(name: str):
+    path = config.params_dir() / ("study.yaml" if name in ("paper", "study") else f"study-{name}.yaml")
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("study-") for p in config.params_dir().glob("study*.yaml"))
+        raise ConfigError(f"unknown study {name!r}: no file {path}; known studies: {', '.join(known)}")
+    return path
+
+
+def load(name: str, size: str | None = None, **overrides) -> Study:
+    """Read a study and resolve every run's languages and data against the size's defaults."""
+    path = study_file(name)
+    raw = config.read_yaml(path)
+    size = size or raw.get("size") or "tiny"
+    cfg = config.resolve(size, **overrides)
+    runs: dict[str, Run] = {}
+    for run_name, spec in (raw.get("runs") or {}).items():
+        where = f"{path}: run {run_name!r}"
+        if not isinstance(spec, dict) or spec.get("stage") not in (1, 2):
+            raise ConfigError(f"{where}: needs 'stage: 1' or 'stage: 2'")
+        layout.check_name(run_name, f"{path}: run name")
+        if spec["stage"] == 1:
+            tasks = [spec.get("task", "x2en_question")]
+            if tasks[0] not in training_data.STAGE1_TASKS:
+                raise ConfigError(f"{where}: unknown stage-1 task {tasks[0]!r}; choose one of {', '.join(training_data.STAGE1_TASKS)}")
+            langs = training_data.task_langs(tasks[0], spec.get("langs", cfg.stage1_langs))
+        else:
+            tasks = spec.get("data", cfg.stage2_data)
+            tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+            bad = [t for t in tasks if t not in training_data.STAGE2_DATA]
+            if bad:
+                raise ConfigError(f"{where}: unknown stage-2 data {bad}; choose from {', '.join(training_data.STAGE2_DATA)}")
+            langs = training_data.task_langs("gsm8kinstruct", spec.get("langs", "all")) if "gsm8kinstruct" in tasks else ["en"]
+        runs[run_name] = Run(run_name, spec["stage"], spec.get("init", "base"), tasks, langs)
+    for run in runs.values():
+        if run.init != "base" and run.init not in runs:
+            raise ConfigError(f"{path}: run {run.name!r} starts from unknown run {run.init!r}")
+    systems = dict(raw.get("systems") or {})
+    released = raw.get("released") or {}
+    if not isinstance(released, dict) or not all(isinstance(v, dict) for v in released.values()):
+        raise ConfigError(f"{path}: released: expected a mapping size -> {{system name: Hub id}}")
+    groups = dict(raw.get("groups") or {})
+    for system, model_id in (released.get(size) or {}).items():  # published checkpoints, evaluated as they are
+        if system in systems:
+            raise ConfigError(f"{path}: released system {system!r} is also a system of the study; rename one")
+        systems[system] = f"model:{model_id}"
+        groups.setdefault("released", []).append(system)
+        if "main" in groups:  # first-class rows of Tables 2-3, beside our own runs of the same methods
+            groups["main"] = [*groups["main"], system]
+    for system, run_name in systems.items():
+        if run_name != "base" and run_name not in runs and not str(run_name).startswith("model:"):
+            raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}")
+    benchmarks = registry.parse(raw.get("benchmarks"), what=f"{path}: benchmarks")
+    analyses, effects = _analysis(raw.get("analysis"), runs, systems, groups, path)
+    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), groups, str(path), analyses, effects)
+    order(study)  # validates that there is no cycle
+    return study
+
+
+def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, path) -> tuple[dict, list]:
+    """The study's ``analysis`` section: ``systems`` (display name -> run, base or model:<id>) whose translation
+    quality and representation alignment are measured, and ``effects``, pairs [a, b] of them whose difference b - a
+    the report tests. Without the section: the base model and every stage-1 run, plus the consistency pair, with
+    the effects of each stage-1 run over the base and of the consistency pair's second system over its first."""
+    if raw is None:
+        analyses = {"Base": "base", **{f"Stage 1: {name}": name for name, run in runs.items() if run.stage == 1}}
+        pair = list(groups.get("consistency") or [])
+        analyses.update({x: systems[x] for x in pair if x in systems})
+        effects = [("Base", x) for x in analyses if x.startswith("Stage 1: ")]
+        effects += [tuple(pair)] if len(pair) == 2 and all(x in analyses for x in pair) else []
+        return analyses, effects
+    if not isinstance(raw, dict) or not isinstance(raw.get("systems"), dict) or not raw["systems"]:
+        raise ConfigError(f"{path}: analysis: expected a mapping with 'systems' (display name -> run, base or "
+                          "model:<id>) and optionally 'effects' (a list of [a, b] pairs)")
+    analyses = {str(k): str(v) for k, v in raw["systems"].items()}
+    for system, ref in analyses.items():
+        if ref != "base" and ref not in runs and not ref.startswith("model:"):
+            raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}")
+    effects = []
+    for pair in raw.get("effects") or []:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(x not in analyses for x in pair):
+            raise ConfigError(f"{path}: analysis effects: {pair!r} is not a pair [a, b] of analysis systems "
+                              f"({', '.join(analyses)})")
+        effects.append((str(pair[0]), str(pair[1])))
+    return analyses, effects
+
+
+def chain(study: Study, run_name: str) -> list[str]:
+    """The runs that ``run_name`` depends on, itself last."""
+    out: list[str] = []
+    while run_name != "base":
+        if run_name in out:
+            raise ConfigError(f"{study.source}: runs form a cycle through {run_name!r}")
+        out.insert(0, run_name)
+        run_name = study.runs[run_name].init
+    return out
+
+
+def order(study: Study, only: list[str] | None = None) -> list[str]:
+    """Runs in dependency order, each once; ``only`` restricts to the chains of these systems or runs."""
+    targets = []
+    for name in only or list(study.runs):
+        if name in study.systems:
+            name = study.systems[name]
+        elif name in study.analyses:
+            name = study.analyses[name]
+        elif name not in study.runs:
+            raise ConfigError(f"--only {name!r}: not a system ({', '.join(study.systems)}) nor a run ({', '.join(study.runs)}) of {study.source}")
+        targets.append(name)
+    seen: list[str] = []
+    for target in targets:
+        for run_name in chain(study, target) if target != "base" and not target.startswith("model:") else []:
+            if run_name not in seen:
+                seen.append(run_name)
+    return seen
+
+
+def run_requirements(run: Run) -> dict[str, list[str]]:
+    need: dict[str, list[str]] = {}
+    for task in run.tasks:
+        for key, langs in training_data.NEEDS[task](run.langs).items():
+            need.setdefault(key, [])
+            need[key] += [lang for lang in langs if lang not in need[key]]
+    return need
+
+
+def requirements(study: Study, runs: list[str] | None = None) -> dict[str, list[str]]:
+    """dataset[:split] -> languages that the study's runs and evaluations read."""
+    need: dict[str, list[str]] = {}
+    for name in runs if runs is not None else list(study.runs):
+        for key, langs in run_requirements(study.runs[name]).items():
+            need.setdefault(key, [])
+            need[key] += [lang for lang in langs if lang not in need[key]]
+    for b in study.benchmarks:
+        need[b] = [lang for lang in study.cfg.eval_langs if lang in registry.get(b).langs]
+    for b, langs in analysis_requirements(study).items():
+        need[b] = list(dict.fromkeys([*need.get(b, []), *langs]))
+    return need
+
+
+def analysis_requirements(study: Study) -> dict[str, list[str]]:
+    """benchmark -> languages the study's analyses read (English, the reference, included); empty without analyses."""
+    if not study.analyses:
+        return {}
+    return {b: ["en", *[lang for lang in study.cfg.analysis_langs if lang in registry.get(b).langs]]
+            for b in registry.parse(study.cfg.analysis_benchmarks)}
+
+
+def missing_analysis_data(study: Study, root=None) -> list[str]:
+    """The benchmark files the study's analyses read and that are absent (empty when all are there)."""
+    return [f"{b} [{lang}] ({corpora.path_of(b, lang, None, root)})" for b, langs in analysis_requirements(study).items()
+            for lang in langs if corpora.available(b, lang, None, root) is None]
+
+
+def missing(study: Study, run_name: str, root=None) -> list[str]:
+    """Missing data files of one run's chain (empty when it can run)."""
+    out = []
+    for name in chain(study, run_name):
+        for key, langs in run_requirements(study.runs[name]).items():
+            dataset, _, split = key.partition(":")
+            for lang in langs:
+                if corpora.available(dataset, lang, split or None, root) is None:
+                    out.append(f"{key} [{lang}] ({corpora.path_of(dataset, lang, split or None, root)})")
+    return out
+
+
+def missing_benchmarks(study: Study, root=None) -> list[str]:
+    """The benchmark files that the study's evaluations read and that are absent (empty when all are there)."""
+    out = []
+    for b in study.benchmarks:
+        for lang in study.cfg.eval_langs:
+            if lang in registry.get(b).langs and corpora.available(b, lang, None, root) is None:
+                out.append(f"{b} [{lang}] ({corpora.path_of(b, lang, None, root)})")
+    return out

@@ -1,0 +1,601 @@
+"""Speed benchmark: the reference recipe against ours, in one run, on the same model and the same data.
+
+Training -- stage-2 data (GSM8K train, Alpaca prompt) through the library's own path: training.tokenize ->
+training.training_args -> TRL's SFTTrainer, as training.make_trainer builds it.
+  reference  right-padded random batches: padding_free, group_by_length and liger off, sdpa attention
+  ours       padding-free batches, length-grouped sampling, Liger kernels and flash-attention-2 where installed (GPU)
+  Each recipe trains a fresh copy of the model: `warmup_steps` optimizer steps (a train() call of their own), then a
+  timed train() call over the SAME `train_steps` x `train_batch_size` examples for both recipes (one micro-batch
+  per step). On GPU both recipes use fp32 master weights + bf16 autocast, as the paper's recipe does, so the ratio
+  measures batching and kernels, not precision.
+Generation -- the first `gen_per_lang` questions of every benchmark of `gen_benchmarks` (mGSM, mSVAMP) in every
+language of `gen_langs`, greedy, `max_new_tokens` new tokens at most, the same prompts for every engine:
+  reference  the reference's evaluation: one language at a time, prompts in dataset order, fixed batches of
+             `gen_batch_size`, left padding, Transformers generate (every row computed until the batch's last stops)
+  hf         ours (engine=hf): generation.generate over all prompts at once: sorted by length, at most `gen_batch_size`
+             prompts and `token_budget` tokens a batch, generation.greedy (a row leaves the batch at its EOS)
+  vllm       ours (engine=vllm, where vLLM is installed): engines.VLLM, every prompt in one chunk
+  and, per engine, the share of prompts whose greedy output is identical to the reference's.
+Fairness -- with `repeats` > 1 the recipes alternate (ref, ours, ours, ref, ...) and times are summed.
+
+Metrics
+  tokens/s  real (non-pad) training tokens / seconds of the timed train() call (on_train_begin to on_train_end)
+  MFU       (6 N T + 12 n_layers d sum_i L_i^2) / seconds / peak FLOP/s.  N = weights used in matmuls (every
+            parameter but the input embedding table; a tied output head counts once), T = real tokens, L_i = length
+            of example i, d = hidden size. The second term is attention (scores and values, forward + backward, no
+            causal halving; PaLM, appendix B). Padding is waste, never useful work.
+  peak      GPU: the bf16 dense datasheet peak of the device (PEAK_BF16), else a measured bf16 matmul; CPU: a measured
+            fp32 matmul (2048^3, best of 10) on this machine, so CPU MFU is relative to what its BLAS reaches.
+  memory    GPU: torch.cuda.max_memory_allocated during the timed part; CPU: the process's peak RSS (VmHWM of
+            /proc/self/status, reset before the timed part; it includes the Python process's baseline).
+  roofline  generation: `roofline_fraction` = useful FLOPs / seconds / peak, useful FLOPs = 2 N_body (P + G) +
+            2 N_head G + 4 n_layers d sum(context lengths) over every prompt (P prompt tokens, G generated tokens; the
+            output head only where a token is generated; no padding, no finished rows). `roofline_tokens_per_s` =
+            peak / (2 N): the generated tokens/s a decode step of pure matmuls would reach (the headline number:
+            generated tokens/s divided by it is `of_roofline_tokens`).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib.util
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from qalign_lib.core import config, files, layout, log
+from qalign_lib.core.errors import ConfigError
+from qalign_lib.core.files import atomic_write
+from qalign_lib.data import corpora, prompts, training_data
+from qalign_lib.models import generation, modeling
+from qalign_lib.train import training
+
+logger = log.get(__name__)
+
+PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12)]  # dense, no sparsity
+LLAMA2_7B = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008, vocab_size=32000)
+RECIPES = ("reference", "ours")
+TRAIN_METRICS = {"tokens_per_s": "train tokens/s", "mfu": "train MFU", "peak_mem_gib": "train peak memory (GiB)"}
+GEN_METRICS = {"questions_per_s": "questions/s", "new_tokens_per_s": "generated tokens/s",
+               "roofline_fraction": "generation share of roofline"}
+ENGINES = ("hf", "vllm")  # generation: ours, each against the reference
+
+
+def cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def settings(device: str = "auto", **overrides) -> dict:
+    """The device section (cpu or cuda) of params/bench.yaml with the recipes; None overrides are ignored."""
+    raw = config.read_yaml(config.params_dir() / "bench.yaml")
+    kind = ("cuda" if cuda() else "cpu") if device == "auto" else device
+    if kind not in ("cpu", "cuda") or (kind == "cuda" and not cuda()):
+        raise ConfigError(f"device {device!r}: choose auto, cpu or cuda (cuda needs a visible GPU)")
+    s = {**raw[kind], **{k: raw[k] for k in ("reference", "ours", "recipe")}, "device": kind}
+    s.setdefault("train_sizes", [])
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        if key not in s:
+            raise ConfigError(f"unknown benchmark parameter {key!r}; known: {', '.join(sorted(s))}")
+        s[key] = [v.strip() for v in value.split(",")] if isinstance(value, str) and isinstance(s[key], list) else value
+    s["given"] = sorted(given)
+    return s
+
+
+def for_model(s: dict, name: str) -> dict:
+    """Settings for one model: the device's, then its per_model entry, then what the caller gave explicitly."""
+    return {**s, **s["per_model"].get(name, {}), **{k: s[k] for k in s["given"]}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data, models, measurements
+
+
+def gen_prompts(langs, per_lang: int, benchmarks_=("mgsm",)) -> list[list[str]]:
+    """Alpaca prompts of the first ``per_lang`` questions of each benchmark and language, in dataset order: one list
+    per (benchmark, language), as the reference evaluates them one language at a time."""
+    from qalign_lib.core import benchmarks as registry
+
+    return [[prompts.alpaca(r["question"]) for r in corpora.read_rows(b, lang)[:per_lang]]
+            for b in benchmarks_ for lang in langs if lang in registry.get(b).langs]
+
+
+def corpus() -> list[str]:
+    """Texts the random models' BPE tokenizers are trained on: GSM8K train and mGSM, so lengths are realistic."""
+    texts = [e["prompt"] + e["completion"] for e in training_data.build("gsm8k", limit=2000)]
+    return texts + [r["question"] for lang in corpora.DATASETS["mgsm"].langs for r in corpora.read_rows("mgsm", lang)]
+
+
+def _random_llama(work: Path, name: str, vocab: int) -> Path:
+    """A tiny random LLaMA with a BPE tokenizer of ``vocab`` entries trained on corpus(), built once per run."""
+    path = work / name
+    if not (path / "config.json").is_file():
+        modeling.tiny_random_llama(path, corpus(), vocab_size=vocab, hidden=64, layers=2, heads=4)
+    return path
+
+
+def fit_layers(batch_tokens: int, h: int = 4096, inter: int = 11008, vocab: int = 32000, max_layers: int = 32) -> int:
+    """Layers of the 7B-shaped model that fit in free GPU memory for training, estimated: 18 bytes a parameter
+    (fp32 weights, gradients and two Adam moments, a bf16 autocast copy), activations of 34 h bytes a token and
+    layer (Korthikanti et al. 2022, bf16, no recomputation, fused attention: no seq^2 term), logits of 6 x 4 bytes a
+    token and vocabulary entry; 10% of free memory and 2 GiB kept back."""
+    free, _ = torch.cuda.mem_get_info()
+    per_layer = 18 * (4 * h * h + 3 * h * inter) + 34 * h * batch_tokens
+    fixed = 18 * 2 * vocab * h + 24 * batch_tokens * vocab + 2 * 2**30
+    return max(1, min(max_layers, int((0.9 * free - fixed) // per_layer)))
+
+
+def load(name: str, s: dict, work: Path, dtype: str, attn: str = "sdpa"):
+    """(model on the device, tokenizer with a pad token) for a benchmark model name or a model reference.
+    llama2-7b-shape is randomly initialised with seed ``s["recipe"]["seed"]``; its tokenizer is a 32000-entry BPE
+    trained on corpus() (LLaMA-2's own is not available offline)."""
+    if name == "llama2-7b-shape":
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        tok = modeling.load_tokenizer(str(_random_llama(work, "bpe-32000", 32000)))
+        cfg = LlamaConfig(**LLAMA2_7B, num_hidden_layers=s["layers"], max_position_embeddings=4096, rms_norm_eps=1e-5,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+        torch.manual_seed(s["recipe"]["seed"])
+        with torch.device(modeling.device()):
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=modeling.torch_dtype(dtype))
+    else:
+        ref = str(_random_llama(work, "tiny-random", 1000)) if name == "tiny-random" else name
+        tok = modeling.load_tokenizer(ref)
+        model = modeling.load_model(ref, dtype, for_training=True, attn_implementation=attn).to(modeling.device())
+    modeling.ensure_pad_token(tok, model)
+    return model, tok
+
+
+def matmul_params(model) -> int:
+    """Weights used in matmuls: every parameter but the input embedding table (a tied output head counts once)."""
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    tied = head is not None and head.weight is emb
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else emb.numel())
+
+
+def peak_flops(s: dict) -> tuple[float, str]:
+    """The device's peak FLOP/s and where the number comes from."""
+    if s.get("peak_flops"):
+        return float(s["peak_flops"]), "given (peak_flops)"
+    if cuda():
+        name = torch.cuda.get_device_name()
+        for key, value in PEAK_BF16:
+            if key in name:
+                return value, f"bf16 dense datasheet peak of the {key}"
+    n, dtype = (8192, torch.bfloat16) if cuda() else (2048, torch.float32)
+    a, b = (torch.randn(n, n, dtype=dtype, device=modeling.device()) for _ in range(2))
+    best = float("inf")
+    for _ in range(4 if cuda() else 11):  # the first is a warm-up; on a shared CPU the best of 10 comes nearer its peak
+        _sync()
+        t = time.perf_counter()
+        a @ b
+        _sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best, f"measured: {str(dtype).split('.')[-1]} matmul {n}x{n}x{n}, best of {3 if cuda() else 10}"
+
+
+def _sync():
+    if cuda():
+        torch.cuda.synchronize()
+
+
+def _reset_peak():
+    gc.collect()
+    if cuda():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed memory back, so RSS is this recipe's
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def _peak_gib() -> float:
+    if cuda():
+        return torch.cuda.max_memory_allocated() / 2**30
+    status = Path("/proc/self/status")
+    m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text()) if status.exists() else None
+    if m:
+        return int(m.group(1)) / 2**20
+    import resource  # not resettable: the peak of the whole process so far
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One recipe
+
+
+def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]) -> dict:
+    """Warm up, then time one train() call of ``recipe`` on a fresh copy of the model."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import SaveStrategy
+    from trl import SFTTrainer
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            _sync()
+            self.start = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            _sync()
+            self.seconds = time.perf_counter() - self.start
+
+    rc = {**s["recipe"], **recipe_settings(s, recipe)}
+    if rc["attn_implementation"] == "auto":
+        rc["attn_implementation"] = "flash_attention_2" if cuda() and importlib.util.find_spec("flash_attn") else "sdpa"
+    model, tok = load(name, s, work, "float32", rc["attn_implementation"])  # fp32 master weights, as make_trainer
+    bs = s["train_batch_size"]
+    n_warm, n = s["warmup_steps"] * bs, (s["warmup_steps"] + s["train_steps"]) * bs
+    rows = training.tokenize(examples, tok, s["max_length"])[0][:n]
+    if len(rows) < n:
+        raise corpora.DataError(f"benchmark: {len(rows)} training examples left after tokenization, {n} needed")
+    cfg = config.build({**rc, "model": name, "dtype": s["dtype"], "batch_size": bs, "per_device_batch_size": bs,
+                        "epochs": 1, "max_length": s["max_length"], "save_steps": 10**9, "report_to": ["none"]},
+                       source="params/bench.yaml")
+    args = training.training_args(cfg, work / recipe.replace(" ", "-"), 1)
+    args.save_strategy = SaveStrategy.NO  # the Trainer would save a checkpoint at the end of each train() call
+    clock = Clock()
+    training.completion_only_logits(cfg.completion_only_logits)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         callbacks=[clock], peft_config=training.lora_config(cfg))
+    slots = []  # positions per batch (real + pad), counted as the collator builds it
+    collate = trainer.data_collator
+
+    def counting(features):
+        batch = collate(features)
+        slots.append(batch["input_ids"].numel())
+        return batch
+
+    trainer.data_collator = counting
+    prepared = trainer.train_dataset
+    if n_warm:
+        trainer.train_dataset = prepared.select(range(n_warm))
+        trainer.train()
+    trainer.train_dataset, slots[:] = prepared.select(range(n_warm, n)), []
+    _reset_peak()
+    trainer.train()
+    lengths = [len(r["input_ids"]) for r in rows[n_warm:]]
+    c = model.config
+    adapters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad) if cfg.lora_r else 0
+    per_token = 4 * matmul_params(model) + 6 * adapters if cfg.lora_r else 6 * matmul_params(model)  # LoRA: no weight grads
+    flops = per_token * sum(lengths) + 12 * c.num_hidden_layers * c.hidden_size * sum(x * x for x in lengths)
+    result = {"seconds": clock.seconds, "tokens": sum(lengths), "slots": sum(slots), "flops": flops,
+              "peak_mem_gib": _peak_gib(),
+              "recipe": {"padding_free": args.padding_free, "sampling": str(args.train_sampling_strategy),
+                         "liger": args.use_liger_kernel, "bf16": args.bf16, "attn": rc["attn_implementation"],
+                         "completion_only_logits": cfg.completion_only_logits, "lora_r": cfg.lora_r}}
+    del trainer, model, prepared
+    _reset_peak()
+    return result
+
+
+def generate_once(engine, groups: list[list[str]], recipe: str, s: dict, flops_of) -> tuple[dict, list]:
+    """Time greedy generation of every prompt with ``recipe`` (reference, hf, vllm) on ``engine`` (an engines.HF
+    for reference and hf); returns metrics and the (text, new tokens) outputs in prompt order."""
+    flat = [p for g in groups for p in g]
+    outputs = [None] * len(flat)
+    _reset_peak()
+    _sync()
+    start = time.perf_counter()
+    if recipe == "reference":  # one language at a time, dataset order, fixed batches
+        offset = 0
+        for group in groups:
+            for batch in generation.generate(engine.model, engine.tokenizer, group, s["max_new_tokens"],
+                                             s["gen_batch_size"], None, sort=False, desc=recipe, loop="hf"):
+                for i, text, n in batch:
+                    outputs[offset + i] = (text, n)
+            offset += len(group)
+    else:
+        for batch in engine.generate(flat, s["max_new_tokens"], s["gen_batch_size"], s["token_budget"], desc=recipe):
+            for i, text, n in batch:
+                outputs[i] = (text, n)
+    _sync()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "questions": len(flat), "new_tokens": sum(n for _, n in outputs),
+            "flops": flops_of([n for _, n in outputs]), "peak_mem_gib": _peak_gib()}, outputs
+
+
+def gen_flops(model, prompt_lengths: list[int]):
+    """Useful FLOPs of generating ``new[i]`` tokens after prompt i (see the module's docstring: roofline)."""
+    c, head = model.config, model.get_output_embeddings()
+    n_head = head.weight.numel() if head is not None else 0
+    n_body = matmul_params(model) - n_head
+    per_ctx = 4 * c.num_hidden_layers * c.hidden_size
+
+    def flops(new: list[int]) -> float:
+        total = 0.0
+        for p, g in zip(prompt_lengths, new):
+            context = p * (p + 1) / 2 + g * p + g * (g - 1) / 2  # causal attention: positions seen by each token
+            total += 2 * n_body * (p + g) + 2 * n_head * g + per_ctx * context
+        return total
+
+    return flops
+
+
+def alternate(fn, repeats: int, recipes=RECIPES) -> dict[str, list]:
+    """fn(recipe) for every recipe ``repeats`` times, reversing the order every other round (ref, ours, ours, ref, ...)."""
+    runs = {r: [] for r in recipes}
+    for k in range(repeats):
+        for recipe in recipes if k % 2 == 0 else recipes[::-1]:
+            logger.info("  %s (round %d/%d)", recipe, k + 1, repeats)
+            runs[recipe].append(fn(recipe))
+    return runs
+
+
+def summarize(runs: list[dict], peak: float) -> dict:
+    """Sum the runs of one recipe (times and counts), keep the largest memory peak, and derive the rates."""
+    total = {k: sum(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, (int, float)) and k != "peak_mem_gib"}
+    out = {**total, "peak_mem_gib": max(r["peak_mem_gib"] for r in runs), "seconds_per_round": [r["seconds"] for r in runs]}
+    for k in ("tokens", "questions", "new_tokens"):
+        if k in total:
+            out[f"{k}_per_s"] = total[k] / total["seconds"]
+    if "flops" in total and "slots" in total:
+        out["mfu"] = total["flops"] / total["seconds"] / peak
+        out["pad_share"] = 1 - total["tokens"] / total["slots"]
+    elif "flops" in total:
+        out["roofline_fraction"] = total["flops"] / total["seconds"] / peak
+    if "recipe" in runs[0]:
+        out["recipe"] = runs[0]["recipe"]
+    return out
+
+
+TRAIN_KEYS = ("padding_free", "group_by_length", "liger", "attn_implementation", "completion_only_logits", "lora_r",
+              "lora_alpha")
+
+
+def recipe_settings(s: dict, recipe: str) -> dict:
+    """The training keys of a recipe: ``reference``/``ours`` from params/bench.yaml, ``size <name>`` as that size
+    declares them (params/sizes/<name>.yaml over the defaults)."""
+    if recipe.startswith("size "):
+        cfg = config.resolve(recipe.split(" ", 1)[1])
+        return {k: getattr(cfg, k) for k in TRAIN_KEYS}
+    return s[recipe]
+
+
+def compare(runs: dict[str, list], peak: float, metrics) -> dict:
+    ref, ours = (summarize(runs[r], peak) for r in RECIPES)
+    return {"reference": ref, "ours": ours, "ratio": {m: ours[m] / ref[m] for m in metrics if ref.get(m)}}
+
+
+def bench_model(name: str, s: dict, work: Path, peak: float) -> dict:
+    """Training and generation, reference against ours, for one model."""
+    if name == "llama2-7b-shape" and s["layers"] in (None, "auto"):
+        s = {**s, "layers": fit_layers(s["train_batch_size"] * s["max_length"]) if cuda() else 2}
+    out = {}
+    if "train" in s["parts"]:
+        need = 2 * (s["warmup_steps"] + s["train_steps"]) * s["train_batch_size"]
+        task = s.get("train_data") or "gsm8k"
+        if task in training_data.STAGE1_TASKS:  # the tiny study's stage-1 examples: its languages, shuffled together
+            langs = config.resolve("tiny").stage1_langs
+            examples = training_data.build_mixture([task], langs, -(-need // len(langs)), s["recipe"]["seed"])
+        else:
+            examples = training_data.build(task, limit=need)
+        extra = [f"size {x}" for x in s.get("train_sizes") or []]
+        logger.info("%s: training on %s, %s timed steps of %s examples: reference, ours%s", name, task,
+                    s["train_steps"], s["train_batch_size"], "".join(f", {x}" for x in extra))
+        runs = alternate(lambda r: train_once(name, r, s, work, examples), s["repeats"], (*RECIPES, *extra))
+        out["train"] = compare(runs, peak, TRAIN_METRICS)
+        out["train"]["data"] = task
+        out["train"]["extra"] = {x: summarize(runs[x], peak) for x in extra}
+        out["train"]["ratios"] = {x: {m: out["train"]["extra"][x][m] / out["train"]["reference"][m] for m in TRAIN_METRICS
+                                      if out["train"]["reference"].get(m)} for x in extra}
+    model, tok = load(name, s, work, s["dtype"])
+    model.eval()
+    if "generate" in s["parts"]:
+        out["generate"] = bench_generation(name, s, model, tok, peak, work)
+    info = {"params": sum(p.numel() for p in model.parameters()), "matmul_params": matmul_params(model),
+            "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size, "vocab": len(tok),
+            "settings": {k: s[k] for k in ("parts", "train_steps", "warmup_steps", "train_batch_size", "max_length",
+                                           "repeats", "gen_benchmarks", "gen_langs", "gen_per_lang", "max_new_tokens",
+                                           "gen_batch_size", "token_budget", "gen_engines")}}
+    del model
+    _reset_peak()
+    return {**info, **out}
+
+
+def bench_generation(name: str, s: dict, model, tok, peak: float, work: Path) -> dict:
+    """The reference recipe against every engine of ``gen_engines`` on the same prompts (one model object for
+    reference and hf; vLLM loads the same weights)."""
+    from qalign_lib.models import engines
+
+    groups = gen_prompts(s["gen_langs"], s["gen_per_lang"], s["gen_benchmarks"])
+    flat = [p for g in groups for p in g]
+    wanted = [e for e in s["gen_engines"] if e in ENGINES]
+    if "vllm" in wanted and (not engines.vllm_installed() or name == "llama2-7b-shape"):
+        logger.warning("vLLM is not installed here or %s has no files: the benchmark runs without it (`make "
+                       "venv` installs vLLM's CPU build)", name)
+        wanted.remove("vllm")
+    logger.info("%s: generating for %d questions (%s; %s), %s new tokens: reference, %s", name, len(flat),
+                ",".join(s["gen_benchmarks"]), ",".join(s["gen_langs"]), s["max_new_tokens"], ", ".join(wanted))
+    hf = engines.HF(model, tok)
+    runners = {"reference": hf, "hf": hf}
+    if "vllm" in wanted:
+        if s.get("threads") and not cuda():  # the same cores as the others: vLLM binds its OpenMP threads itself
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0" if s["threads"] == 1 else f"0-{s['threads'] - 1}")
+        ref = str(_random_llama(work, "tiny-random", 1000)) if name == "tiny-random" else name
+        runners["vllm"] = engines.VLLM(ref, s["dtype"], 1, chunk=len(flat), eager=s.get("vllm_eager"))
+    lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in flat]
+    flops_of = gen_flops(model, lengths)
+    for recipe in runners:  # warm-up: first calls allocate and pick kernels
+        list(runners[recipe].generate(flat[:2], 4, 2, desc="warm-up"))
+    outputs = {r: [] for r in runners}
+
+    def gen(recipe):
+        metrics, result = generate_once(runners[recipe], groups, recipe, s, flops_of)
+        outputs[recipe].append(result)
+        return metrics
+
+    recipes = ("reference", *wanted)
+    runs = alternate(gen, s["repeats"], recipes)
+    summary = {r: summarize(runs[r], peak) for r in recipes}
+    first = outputs["reference"][0]
+    result = {"reference": summary["reference"], "ours": summary["hf"], "engines": {e: summary[e] for e in wanted},
+              "ratio": {m: summary["hf"][m] / summary["reference"][m] for m in GEN_METRICS},
+              "ratios": {e: {m: summary[e][m] / summary["reference"][m] for m in GEN_METRICS} for e in wanted},
+              "roofline_tokens_per_s": peak / (2 * matmul_params(model)), "n": len(flat),
+              "prompt_tokens": sum(lengths)}
+    result["identical"], result["mismatch_ids"] = {}, {}
+    for e in ("reference", *wanted):
+        differ = [i for i in range(len(flat)) if any(run[i] != first[i] for run in outputs[e])]
+        result["identical"][e] = 1 - len(differ) / len(flat)
+        result["mismatch_ids"][e] = differ[:10]
+        summary[e]["of_roofline_tokens"] = summary[e]["new_tokens_per_s"] / result["roofline_tokens_per_s"]
+    hf_differ = [i for i in range(len(flat)) if any(run[i] != first[i] for r in ("reference", "hf") for run in outputs[r])]
+    result.update(mismatches=len(hf_differ))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The whole benchmark and its outputs
+
+
+def device_name() -> str:
+    if cuda():
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    m = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else None
+    n = torch.get_num_threads()
+    return f"{m.group(1).strip() if m else platform.processor() or 'CPU'} ({n} thread{'s' * (n > 1)})"
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "accelerate", "liger-kernel", "flash-attn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run(s: dict, out_dir: str | Path | None = None) -> dict:
+    """Benchmark every model of ``s["models"]``; writes results.json, results.md and ratios.png to ``out_dir``
+    (default: <figures>/bench) and returns the results."""
+    out = Path(out_dir) if out_dir else layout.figures_dir() / "bench"
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    if s.get("threads"):
+        torch.set_num_threads(s["threads"])
+    try:
+        peak, source = peak_flops(s)
+        results = {"device": device_name(), "device_type": s["device"],
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
+                   "peak_flops": peak, "peak_source": source, "settings": s, "models": {}}
+        with tempfile.TemporaryDirectory(prefix="qalign-bench-") as work:
+            for name in s["models"]:
+                results["models"][name] = bench_model(name, for_model(s, name), Path(work), peak)
+    finally:
+        torch.set_num_threads(threads)
+    results["seconds"] = time.perf_counter() - start
+    write(results, out)
+    return results
+
+
+def rows(results: dict) -> list[tuple]:
+    """(model, metric label, reference, ours, ratio) for every metric with a ratio."""
+    out = []
+    for name, m in results["models"].items():
+        if "train" in m:
+            r = m["train"]
+            out += [(name, label, r["reference"][key], r["ours"][key], r["ratio"].get(key))
+                    for key, label in TRAIN_METRICS.items()]
+            out += [(name, f"{label} ({x})", r["reference"][key], r["extra"][x][key], r["ratios"][x].get(key))
+                    for x in r.get("extra", {}) for key, label in TRAIN_METRICS.items()]
+        if "generate" in m:
+            r = m["generate"]
+            out += [(name, f"{label} ({e})", r["reference"][key], r["engines"][e][key], r["ratios"][e].get(key))
+                    for e in r["engines"] for key, label in GEN_METRICS.items()]
+    return out
+
+
+def _fmt(key_label: str, x) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f}%" if "MFU" in key_label or "roofline" in key_label else f"{x:.3g}" if x < 100 else f"{x:,.0f}"
+
+
+def table(results: dict) -> str:
+    """The Markdown report: the table of metrics and ratios, then how they were measured."""
+    lines = ["# Speed benchmark: ours / reference\n",
+             f"{results['device']}, {results['date']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+             f"\nPeak {results['peak_flops'] / 1e12:.3g} TFLOP/s ({results['peak_source']}). "
+             f"Total {results['seconds']:.0f} s.\n",
+             "| model | metric | reference | ours | ours / reference |", "|---|---|---:|---:|---:|"]
+    for name, label, ref, ours, ratio in rows(results):
+        shown = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"| {name} | {label} | {_fmt(label, ref)} | {_fmt(label, ours)} | {shown} |")
+    lines.append("")
+    mem = "torch.cuda.max_memory_allocated" if results["device_type"] == "cuda" else "peak RSS of the process (VmHWM)"
+    for name, m in results["models"].items():
+        parts = []
+        if "train" in m:
+            t = m["train"]
+            parts.append(f"training on {t.get('data', 'gsm8k')}: pad share {100 * t['reference']['pad_share']:.0f}% "
+                         f"(reference) vs {100 * t['ours']['pad_share']:.0f}% (ours)"
+                         + "".join(f", {100 * v['pad_share']:.0f}% ({x})" for x, v in t.get("extra", {}).items())
+                         + f"; recipes {t['reference']['recipe']} vs {t['ours']['recipe']}"
+                         + "".join(f" and {v['recipe']} ({x})" for x, v in t.get("extra", {}).items()))
+        if "generate" in m:
+            g = m["generate"]
+            parts.append(f"generation of {g['n']} prompts ({g['prompt_tokens']} prompt tokens): greedy outputs "
+                         "identical to the reference's " + ", ".join(f"{e} {100 * g['identical'][e]:.0f}%" for e in g["engines"])
+                         + f" (the reference against its own repeats: {100 * g['identical']['reference']:.0f}%); "
+                         f"roofline {g['roofline_tokens_per_s']:,.0f} generated tokens/s (peak / 2N); tokens/s of it: "
+                         + ", ".join(f"{r} {100 * x['of_roofline_tokens']:.1f}%" for r, x in
+                                     [("reference", g["reference"]), *g["engines"].items()]))
+        lines.append(f"- **{name}** ({m['params'] / 1e6:.1f}M parameters, {m['layers']} layers, hidden {m['hidden']}): "
+                     + "; ".join(parts) + f"; settings {m['settings']}.")
+    over = [name for name, m in results["models"].items() if "generate" in m and any(
+        x.get("roofline_fraction", 0) > 1 for x in [m["generate"]["reference"], *m["generate"]["engines"].values()])]
+    if over:
+        lines.append(f"\n**A share of roofline above 100% ({', '.join(over)}) means the peak was measured low** (another "
+                     "job held the cores while the matmul ran): compare shares across runs only with the same peak.")
+    lines.append(f"\nMemory: {mem}. Times of each round are in results.json (seconds_per_round); on a shared CPU a single "
+                 "round can be off by tens of percent. MFU = (6 N T + 12 layers hidden sum L_i^2) / seconds / peak, "
+                 "real tokens only. Generation share of roofline = useful FLOPs (2 N_body (P + G) + 2 N_head G + "
+                 "4 layers hidden sum of context lengths; prompts included, padding excluded) / seconds / peak "
+                 "(qalign_lib/benchmark.py). Higher is better for every metric except memory.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    data_ = [(f"{name.split(':')[-1]}: {label}", ratio) for name, label, _, _, ratio in rows(results) if ratio is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(data_) + 1.2))
+    y = range(len(data_))
+    better = [(r <= 1) if "memory" in label else (r >= 1) for label, r in data_]
+    ax.barh(list(y), [r for _, r in data_], color=["tab:green" if b else "tab:red" for b in better])
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_yticks(list(y), [label for label, _ in data_], fontsize=8)
+    ax.invert_yaxis()
+    for k, (_, r) in enumerate(data_):
+        ax.text(r, k, f" {r:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel("ours / reference (memory: lower is better)")
+    ax.set_title(f"Speed benchmark on {results['device']}", fontsize=9)
+    fig.tight_layout()
+    return files.save_figure(fig, Path(path), dpi=120)
+
+
+def write(results: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "results.json", "md": out / "results.md", "png": out / "ratios.png"}
+    with atomic_write(files["json"]) as f:
+        f.write(json.dumps(results, indent=2, default=str) + "\n")
+    with atomic_write(files["md"]) as f:
+        f.write(table(results))
+    plot(results, files["png"])
+    results["files"] = {k: str(v) for k, v in files.items()}
+    return files

@@ -1,0 +1,70 @@
+"""The two stages of QAlign as thin entries, one per notebook: prepare a run, train it (here or through
+``accelerate launch``), return its directory. Read top to bottom, this is the recipe:
+
+* :func:`stage1` question alignment (X->En questions) or one of its Table 4 ablations, from the base model;
+* :func:`stage2` response alignment from the base model or a finished run; a sequence of datasets (the mixed
+  setting: gsm8kinstruct, then metamathqa) is trained one after another, each phase a run of its own.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+from qalign_lib.core import layout, locks, log
+from qalign_lib.core.config import Config
+from qalign_lib.core.errors import ConfigError
+from qalign_lib.data import training_data
+from qalign_lib.models import modeling
+from qalign_lib.train import training
+from qalign_lib.train.launch import launch
+
+logger = log.get(__name__)
+
+
+def train(cfg: Config, name: str, tasks: list[str], langs=None, init: str = "base", stage: int = 1) -> Path:
+    """Prepare and train one run unless it is already finished; returns its directory."""
+    modeling.preflight(cfg)
+    run = layout.run(cfg.size, name)
+    # machine 0 holds the lock of a multi-machine run; the other machines' notebooks train the same run with it
+    guard = locks.lock(run.lock_file, f"run {name}") if not int(os.environ.get("MACHINE_RANK") or 0) else nullcontext()
+    with guard:
+        out = training.prepare(cfg, name, tasks, langs, init, stage)
+        if out is None:
+            return run.path
+        logger.info("run %s: training on %s (%s) from %s", name, "+".join(tasks), ",".join(training.data_langs(tasks, langs)), init)
+        launch(cfg, out)
+    return out
+
+
+def stage1(cfg: Config, task: str = "x2en_question", langs=None, name: str | None = None) -> Path:
+    """Question alignment (or one of its ablations) from the base model."""
+    if task not in training_data.STAGE1_TASKS:
+        raise ConfigError(f"stage-1 task {task!r}: choose one of {', '.join(training_data.STAGE1_TASKS)}")
+    langs = cfg.stage1_langs if langs is None else langs
+    return train(cfg, name or f"stage1-{task}", [task], langs, "base", 1)
+
+
+def phases(cfg: Config, init: str = "base", data_seq=None, name: str | None = None) -> list[tuple[str, str, str]]:
+    """(run name, dataset, init) of each phase of a stage 2; the last phase is named ``name``."""
+    seq = cfg.stage2_data if data_seq is None else data_seq
+    seq = [s.strip() for s in seq.split(",")] if isinstance(seq, str) else list(seq)
+    bad = [d for d in seq if d not in training_data.STAGE2_DATA]
+    if not seq or bad:
+        raise ConfigError(f"stage-2 data {bad or seq!r}: choose from {', '.join(training_data.STAGE2_DATA)} (a sequence: "
+                          "gsm8kinstruct,metamathqa)")
+    name = name or f"{init}__{'+'.join(seq)}"
+    out, current = [], init
+    for i, dataset in enumerate(seq):
+        phase = name if i == len(seq) - 1 else f"{name}.phase{i + 1}-{dataset}"
+        out.append((phase, dataset, current))
+        current = phase
+    return out
+
+
+def stage2(cfg: Config, init: str = "base", data_seq=None, langs="all", name: str | None = None) -> Path:
+    """Response alignment from ``init``."""
+    last = None
+    for phase, dataset, start in phases(cfg, init, data_seq, name):
+        last = train(cfg, phase, [dataset], langs if dataset == "gsm8kinstruct" else None, start, 2)
+    return last
