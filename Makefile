@@ -55,8 +55,9 @@ bench-vllm: venv       ## the generation benchmark with the vllm engine too (CPU
 	$(VENV)/bin/papermill notebooks/benchmark.ipynb runs/benchmark-vllm.ipynb -p parts generate \
 	  -p models embedded:smollm2-135m-instruct -p out_dir figures/bench/generation
 
-# Wheels for an offline GPU machine that already has torch, accelerate, peft, pyarrow and pandas (Python 3.12, as
-# the device machine's): what tools/gpu_check.py carries, at the GPU set's pins (constraints/gpu.txt): transformers,
+# Wheels for an offline GPU machine that already has torch, accelerate, peft, pyarrow and pandas: what
+# tools/gpu_check.py carries, at the GPU set's pins (constraints/gpu.txt, resolved for CPython 3.11 and checked to
+# have 3.12 wheels at the same versions), built for the device machine's CPython 3.12 (DEVICE_PYTHON): transformers,
 # trl, datasets, peft, tokenizers, fsspec, dill, multiprocess (~18 MiB; any other wheel in .whl/ is removed: two
 # versions of one package stop the install). More: make wheels WHEELS_EXTRA="papermill==2.7.0 ...". There:
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD

@@ -119,8 +119,14 @@ def wheel_specs(names=WHEEL_NAMES, constraints: Path | None = None) -> list[str]
     return [f"{n}=={v}" for n, v in pinned(names, constraints).items()]
 
 
+# The device machine's Python. The GPU set is resolved for CPython 3.11 (environment.yml) and every package of it
+# built per Python version was checked to have a CPython 3.12 wheel at the same version (constraints/gpu.txt's
+# header), so the carried wheels are the set's versions built for the Python that will import them.
+DEVICE_PYTHON = "3.12"
+
+
 def download_command(specs: list[str], dest: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", DEVICE_PYTHON,
            "--implementation", "cp"]
     for p in PLATFORMS:
         cmd += ["--platform", p]

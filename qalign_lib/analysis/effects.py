@@ -1,32 +1,7 @@
-"""What stage 1 did, measured where a small model can show it: translation quality and representation alignment.
-
-QAlign's claim is that question alignment (stage 1) maps non-English questions onto their English counterparts.
-mGSM (250 questions) and mSVAMP (1,000) are parallel: question ``id`` is the same problem in every language, so
-each non-English question has its English translation in the same benchmark. For any model (the base, a stage-1
-run, a final system) this module measures
-
-* **translation quality** (:func:`translate`): the stage-1 task itself. Each non-English question is translated
-  into English with the stage-1 prompt, byte-identical to training (:func:`prompts.translate` inside
-  :func:`prompts.alpaca`), greedy, and the hypotheses are scored against the English question of the same id with
-  sacrebleu's default chrF and BLEU (13a tokenizer). Rows are appended per language as they are produced (a rerun
-  resumes); changed settings move old translations aside.
-* **representation alignment** (:func:`represent`): the hidden states of every layer (0 = embeddings; the last is
-  after the final norm, as transformers returns it), mean-pooled over the question's own tokens (the raw question
-  text: no template, no padding, no special tokens; ``representation_pooling: template`` feeds the Alpaca prompt
-  and pools over the question's tokens inside it). Per language and layer: the mean cosine similarity of a
-  question with its English counterpart, and cross-lingual retrieval top-1 (the English question nearest to each
-  non-English one is its translation; chance = 1 / n). Mean-pooled states are strongly anisotropic (every pair
-  looks similar), so both are also given after mean-centring each language's vectors (subtracting that language's
-  mean vector at that layer over the questions analysed), the convention of the cross-lingual representation
-  literature (e.g. Libovický et al. 2020, "On the language neutrality of pre-trained multilingual
-  representations").
-
-Every number comes with a 95% percentile-bootstrap CI over questions; averages over languages resample the same
-question ids in every language (the benchmarks are parallel). :func:`effects` compares two models on the same
-questions (paired bootstrap): the report's stage-1 effects.
-
-Where files go is :mod:`qalign_lib.layout`'s business (:class:`~qalign_lib.layout.AnalysisRoot`); the study runs
-:func:`analyze` for the systems its ``analysis`` section names (``notebooks/analyze.ipynb``).
+"""The study-level comparison, the code that tests the paper's mechanism claim: :func:`collect` reads every
+analysed system of a study, the tables put systems side by side, and :func:`effects` gives the paired difference
+between two systems on the same question ids (bootstrap over ids, jointly across languages), with
+:func:`summary` as the sentence the report opens with.
 """
 from __future__ import annotations
 
@@ -34,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from qalign_lib.analysis import inference
-from qalign_lib.analysis.inputs import AVG, REF, _key, parallel_questions
+from qalign_lib.analysis.inputs import REF, _key, parallel_questions
 from qalign_lib.analysis.mt_metrics import METRICS, SCORES
 from qalign_lib.analysis.pipeline import _langs, target
 from qalign_lib.analysis.representations import (
@@ -48,13 +23,15 @@ from qalign_lib.analysis.translation import (
     translation_stats,
 )
 from qalign_lib.core import benchmarks as registry
+from qalign_lib.core import layout
 from qalign_lib.core.errors import RunError
+from qalign_lib.core.languages import AVG
 
 # ----------------------------------------------------------------------------------------------------------------
 # A study's analyses, for the report
 
 
-def collect(study, n_boot: int = 1000) -> tuple[dict, dict]:
+def collect(study) -> tuple[dict, dict]:
     """({system: {benchmark: {"translation": {lang: rows}, "representations": per-question frame}}}, absent) for
     the systems of the study's ``analyses``. A system is absent (with the reason) when its run is not finished or
     it has not been analysed; any other problem raises."""
@@ -62,9 +39,8 @@ def collect(study, n_boot: int = 1000) -> tuple[dict, dict]:
     found: dict = {}
     absent: dict = {}
     for system, ref in study.analyses.items():
-        model = ref.split(":", 1)[1] if ref.startswith("model:") else None
         try:
-            root = target(cfg, run=None if model else ref, model=model)
+            root = target(cfg, **layout.target_of(ref))
         except RunError as e:
             absent[system] = str(e).split(";")[0]
             continue

@@ -1,32 +1,7 @@
-"""What stage 1 did, measured where a small model can show it: translation quality and representation alignment.
-
-QAlign's claim is that question alignment (stage 1) maps non-English questions onto their English counterparts.
-mGSM (250 questions) and mSVAMP (1,000) are parallel: question ``id`` is the same problem in every language, so
-each non-English question has its English translation in the same benchmark. For any model (the base, a stage-1
-run, a final system) this module measures
-
-* **translation quality** (:func:`translate`): the stage-1 task itself. Each non-English question is translated
-  into English with the stage-1 prompt, byte-identical to training (:func:`prompts.translate` inside
-  :func:`prompts.alpaca`), greedy, and the hypotheses are scored against the English question of the same id with
-  sacrebleu's default chrF and BLEU (13a tokenizer). Rows are appended per language as they are produced (a rerun
-  resumes); changed settings move old translations aside.
-* **representation alignment** (:func:`represent`): the hidden states of every layer (0 = embeddings; the last is
-  after the final norm, as transformers returns it), mean-pooled over the question's own tokens (the raw question
-  text: no template, no padding, no special tokens; ``representation_pooling: template`` feeds the Alpaca prompt
-  and pools over the question's tokens inside it). Per language and layer: the mean cosine similarity of a
-  question with its English counterpart, and cross-lingual retrieval top-1 (the English question nearest to each
-  non-English one is its translation; chance = 1 / n). Mean-pooled states are strongly anisotropic (every pair
-  looks similar), so both are also given after mean-centring each language's vectors (subtracting that language's
-  mean vector at that layer over the questions analysed), the convention of the cross-lingual representation
-  literature (e.g. Libovický et al. 2020, "On the language neutrality of pre-trained multilingual
-  representations").
-
-Every number comes with a 95% percentile-bootstrap CI over questions; averages over languages resample the same
-question ids in every language (the benchmarks are parallel). :func:`effects` compares two models on the same
-questions (paired bootstrap): the report's stage-1 effects.
-
-Where files go is :mod:`qalign_lib.layout`'s business (:class:`~qalign_lib.layout.AnalysisRoot`); the study runs
-:func:`analyze` for the systems its ``analysis`` section names (``notebooks/analyze.ipynb``).
+"""Representation alignment: hidden states of every layer mean-pooled over a question's own tokens, and per
+language and layer their cosine with the English counterpart and cross-lingual retrieval top-1, raw and after
+mean-centring each language (:func:`per_question_similarity`); summaries with bootstrap CIs
+(:func:`similarity_table`).
 """
 from __future__ import annotations
 
@@ -34,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from qalign_lib.analysis import inference
-from qalign_lib.analysis.inputs import AVG, REF, _key, parallel_questions
+from qalign_lib.analysis.inputs import REF, _key, parallel_questions
 from qalign_lib.core import files, layout, log
 from qalign_lib.core.errors import ConfigError, DataError, ResultsError
 from qalign_lib.core.files import atomic_write, write_json
+from qalign_lib.core.languages import AVG
 from qalign_lib.data import prompts
 
 logger = log.get(__name__)
@@ -51,7 +27,9 @@ PER_QUESTION = ("lang", "layer", "id", *MEASURES)
 
 
 def _question_positions(tokenizer, text: str, pooling: str) -> tuple[list[int], list[int]]:
-    """(input ids, positions to pool) of one question: its own tokens, special tokens (BOS) fed but not pooled."""
+    """(input ids, positions to pool) of one question: its own tokens. Special tokens the tokenizer adds (a BOS,
+    where it adds one: SmolLM2's does not) are fed but not pooled; with ``template`` pooling the Alpaca template
+    around the question is fed and not pooled."""
     if pooling == "question":
         enc = tokenizer(text, add_special_tokens=True, return_special_tokens_mask=True)
         return enc["input_ids"], [k for k, special in enumerate(enc["special_tokens_mask"]) if not special]
@@ -107,7 +85,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def similarity(states: dict[str, np.ndarray], ids: list) -> pd.DataFrame:
+def per_question_similarity(states: dict[str, np.ndarray], ids: list) -> pd.DataFrame:
     """Per-question measures of every non-English language against English, per layer: columns lang, layer, id,
     cosine (with its English counterpart), centred_cosine (after subtracting each language's mean vector at that
     layer), retrieval_top1 (1 if its English counterpart is the nearest English question by cosine, ties going to
@@ -181,7 +159,7 @@ def represent(model, tokenizer, out: layout.RepresentationDir, benchmark: str, l
         return pd.read_csv(out.similarity)
     logger.info("%s: hidden states of %d questions x %d languages (%s pooling)", benchmark, len(ids), len(questions), pooling)
     states = {lang: pooled_states(model, tokenizer, [q[i] for i in ids], batch_size, pooling) for lang, q in questions.items()}
-    per_question = similarity(states, ids)
+    per_question = per_question_similarity(states, ids)
     table = similarity_table(per_question, n_boot)
     for path, frame in ((out.per_question, per_question), (out.similarity, table)):
         with atomic_write(path) as f:

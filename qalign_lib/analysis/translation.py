@@ -1,32 +1,7 @@
-"""What stage 1 did, measured where a small model can show it: translation quality and representation alignment.
-
-QAlign's claim is that question alignment (stage 1) maps non-English questions onto their English counterparts.
-mGSM (250 questions) and mSVAMP (1,000) are parallel: question ``id`` is the same problem in every language, so
-each non-English question has its English translation in the same benchmark. For any model (the base, a stage-1
-run, a final system) this module measures
-
-* **translation quality** (:func:`translate`): the stage-1 task itself. Each non-English question is translated
-  into English with the stage-1 prompt, byte-identical to training (:func:`prompts.translate` inside
-  :func:`prompts.alpaca`), greedy, and the hypotheses are scored against the English question of the same id with
-  sacrebleu's default chrF and BLEU (13a tokenizer). Rows are appended per language as they are produced (a rerun
-  resumes); changed settings move old translations aside.
-* **representation alignment** (:func:`represent`): the hidden states of every layer (0 = embeddings; the last is
-  after the final norm, as transformers returns it), mean-pooled over the question's own tokens (the raw question
-  text: no template, no padding, no special tokens; ``representation_pooling: template`` feeds the Alpaca prompt
-  and pools over the question's tokens inside it). Per language and layer: the mean cosine similarity of a
-  question with its English counterpart, and cross-lingual retrieval top-1 (the English question nearest to each
-  non-English one is its translation; chance = 1 / n). Mean-pooled states are strongly anisotropic (every pair
-  looks similar), so both are also given after mean-centring each language's vectors (subtracting that language's
-  mean vector at that layer over the questions analysed), the convention of the cross-lingual representation
-  literature (e.g. Libovický et al. 2020, "On the language neutrality of pre-trained multilingual
-  representations").
-
-Every number comes with a 95% percentile-bootstrap CI over questions; averages over languages resample the same
-question ids in every language (the benchmarks are parallel). :func:`effects` compares two models on the same
-questions (paired bootstrap): the report's stage-1 effects.
-
-Where files go is :mod:`qalign_lib.layout`'s business (:class:`~qalign_lib.layout.AnalysisRoot`); the study runs
-:func:`analyze` for the systems its ``analysis`` section names (``notebooks/analyze.ipynb``).
+"""Translation quality, the stage-1 task itself: each non-English question translated into English with the
+stage-1 prompt (byte-identical to training), greedy, rows appended per language as they come (a rerun resumes;
+changed settings move old translations aside), then chrF and BLEU against the English question of the same id,
+per language and averaged, with bootstrap CIs over questions.
 """
 from __future__ import annotations
 
@@ -35,10 +10,11 @@ import time
 import numpy as np
 
 from qalign_lib.analysis import inference
-from qalign_lib.analysis.inputs import AVG, REF, _key, parallel_questions
+from qalign_lib.analysis.inputs import REF, _key, parallel_questions
 from qalign_lib.analysis.mt_metrics import METRICS, SCORES, sentence_stats, signature
 from qalign_lib.core import files, layout, log
 from qalign_lib.core.files import append_jsonl, read_results, write_json
+from qalign_lib.core.languages import AVG
 from qalign_lib.data import prompts
 
 logger = log.get(__name__)
@@ -115,7 +91,7 @@ def translation_stats(rows: list[dict], metric: str) -> np.ndarray:
 
 
 def translation_metrics(rows_by_lang: dict[str, list[dict]], n_boot: int = 1000, seed: int = 0) -> dict:
-    """``{"chrf": {lang: score, "avg": mean}, "bleu": {...}, "ci": {metric: {lang: [lo, hi]}}, "signature": ...}``:
+    """``{"chrf": {lang: score, "Avg": mean}, "bleu": {...}, "ci": {metric: {lang: [lo, hi]}}, "signature": ...}``:
     corpus scores per language (and their plain mean over languages) with percentile-bootstrap 95% CIs; the
     average resamples the same ids in every language (only ids translated in every language take part)."""
     rows_by_lang = {lang: rows for lang, rows in rows_by_lang.items() if rows}

@@ -19,7 +19,7 @@ class Benchmark:
     averaged: tuple[str, ...]     # languages of the reported average (the paper's ten)
     path: str                     # file of one language, relative to the data directory
     max_new_tokens: int           # generation length of the reference evaluation scripts
-    size: int                     # questions per language
+    n_questions: int              # questions per language
     about: str
     question_field: str = "question"
     answer_field: str = "answer"  # gold number as a string

@@ -1,4 +1,5 @@
-"""Small file helpers: JSON/JSONL reading with precise errors, and atomic writes (temp file, then rename)."""
+"""Small file helpers: JSON/JSONL reading with precise errors, atomic writes (temp file, then rename), moving a
+replaced result aside (never deleting it), saving a figure."""
 from __future__ import annotations
 
 import contextlib

@@ -75,3 +75,8 @@ def parse_langs(value, allowed=KNOWN, what: str = "langs") -> list[str]:
     if bad:
         raise ConfigError(f"{what}: unknown or unsupported language code(s) {', '.join(bad)}; allowed: {' '.join(allowed)}")
     return list(dict.fromkeys(items))
+
+
+# The label of an average over languages, wherever a language would stand (a table's column, the lang field of
+# a long table, an analysis file); over the benchmark's averaged languages, or over those without English.
+AVG, AVG_NON_EN = "Avg", "Avg non-En"

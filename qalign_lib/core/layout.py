@@ -228,6 +228,28 @@ def _model_dir(size: str, model: str) -> Path:
     return _inside(size_root(size) / "models" / safe, runs_dir())
 
 
+MODEL_PREFIX = "model:"  # a study's reference to a model it did not train: model:<Hub id or path>
+
+
+def model_ref(model: str) -> str:
+    """The reference a study gives a model it did not train (a released checkpoint, a path): ``model:<id>``."""
+    return f"{MODEL_PREFIX}{model}"
+
+
+def target_of(ref: str) -> dict[str, str | None]:
+    """What a study's system reference names, as the keyword arguments of the functions that find its eval and
+    analysis roots: ``{"run": name, "model": None}`` for a run (or ``base``), ``{"run": None, "model": id}`` for
+    ``model:<id>``."""
+    ref = str(ref)
+    if ref.startswith(MODEL_PREFIX):
+        return {"run": None, "model": ref[len(MODEL_PREFIX):]}
+    return {"run": ref, "model": None}
+
+
+def is_model_ref(ref) -> bool:
+    return str(ref).startswith(MODEL_PREFIX)
+
+
 def model_home(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> tuple[Path, str]:
     """The directory that holds a model's ``eval/`` and ``analysis/``, and the model reference they are of: an explicit
     model (Hub id or path) at runs/<size>/models/<id>, ``base`` (or no run) the size's model at runs/<size>/base, else

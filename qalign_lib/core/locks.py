@@ -1,32 +1,5 @@
-"""The run layout: the one module that knows where runs, evaluations and executed notebooks live.
-
-::
-
-    runs/<size>/<run>/             a training run (RunDir)
-        run.json                   the resolved config, data, init and fingerprint
-        train.jsonl                exactly the examples it is trained on
-        lengths.json               per language: examples kept whole, cut at max_length, dropped
-        checkpoints/               Trainer checkpoints (removed once the run is finished)
-        train_log.jsonl, loss.png  loss and learning rate per optimizer step, and its curve
-        tensorboard/               the experiment-tracking log (report_to: tensorboard)
-        launch.log                 output of the accelerate workers (multi-process runs)
-        model/                     the final model and tokenizer
-        DONE                       written last, holding the fingerprint
-        eval/                      its evaluation (EvalRoot)
-        analysis/                  what stage 1 did to it (AnalysisRoot)
-    runs/<size>/base/eval/         evaluation of the size's untrained base model
-    runs/<size>/models/<id>/eval/  evaluation of any other model (a published checkpoint, a path)
-    runs/<size>/base/analysis/, runs/<size>/models/<id>/analysis/   their analyses
-    runs/<size>/notebooks/         notebooks executed by `qalign study`
-    <eval root>/<benchmark>/<lang>.jsonl, <benchmark>/settings.json, metrics.json
-    <analysis root>/translation/<benchmark>/<lang>.jsonl, settings.json, metrics.json       (TranslationDir)
-    <analysis root>/representations/<benchmark>/similarity.csv, per_question.csv, settings.json  (RepresentationDir)
-    figures/<size>/                the report of the size's own study (tiny for tiny, paper for 7b and 13b);
-    figures/<size>/<study>/        the report of any other study of that size (e.g. figures/tiny/offline/)
-
-Run names are plain names (letters, digits, ``._+-``, not starting with a dot); ``base``, ``models`` and
-``notebooks`` are reserved. Every path built here resolves inside its root. Replacing a finished run or stale
-generations moves them aside (``<name>.replaced-<time>``), never deletes them.
+"""Locks: exclusive use of a run, an eval root, an analysis or a study by one process (:func:`lock`, a
+non-blocking ``flock`` that names its holder and dies with the process).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Datasets: where each one lives under the data directory, loaders with validation, and the training examples.
+"""Datasets: where each one lives under the data directory and loaders with validation (the training examples
+built from them: :mod:`.training_data`).
 
 Every dataset is a JSONL file (FLORES: plain text, one sentence per line) in the normalized layout described by
 ``shared/data/MANIFEST.md`` and written by ``qalign data download``. Loaders return ``datasets.Dataset`` objects.

@@ -1,9 +1,6 @@
-"""Datasets: where each one lives under the data directory, loaders with validation, and the training examples.
-
-Every dataset is a JSONL file (FLORES: plain text, one sentence per line) in the normalized layout described by
-``shared/data/MANIFEST.md`` and written by ``qalign data download``. Loaders return ``datasets.Dataset`` objects.
-Parallel data is aligned by ``id``, never by line number. Anything absent is an error naming the file and the fix;
-nothing is ever replaced by another dataset or language.
+"""Training examples: the stage-1 tasks (question alignment and its ablations, built per non-English language
+from parallel data aligned by id) and the stage-2 data (MetaMathQA, GSM8K, GSM8KInstruct), each as Alpaca
+prompt/completion rows; :func:`build` for one task, :func:`build_mixture` for the mixed setting.
 """
 from __future__ import annotations
 
@@ -116,7 +113,7 @@ def task_langs(task: str, langs) -> list[str]:
     return parse_langs(langs if langs is not None else "all", allowed=allowed, what=f"langs for {task}")
 
 
-def build(task: str, langs=None, limit: int | None = None, seed: int = 1234, root=None) -> list[dict]:
+def build(task: str, langs=None, limit: int | None = None, root=None) -> list[dict]:
     """Training examples of one task; ``limit`` keeps the first N examples per language (file order)."""
     rows = []
     for lang in task_langs(task, langs):
@@ -129,7 +126,7 @@ def build_mixture(tasks: list[str], langs=None, limit: int | None = None, seed: 
     """Several tasks concatenated and shuffled with ``seed`` (the mixed setting of one training run)."""
     only_english = all(task in MONOLINGUAL for task in tasks)  # else langs are those of the multilingual tasks
     rows = [row for task in tasks
-            for row in build(task, langs if only_english or task not in MONOLINGUAL else None, limit, seed, root)]
+            for row in build(task, langs if only_english or task not in MONOLINGUAL else None, limit, root)]
     random.Random(seed).shuffle(rows)
     return rows
 

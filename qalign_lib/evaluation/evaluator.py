@@ -81,7 +81,7 @@ def _evaluate(cfg: Config, root: layout.EvalRoot, names: list[str], langs, limit
             have = done_ids(root.generations(name, lang))
             todo += [{"id": q["id"], "lang": lang, "prompt": prompts.alpaca(q["question"])}
                      for q in questions[lang] if q["id"] not in have]
-        shards = sharding.size(cfg.data_parallel_size, cfg.tensor_parallel_size) if todo else 1
+        shards = sharding.n_engines(cfg.data_parallel_size, cfg.tensor_parallel_size) if todo else 1
         if todo and shards > 1:  # several engines at once, each in its own process(es)
             sharding.generate(cfg, root, name, todo, want["max_new_tokens"], min(shards, len(todo)), bench_langs)
         elif todo:

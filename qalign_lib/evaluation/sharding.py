@@ -43,7 +43,7 @@ def gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def size(data_parallel_size: int | None, tensor_parallel_size: int, n_gpus: int | None = None) -> int:
+def n_engines(data_parallel_size: int | None, tensor_parallel_size: int, n_gpus: int | None = None) -> int:
     """How many engines generate at once: the config's, else one per GPU group (1 without GPUs)."""
     n_gpus = gpus() if n_gpus is None else n_gpus
     if data_parallel_size is None:

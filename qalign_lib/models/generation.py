@@ -41,13 +41,18 @@ def batches(lengths: list[int], batch_size: int, max_new_tokens: int, token_budg
     return out
 
 
+LOOPS = ("greedy", "transformers")  # our decoding loop (engine hf) and Transformers' generate (the speed reference)
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
              token_budget: int | None = None, sort: bool = True, desc: str = "generating",
-             loop: str = "ours") -> Iterator[list[tuple[int, str, int]]]:
-    """Yield, per batch, [(prompt index, response text, number of new tokens)]. ``loop="ours"`` decodes with
-    :func:`greedy` (rows leave the batch at their EOS); ``loop="hf"`` with Transformers' ``generate`` (the
-    reference's: every row is computed until the last one stops)."""
+             loop: str = "greedy") -> Iterator[list[tuple[int, str, int]]]:
+    """Yield, per batch, [(prompt index, response text, number of new tokens)]. ``loop="greedy"`` decodes with
+    :func:`greedy` (rows leave the batch at their EOS; what engine ``hf`` runs); ``loop="transformers"`` with
+    Transformers' ``generate`` (the reference's: every row is computed until the last one stops)."""
+    if loop not in LOOPS:
+        raise ValueError(f"loop {loop!r}: choose one of {', '.join(LOOPS)}")
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
@@ -64,7 +69,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
             for row, i in enumerate(group):
                 ids[row, width - lengths[i]:] = torch.tensor(encoded[i])
                 mask[row, width - lengths[i]:] = 1
-            if loop == "hf":
+            if loop == "transformers":
                 new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device))[:, width:].tolist()
             else:
                 new = greedy(model, ids.to(device), mask.to(device), max_new_tokens, tokenizer.eos_token_id)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from qalign_lib.core import log
+from qalign_lib.core.config import Config
 from qalign_lib.core.errors import ModelError
 
 logger = log.get(__name__)
@@ -105,7 +106,7 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ModelError(f"dtype {name!r}: choose float32, bfloat16 or float16") from None
 
 
-def preflight(cfg: dict) -> None:
+def preflight(cfg: Config) -> None:
     """Stop early, with a clear message, when a size cannot run here (e.g. 13b on a machine without a GPU)."""
     if cfg.requires_gpu and not torch.cuda.is_available():
         raise ModelError(

@@ -10,6 +10,7 @@ from pathlib import Path
 from qalign_lib.core import benchmarks as registry
 from qalign_lib.core import config, files, layout
 from qalign_lib.core.config import Config
+from qalign_lib.core.languages import AVG, AVG_NON_EN
 from qalign_lib.data import corpora
 from qalign_lib.evaluation import scoring
 
@@ -115,7 +116,7 @@ def metrics_frame(metrics: dict, scorer: str = scoring.DEFAULT):
     for name in registry.NAMES:
         if name in metrics:
             r = metrics[name][scorer]
-            rows[registry.get(name).display] = {**r["accuracy"], "avg": r["average"], "avg non-en": r["average_non_en"]}
+            rows[registry.get(name).display] = {**r["accuracy"], AVG: r["average"], AVG_NON_EN: r["average_non_en"]}
     return pd.DataFrame(rows).T
 
 

@@ -33,11 +33,12 @@ from typing import Callable
 
 import pandas as pd
 
-from qalign_lib.analysis import effects, inputs
+from qalign_lib.analysis import effects
 from qalign_lib.core import benchmarks as registry
 from qalign_lib.core import files, layout, log
 from qalign_lib.core.errors import RunError
 from qalign_lib.core.files import atomic_write
+from qalign_lib.core.languages import AVG
 from qalign_lib.core.languages import name as language_name
 from qalign_lib.evaluation import scoring
 from qalign_lib.report import figures, tables
@@ -151,7 +152,7 @@ def members(study: Study, group: str | None, extra_models=()) -> list[str]:
 
 
 def _averaged_note(b: registry.Benchmark) -> str:
-    text = f"Avg = mean over the {len(b.averaged)} languages" + (" (English included)" if "en" in b.averaged else "")
+    text = f"{AVG} = mean over the {len(b.averaged)} languages" + (" (English included)" if "en" in b.averaged else "")
     if b.extra:
         text += ", " + " and ".join(language_name(lang) for lang in b.extra) + " not averaged"
     return text + "; Avg non-En = the same without English"
@@ -199,7 +200,8 @@ def _consistency(ctx: Context, _) -> pd.DataFrame:
 
 
 def _paper_vs_us(ctx: Context, _) -> pd.DataFrame:
-    released = {ref.split(":", 1)[1]: system for system, ref in ctx.study.systems.items() if ref.startswith("model:")}
+    released = {layout.target_of(ref)["model"]: system for system, ref in ctx.study.systems.items()
+                if layout.is_model_ref(ref)}
     pvu = tables.paper_vs_us(ctx.long, ctx.study.size, released=released)
     source = pvu.attrs["source"]
     pvu = pvu.set_index("system") if len(pvu) else pvu
@@ -218,7 +220,7 @@ def _representations(ctx: Context, b: str) -> pd.DataFrame | None:
     full = ctx.representations(b)
     if not len(full):
         return None if not ctx.analyses else full
-    avg = full[full["lang"] == inputs.AVG] if (full["lang"] == inputs.AVG).any() else full
+    avg = full[full["lang"] == AVG] if (full["lang"] == AVG).any() else full
     return avg.set_index(["system", "lang", "layer"])
 
 
@@ -226,7 +228,7 @@ def _representations_langs(ctx: Context, b: str) -> pd.DataFrame | None:
     full = ctx.representations(b)
     if not len(full):
         return None if not ctx.analyses else full
-    per = full[full["lang"] != inputs.AVG]
+    per = full[full["lang"] != AVG]
     table = per.groupby(["system", "lang"], sort=False).agg(
         n=("n", "first"), layers=("layer", "nunique"), cosine=("cosine", "mean"), centred_cosine=("centred_cosine", "mean"),
         retrieval_top1=("retrieval_top1", "mean"), retrieval_top1_centred=("retrieval_top1_centred", "mean"),
@@ -343,9 +345,8 @@ def recorded_versions(study: Study, extra_models=()) -> dict[str, dict]:
         if run.is_done() and run.run_json.is_file() and isinstance(run.meta().get("versions"), dict):
             out[f"training {name}"] = run.meta()["versions"]
     for system, ref in collected_results.systems(study, extra_models).items():
-        model = ref[len(collected_results.MODEL_PREFIX):] if ref.startswith(collected_results.MODEL_PREFIX) else None
         try:
-            root = evaluator.target(study.cfg, run=None if model else ref, model=model)
+            root = evaluator.target(study.cfg, **layout.target_of(ref))
         except RunError:
             continue
         metrics = root.read_metrics()
@@ -381,8 +382,8 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
             continue
         display = registry.get(b).display
         pairs = list(dict.fromkeys(zip(table["a"], table["b"])))
-        n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == inputs.AVG].groupby("measure")}
-        langs = [x for x in dict.fromkeys(table["lang"]) if x != inputs.AVG]
+        n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == AVG].groupby("measure")}
+        langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG]
         parts = [f"**{bb} - {a}**: {effects.summary(table, a, bb)}." for a, bb in pairs]
         sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", n.get("cosine"))) if v)
         lines += [f"**What stage 1 did** ({display}, {len(langs)} languages: {' '.join(langs)}; questions per language, "

@@ -5,6 +5,8 @@ No backend is chosen here: in a notebook the figures show inline, headless matpl
 """
 from __future__ import annotations
 
+from qalign_lib.core.languages import AVG
+
 
 def table_heatmap(frame, title: str):
     """A system x language accuracy table (values 0-100) as an annotated heatmap."""
@@ -85,7 +87,7 @@ def translation_bars(table, title: str, metric: str = "chrf"):
     return bars(long, title, ylabel=f"{MEASURE_LABELS[metric]} against the English question")
 
 
-def representation_lines(table, title: str, measures=("cosine", "centred_cosine", "retrieval_top1"), lang: str = "avg"):
+def representation_lines(table, title: str, measures=("cosine", "centred_cosine", "retrieval_top1"), lang: str = AVG):
     """One panel per measure against layer (0 = embeddings), one line per system with its 95% CI band; the
     retrieval panels show chance (1 / n) as a dotted line. ``table``: analysis.representation_table rows (the
     ``lang`` rows are drawn, the average over languages by default)."""
@@ -115,7 +117,7 @@ def representation_grid(table, title: str, measures=("centred_cosine", "retrieva
     import matplotlib.pyplot as plt
 
     frame = table.reset_index() if "system" not in table.columns else table
-    langs = [x for x in dict.fromkeys(frame["lang"]) if x != "avg"]
+    langs = [x for x in dict.fromkeys(frame["lang"]) if x != AVG]
     fig, axes = plt.subplots(len(measures), len(langs), figsize=(2.3 * len(langs) + 1.5, 2.2 * len(measures)),
                              squeeze=False, sharex=True, sharey="row")
     for r, measure in enumerate(measures):
@@ -147,7 +149,7 @@ def effects_forest(table, title: str):
     import matplotlib.pyplot as plt
 
     frame = table.reset_index() if "measure" not in table.columns else table
-    frame = frame[frame["lang"] == "avg"] if (frame["lang"] == "avg").any() else frame
+    frame = frame[frame["lang"] == AVG] if (frame["lang"] == AVG).any() else frame
     measures = list(dict.fromkeys(frame["measure"]))
     pairs = list(dict.fromkeys(zip(frame["a"], frame["b"])))
     cols = min(3, len(measures))

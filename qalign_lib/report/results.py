@@ -6,7 +6,7 @@ generations file, gold answers that do not match, a bug) raises: a report must n
 """
 from __future__ import annotations
 
-from qalign_lib.core import log
+from qalign_lib.core import layout, log
 from qalign_lib.core.errors import RunError
 from qalign_lib.data import corpora
 from qalign_lib.evaluation import scoring
@@ -14,7 +14,6 @@ from qalign_lib.study.studies import Study
 
 logger = log.get(__name__)
 
-MODEL_PREFIX = "model:"
 
 
 def extra_system(model: str) -> str:
@@ -25,7 +24,7 @@ def extra_system(model: str) -> str:
 def systems(study: Study, extra_models=()) -> dict[str, str]:
     """display name -> run name, ``base`` or ``model:<id>``: the study's systems, then the extra models."""
     out = dict(study.systems)
-    out.update({extra_system(m): f"{MODEL_PREFIX}{m}" for m in extra_models})
+    out.update({extra_system(m): layout.model_ref(m) for m in extra_models})
     return out
 
 
@@ -43,9 +42,8 @@ def collect(study: Study, scorer: str = scoring.DEFAULT, extra_models=()) -> tup
     results: dict[str, dict] = {}
     absent: dict[str, str] = {}
     for system, ref in systems(study, extra_models).items():
-        model = ref[len(MODEL_PREFIX):] if ref.startswith(MODEL_PREFIX) else None
         try:
-            root = evaluator.target(cfg, run=None if model else ref, model=model)
+            root = evaluator.target(cfg, **layout.target_of(ref))
         except RunError as e:  # not trained yet (or skipped for missing data)
             absent[system] = str(e).split(";")[0]
             continue

@@ -11,8 +11,7 @@ import pandas as pd
 from qalign_lib.analysis import inference
 from qalign_lib.core import benchmarks as registry
 from qalign_lib.core import config
-
-AVG, AVG_NON_EN = "Avg", "Avg non-En"
+from qalign_lib.core.languages import AVG, AVG_NON_EN
 
 
 def correct(result: dict) -> dict[str, dict]:

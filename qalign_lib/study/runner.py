@@ -42,9 +42,9 @@ def _train_status(s: studies.Study, run: studies.Run, todo: dict[str, str]) -> t
     if run.init in todo:
         return "todo", f"after {run.init} ({todo[run.init]})"
     if run.stage == 1:
-        phases = [(run.name, run.tasks, run.init)]
+        phases = [(run.name, [run.task], run.init)]
     else:
-        phases = [(name, [dataset], init) for name, dataset, init in stages.phases(s.cfg, run.init, run.tasks, run.name)]
+        phases = [(name, [dataset], init) for name, dataset, init in stages.phases(s.cfg, run.init, run.stage2_data, run.name)]
     for name, tasks, init in phases:
         if name != phases[0][0] and phases[0][0] in todo:
             break
@@ -67,9 +67,9 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         missing = studies.missing(s, name)
         params = {"size": s.size, "run_name": name}
         if run.stage == 1:
-            nb, params = "stage1", {**params, "task": run.tasks[0], "langs": ",".join(run.langs)}
+            nb, params = "stage1", {**params, "task": run.task, "langs": ",".join(run.langs)}
         else:
-            nb, params = "stage2", {**params, "init": run.init, "data": ",".join(run.tasks), "langs": ",".join(run.langs)}
+            nb, params = "stage2", {**params, "init": run.init, "stage2_data": ",".join(run.stage2_data), "langs": ",".join(run.langs)}
         if run.init in blocked:
             status, reason = "skip", f"depends on {run.init}, which is skipped"
         elif missing:
@@ -86,7 +86,7 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
     for system in targets:
         run = s.systems[system]
         params = {"size": s.size, "benchmarks": ",".join(s.benchmarks)}
-        params.update({"model": run.split(":", 1)[1]} if run.startswith("model:") else {"run": run})
+        params.update({k: v for k, v in layout.target_of(run).items() if v is not None})
         if no_bench:
             steps.append(Step("evaluate", system, "evaluate", params, "skip", "missing benchmark data: " + "; ".join(no_bench[:3])
                               + (" ..." if len(no_bench) > 3 else "")))
@@ -103,7 +103,7 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
     for system, ref in s.analyses.items():  # what stage 1 did to each model: translation and representations
         if only and not (system in only or ref in only or ref in studies.order(s, only)):
             continue
-        params = {"size": s.size, **({"model": ref.split(":", 1)[1]} if ref.startswith("model:") else {"run": ref})}
+        params = {"size": s.size, **{k: v for k, v in layout.target_of(ref).items() if v is not None}}
         if no_data:
             status, reason = "skip", "missing benchmark data: " + "; ".join(no_data[:3]) + (" ..." if len(no_data) > 3 else "")
         elif ref in blocked:

@@ -1,4 +1,5 @@
-"""Studies as data: ``params/study-<name>.yaml`` declares training runs (a DAG: each run starts from the base
+"""Studies as data: a study file (``params/study.yaml``, the paper's; ``params/study-<name>.yaml``, any other,
+e.g. ``study-tiny.yaml``) declares training runs (a DAG: each run starts from the base
 model or from another run) and the systems to evaluate. This module resolves a study against its size, derives
 the data it needs, and orders the runs so that one stage-1 model serves every stage 2 that starts from it.
 """
@@ -18,8 +19,13 @@ class Run:
     name: str
     stage: int
     init: str = "base"  # "base" or the name of another run
-    tasks: list[str] = field(default_factory=list)  # stage 1: one task; stage 2: a sequence (mixed setting)
+    task: str = ""  # stage 1: the stage-1 task (x2en_question, ...)
+    stage2_data: list[str] = field(default_factory=list)  # stage 2: the datasets, trained one after another
     langs: list[str] = field(default_factory=list)
+
+    def trained_on(self) -> list[str]:
+        """The training data in order: the stage-1 task, or the stage-2 sequence."""
+        return [self.task] if self.stage == 1 else list(self.stage2_data)
 
 
 @dataclass
@@ -63,13 +69,16 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
                 raise ConfigError(f"{where}: unknown stage-1 task {tasks[0]!r}; choose one of {', '.join(training_data.STAGE1_TASKS)}")
             langs = training_data.task_langs(tasks[0], spec.get("langs", cfg.stage1_langs))
         else:
-            tasks = spec.get("data", cfg.stage2_data)
+            if "data" in spec:
+                raise ConfigError(f"{where}: 'data' is now 'stage2_data' (the parameter of that name); rename the key")
+            tasks = spec.get("stage2_data", cfg.stage2_data)
             tasks = [tasks] if isinstance(tasks, str) else list(tasks)
             bad = [t for t in tasks if t not in training_data.STAGE2_DATA]
             if bad:
                 raise ConfigError(f"{where}: unknown stage-2 data {bad}; choose from {', '.join(training_data.STAGE2_DATA)}")
             langs = training_data.task_langs("gsm8kinstruct", spec.get("langs", "all")) if "gsm8kinstruct" in tasks else ["en"]
-        runs[run_name] = Run(run_name, spec["stage"], spec.get("init", "base"), tasks, langs)
+        runs[run_name] = Run(run_name, spec["stage"], spec.get("init", "base"), task=tasks[0] if spec["stage"] == 1 else "",
+                             stage2_data=tasks if spec["stage"] == 2 else [], langs=langs)
     for run in runs.values():
         if run.init != "base" and run.init not in runs:
             raise ConfigError(f"{path}: run {run.name!r} starts from unknown run {run.init!r}")
@@ -81,12 +90,12 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
     for system, model_id in (released.get(size) or {}).items():  # published checkpoints, evaluated as they are
         if system in systems:
             raise ConfigError(f"{path}: released system {system!r} is also a system of the study; rename one")
-        systems[system] = f"model:{model_id}"
+        systems[system] = layout.model_ref(model_id)
         groups.setdefault("released", []).append(system)
         if "main" in groups:  # first-class rows of Tables 2-3, beside our own runs of the same methods
             groups["main"] = [*groups["main"], system]
     for system, run_name in systems.items():
-        if run_name != "base" and run_name not in runs and not str(run_name).startswith("model:"):
+        if run_name != "base" and run_name not in runs and not layout.is_model_ref(run_name):
             raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}")
     benchmarks = registry.parse(raw.get("benchmarks"), what=f"{path}: benchmarks")
     analyses, effects = _analysis(raw.get("analysis"), runs, systems, groups, path)
@@ -112,7 +121,7 @@ def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, 
                           "model:<id>) and optionally 'effects' (a list of [a, b] pairs)")
     analyses = {str(k): str(v) for k, v in raw["systems"].items()}
     for system, ref in analyses.items():
-        if ref != "base" and ref not in runs and not ref.startswith("model:"):
+        if ref != "base" and ref not in runs and not layout.is_model_ref(ref):
             raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}")
     effects = []
     for pair in raw.get("effects") or []:
@@ -147,7 +156,7 @@ def order(study: Study, only: list[str] | None = None) -> list[str]:
         targets.append(name)
     seen: list[str] = []
     for target in targets:
-        for run_name in chain(study, target) if target != "base" and not target.startswith("model:") else []:
+        for run_name in chain(study, target) if target != "base" and not layout.is_model_ref(target) else []:
             if run_name not in seen:
                 seen.append(run_name)
     return seen
@@ -155,7 +164,7 @@ def order(study: Study, only: list[str] | None = None) -> list[str]:
 
 def run_requirements(run: Run) -> dict[str, list[str]]:
     need: dict[str, list[str]] = {}
-    for task in run.tasks:
+    for task in run.trained_on():
         for key, langs in training_data.NEEDS[task](run.langs).items():
             need.setdefault(key, [])
             need[key] += [lang for lang in langs if lang not in need[key]]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from qalign_lib.core import benchmarks, log
 from qalign_lib.core.errors import QAlignError
+from qalign_lib.core.languages import AVG
 from qalign_lib.evaluation import scoring
 
 
@@ -48,7 +49,7 @@ def _data_build(args) -> int:
 
     output_target(args.out)  # a bad --out stops here, before any data is read
     tasks = args.task.split("+")
-    rows = training_data.build(tasks[0], args.langs, args.limit, args.seed, args.data_dir) if len(tasks) == 1 else \
+    rows = training_data.build(tasks[0], args.langs, args.limit, root=args.data_dir) if len(tasks) == 1 else \
         training_data.build_mixture(tasks, args.langs, args.limit, args.seed, args.data_dir)
     n = training_data.write_examples(rows, args.out)
     print(f"wrote {n} examples of {args.task} to {args.out}")
@@ -111,7 +112,7 @@ def _analyze(args) -> int:
         m = translation.translate(engine, layout.TranslationDir(out), args.benchmark, langs, args.limit, args.max_new_tokens,
                                args.batch_size, None, settings, root=args.data_dir)
         print(f"{'lang':<6}{'n':>5}{'chrF':>8}{'BLEU':>8}")
-        for lang in [*langs, inputs.AVG] if inputs.AVG in m["chrf"] else langs:
+        for lang in [*langs, AVG] if AVG in m["chrf"] else langs:
             print(f"{lang:<6}{m['n'].get(lang, min(m['n'].values())):>5}{m['chrf'][lang]:>8.1f}{m['bleu'][lang]:>8.1f}")
         print(f"wrote {out}/<lang>.jsonl and the metrics ({len(ids)} questions per language)")
         return 0

@@ -292,7 +292,7 @@ def generate_once(engine, groups: list[list[str]], recipe: str, s: dict, flops_o
         offset = 0
         for group in groups:
             for batch in generation.generate(engine.model, engine.tokenizer, group, s["max_new_tokens"],
-                                             s["gen_batch_size"], None, sort=False, desc=recipe, loop="hf"):
+                                             s["gen_batch_size"], None, sort=False, desc=recipe, loop="transformers"):
                 for i, text, n in batch:
                     outputs[offset + i] = (text, n)
             offset += len(group)

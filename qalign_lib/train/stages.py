@@ -42,12 +42,18 @@ def stage1(cfg: Config, task: str = "x2en_question", langs=None, name: str | Non
     if task not in training_data.STAGE1_TASKS:
         raise ConfigError(f"stage-1 task {task!r}: choose one of {', '.join(training_data.STAGE1_TASKS)}")
     langs = cfg.stage1_langs if langs is None else langs
-    return train(cfg, name or f"stage1-{task}", [task], langs, "base", 1)
+    return train(cfg, name or stage1_name(task), [task], langs, "base", 1)
 
 
-def phases(cfg: Config, init: str = "base", data_seq=None, name: str | None = None) -> list[tuple[str, str, str]]:
-    """(run name, dataset, init) of each phase of a stage 2; the last phase is named ``name``."""
-    seq = cfg.stage2_data if data_seq is None else data_seq
+def stage1_name(task: str) -> str:
+    """The default name of a stage-1 run (the one the studies and the README use): ``s1-<task>``."""
+    return f"s1-{task}"
+
+
+def phases(cfg: Config, init: str = "base", stage2_data=None, name: str | None = None) -> list[tuple[str, str, str]]:
+    """(run name, dataset, init) of each phase of a stage 2 trained on the sequence ``stage2_data`` (default: the
+    parameter of that name); the last phase is named ``name``."""
+    seq = cfg.stage2_data if stage2_data is None else stage2_data
     seq = [s.strip() for s in seq.split(",")] if isinstance(seq, str) else list(seq)
     bad = [d for d in seq if d not in training_data.STAGE2_DATA]
     if not seq or bad:
@@ -62,9 +68,9 @@ def phases(cfg: Config, init: str = "base", data_seq=None, name: str | None = No
     return out
 
 
-def stage2(cfg: Config, init: str = "base", data_seq=None, langs="all", name: str | None = None) -> Path:
+def stage2(cfg: Config, init: str = "base", stage2_data=None, langs="all", name: str | None = None) -> Path:
     """Response alignment from ``init``."""
     last = None
-    for phase, dataset, start in phases(cfg, init, data_seq, name):
+    for phase, dataset, start in phases(cfg, init, stage2_data, name):
         last = train(cfg, phase, [dataset], langs if dataset == "gsm8kinstruct" else None, start, 2)
     return last
