@@ -52,7 +52,7 @@ def translation_rows(out: layout.TranslationDir, lang: str, ids=None) -> list[di
 def translate(engine, out: layout.TranslationDir, benchmark: str, langs, limit: int | None, max_new_tokens: int,
               batch_size: int, token_budget: int | None = None, settings: dict | None = None, root=None,
               n_boot: int = 1000) -> dict:
-    """Translate what is missing into ``out`` with ``engine`` (:mod:`qalign_lib.engines`: ``generate(prompts, ...)``
+    """Translate what is missing into ``out`` with ``engine`` (:mod:`qalign_lib.models.engines`: ``generate(prompts, ...)``
     yielding ``[(index, text, new tokens)]`` per batch), then score everything; writes and returns metrics.json."""
     from qalign_lib.models.generation import done_ids
 

@@ -125,7 +125,7 @@ class Config:
                             "done, so a kill loses at most one chunk per engine", "speed", "eval", min=1)
     vllm_eager: bool | None = param(None, "vllm: no torch.compile and no CUDA graphs (loads in seconds); null = eager "
                                     "on a CPU only", "speed", "eval")
-    # --- analysis: what stage 1 did (qalign_lib/analysis.py, `qalign analyze`) ---
+    # --- analysis: what stage 1 did (qalign_lib/analysis/, `qalign analyze`) ---
     analysis_benchmarks: list[str] = param(["mgsm"], "parallel benchmarks whose questions the analyses read; the "
                                            "English question of the same id is the reference", "selection", "analysis")
     analysis_langs: list[str] = param(["bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es"],

@@ -2,7 +2,7 @@
 
 ``NAMES`` spells the languages as people read them (tables, figures, file names of the Hub's per-language files).
 ``PROMPT_NAMES`` spells them as the stage-1 training instruction must, byte for byte as the reference does (see
-:func:`prompt_name`). Which benchmark has which language is declared in :mod:`qalign_lib.benchmarks`.
+:func:`prompt_name`). Which benchmark has which language is declared in :mod:`qalign_lib.core.benchmarks`.
 """
 from __future__ import annotations
 

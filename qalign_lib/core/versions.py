@@ -4,7 +4,7 @@
 versions of the packages that decide the numbers, the CUDA build of torch and the GPUs. The tested sets are pip
 constraint files in ``constraints/``: ``cpu.txt`` (what ``make`` and CI install) and ``gpu.txt`` (the CUDA stack of
 ``environment.yml`` and the GPU instructions); :func:`tested_set` reads one, :func:`installed` tells what is here.
-``qalign doctor`` (:mod:`qalign_lib.doctor`) compares the two.
+``qalign doctor`` (:mod:`qalign_lib.tools.doctor`) compares the two.
 """
 from __future__ import annotations
 

@@ -26,5 +26,5 @@ def alpaca(instruction: str) -> str:
 def translate(text: str, source: str, target: str) -> str:
     """Stage-1 instruction, e.g. translate("Hallo", "de", "en") ->
     'Translate the following sentences from German to English. Hallo'. Languages are named as the reference's
-    prompts name them (:func:`qalign_lib.languages.prompt_name`: Swahili is "Swahili (macrolanguage)")."""
+    prompts name them (:func:`qalign_lib.core.languages.prompt_name`: Swahili is "Swahili (macrolanguage)")."""
     return TRANSLATE_INSTRUCTION.format(source=prompt_name(source), target=prompt_name(target), text=text)

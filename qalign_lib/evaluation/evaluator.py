@@ -1,6 +1,6 @@
 """Evaluation of one system: generations per benchmark and language, then scores with every registered scorer.
 
-Where the files live is :mod:`qalign_lib.layout`'s business (an eval root per run, per base model, per published
+Where the files live is :mod:`qalign_lib.core.layout`'s business (an eval root per run, per base model, per published
 model). Generations are appended per language as they are produced; a rerun resumes at the first missing id. The
 generation settings (model, template, decoding and every parameter declared as ``generated``) are kept beside the
 generations; when they change, the old generations are moved aside.

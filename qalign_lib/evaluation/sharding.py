@@ -5,14 +5,14 @@ group of ``tensor_parallel_size`` GPUs), each appending its rows to files of its
       fold()            shard files left by a killed run -> the per-language files (idempotent: present ids skipped)
       shard()           the missing questions, sorted by prompt length and dealt round-robin (balanced shards)
       write task.json   the engine, the model, the decoding and every shard's questions
-      launch            hf: ``accelerate launch --num_processes N -m qalign_lib.parallel TASK`` (RANK = the shard);
+      launch            hf: ``accelerate launch --num_processes N -m qalign_lib.evaluation.sharding TASK`` (RANK = the shard);
                         vllm: N processes with CUDA_VISIBLE_DEVICES = their GPU group (QALIGN_SHARD = the shard)
       fold()            when every worker is done, and also when one failed (the finished batches are kept)
     worker k            loads its engine, generates shard k, appends each batch to <bench>/shards/<lang>.shard<k>.jsonl
 
 A kill at any moment loses at most each engine's in-flight batch: the shard files are appended per batch and fsynced,
 a torn last line is repaired when read (generation.done_ids), and the next evaluation folds them in before it
-computes what is missing. File names come from :mod:`qalign_lib.layout`.
+computes what is missing. File names come from :mod:`qalign_lib.core.layout`.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Generation engines behind one small interface: ``hf`` (Transformers, the batched greedy loop of
-:mod:`qalign_lib.generation`) and ``vllm`` (vLLM's offline ``LLM``, imported only when asked for).
+:mod:`qalign_lib.models.generation`) and ``vllm`` (vLLM's offline ``LLM``, imported only when asked for).
 
 Both decode as the reference does: greedy, ``max_new_tokens`` per benchmark, stop at the tokenizer's EOS, nothing
 from the checkpoint's generation config. Both take the same token ids (the tokenizer with its special tokens, as

@@ -162,7 +162,7 @@ def done_ids(path: Path) -> set:
 
 def generate_to_files(engine, items: list[dict], folder, max_new_tokens: int, batch_size: int,
                       token_budget: int | None = None, desc: str = "") -> int:
-    """Generate for ``items`` ({"id", "lang", "prompt"}) with ``engine`` (see :mod:`qalign_lib.engines`) and append
+    """Generate for ``items`` ({"id", "lang", "prompt"}) with ``engine`` (see :mod:`qalign_lib.models.engines`) and append
     each batch's rows, as they are produced, to ``folder/<lang>.jsonl`` (``folder`` may also be a function of the
     language giving the file, as for a data-parallel shard). Ids already in a file are never appended again (the
     caller passes what is missing, see ``done_ids``; this guards against a second writer). Returns the number of rows

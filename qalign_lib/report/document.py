@@ -1,8 +1,8 @@
 """The study report: every table and figure of a study, written to ``figures/<size>/`` with an index README.md.
 
 What the report contains is declared data, :data:`ITEMS`: each item names its files, the group of the study whose
-systems it shows (``params/study*.yaml``: ``groups``), the table builder (:mod:`qalign_lib.tables`), its caption and
-optionally a figure (:mod:`qalign_lib.figures`). An item whose name holds ``{bench}`` is written once per benchmark
+systems it shows (``params/study*.yaml``: ``groups``), the table builder (:mod:`qalign_lib.report.tables`), its caption and
+optionally a figure (:mod:`qalign_lib.report.figures`). An item whose name holds ``{bench}`` is written once per benchmark
 of the study. This module only decides file names and writes: tables as CSV and Markdown through an atomic write,
 figures through :func:`qalign_lib.core.files.save_figure`.
 
@@ -334,7 +334,7 @@ def _save_table(frame: pd.DataFrame, stem: Path, caption: str, digits: int = 1) 
 
 
 def recorded_versions(study: Study, extra_models=()) -> dict[str, dict]:
-    """job -> the software versions it recorded (:func:`qalign_lib.versions.stack`): each finished training run of
+    """job -> the software versions it recorded (:func:`qalign_lib.core.versions.stack`): each finished training run of
     the study (its run.json) and each evaluated system (its metrics). Jobs from before versions were recorded are
     left out."""
     from qalign_lib.evaluation import evaluator
@@ -421,8 +421,8 @@ def write_report(study: Study, out_dir: Path | None = None, extra_models=(), n_b
     then the index README.md. Returns output name -> path: each table's Markdown file under the table's name,
     each figure under ``<figure name>_png``.
 
-    ``collected`` is :func:`qalign_lib.results.collect`'s ``(results, absent)`` when already computed (for the same
-    scorer and extra models); else the systems are rescored here. ``analyses`` is :func:`qalign_lib.analysis.collect`'s
+    ``collected`` is :func:`qalign_lib.report.results.collect`'s ``(results, absent)`` when already computed (for the same
+    scorer and extra models); else the systems are rescored here. ``analyses`` is :func:`qalign_lib.analysis.effects.collect`'s
     ``(found, absent)`` likewise; else the study's analyses are read here.
     """
     out = Path(out_dir) if out_dir is not None else layout.report_dir(study.size, study.name)

@@ -72,7 +72,7 @@ def consistency_grid(frame, title: str):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# What stage 1 did (qalign_lib/analysis.py)
+# What stage 1 did (qalign_lib/analysis/)
 
 MEASURE_LABELS = {"cosine": "cosine with English", "centred_cosine": "mean-centred cosine",
                   "retrieval_top1": "retrieval top-1", "retrieval_top1_centred": "retrieval top-1 (centred)",

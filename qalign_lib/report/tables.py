@@ -1,8 +1,8 @@
 """The report's tables as pandas DataFrames: pure builders from rescored results, no files, no plotting.
 
-``results`` is what :func:`qalign_lib.results.collect` returns: ``{system: {benchmark: scoring.score_rows result}}``
+``results`` is what :func:`qalign_lib.report.results.collect` returns: ``{system: {benchmark: scoring.score_rows result}}``
 (with ``per_question``). Which languages are averaged and how a benchmark is named come from the benchmark
-registry (:mod:`qalign_lib.benchmarks`). Accuracies are percentages.
+registry (:mod:`qalign_lib.core.benchmarks`). Accuracies are percentages.
 """
 from __future__ import annotations
 

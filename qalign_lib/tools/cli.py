@@ -1,6 +1,6 @@
 """The ``qalign`` command: data download/check/build, scoring, the config schema, the study runner, the analyses.
 
-Every error that a user can fix (a :class:`~qalign_lib.errors.QAlignError`) is printed as one line
+Every error that a user can fix (a :class:`~qalign_lib.core.errors.QAlignError`) is printed as one line
 (``qalign: error: ...``) with exit status 1; a usage error (argparse) exits with 2.
 """
 from __future__ import annotations

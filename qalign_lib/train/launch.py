@@ -3,7 +3,7 @@
 ``launch: single`` with ``num_processes: 1`` trains in the calling process (the notebook). Anything else runs
 
     accelerate launch --config_file params/launch/<launch>.yaml --num_processes N --num_machines M \\
-        [--machine_rank R --main_process_ip IP --main_process_port PORT] -m qalign_lib.training RUN_DIR
+        [--machine_rank R --main_process_ip IP --main_process_port PORT] -m qalign_lib.train.training RUN_DIR
 
 as a subprocess: its output streams into the notebook and into ``RUN_DIR/launch.log``, and a failed worker raises
 :class:`LaunchError` carrying the worker's own error. ``num_processes`` counts the processes of all machines; on
