@@ -35,8 +35,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qalign_lib.core import config, layout, log, versions
+from qalign_lib.core import config, hardware, layout, log, versions
 from qalign_lib.core.errors import QAlignError
+from qalign_lib.train import training
 
 logger = log.get(__name__)
 
@@ -93,10 +94,10 @@ def probe() -> Node:
     import torch
 
     smi = versions.nvidia_smi()
-    cuda = torch.cuda.is_available()
+    cuda = hardware.cuda()
     gpus = []
     if cuda:
-        for k in range(torch.cuda.device_count()):
+        for k in range(hardware.gpus()):
             p = torch.cuda.get_device_properties(k)
             gpus.append(Gpu(p.name, p.total_memory / GiB, (p.major, p.minor)))
     else:
@@ -412,7 +413,7 @@ def footprint(shape: Shape, cfg: config.Config, gpu: bool, launch: str | None = 
     machines = max(cfg.num_machines, 1)
     per_node = math.ceil(n / machines) if n > 1 else 1
     spec = launch_spec(launch) if spec is None else spec
-    p, width = shape.params, (2 if gpu and cfg.dtype == "bfloat16" else 4)
+    p, width = shape.params, (2 if training.bf16(cfg, gpu) else 4)
     deepspeed = launch.startswith("zero3")
     offload = deepspeed and spec.get("offload_optimizer_device", "none") not in (None, "none")
     terms = _device_terms(shape, cfg, launch, n, width, offload)
@@ -914,7 +915,7 @@ def _train_main(run_dir: str) -> None:
     training.fit(Path(run_dir), callbacks=[measure])
     rank = int(os.environ.get("RANK", "0"))
     result = {"rank": rank, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
-              "gpu_peak": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None,
+              "gpu_peak": torch.cuda.max_memory_reserved() if hardware.cuda() else None,
               "saved": measure.saved}
     out = Path(os.environ[MEASURE_ENV])
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from qalign_lib.core import config, files, layout, log, versions
+from qalign_lib.core import config, files, hardware, layout, log, versions
 from qalign_lib.core.errors import ConfigError, DataError, RunError
 from qalign_lib.core.files import read_jsonl, write_json, write_jsonl
 from qalign_lib.data import training_data
@@ -139,9 +139,15 @@ def check_resume_batch(trained: dict | None, now: dict, what: str) -> None:
 
 
 def _liger_available() -> bool:
-    import torch
+    return hardware.cuda() and importlib.util.find_spec("liger_kernel") is not None
 
-    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+def bf16(cfg: config.Config, gpu: bool | None = None) -> bool:
+    """Whether training computes in bf16 autocast (over fp32 master weights): a bfloat16 size on GPUs, fp32 on CPUs.
+    ``gpu``: whether it trains on GPUs (default: whether this process sees one). The one rule of the Trainer's
+    ``bf16`` (:func:`training_args`), accelerate's ``--mixed_precision`` (:mod:`qalign_lib.train.launch`) and the
+    doctor's memory model."""
+    return cfg.dtype == "bfloat16" and (hardware.cuda() if gpu is None else gpu)
 
 
 def report_to(cfg: config.Config) -> list[str]:
@@ -158,12 +164,11 @@ def report_to(cfg: config.Config) -> list[str]:
 def training_args(cfg: config.Config, out: Path, world_size: int = 1):
     """SFTConfig for the paper recipe: effective batch = per-device batch x accumulation x processes, exactly
     (:func:`batch_plan`); one GPU per process."""
-    import torch
     from trl import SFTConfig
 
     run = layout.RunDir(Path(out))
     batch = batch_plan(cfg, world_size)
-    bf16 = cfg.dtype == "bfloat16" and torch.cuda.is_available()
+    mixed = bf16(cfg)
     args = SFTConfig(
         output_dir=str(run.checkpoints),
         learning_rate=cfg.lr,
@@ -178,8 +183,8 @@ def training_args(cfg: config.Config, out: Path, world_size: int = 1):
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         use_liger_kernel=cfg.liger and _liger_available(),
         completion_only_loss=True,
-        bf16=bf16,
-        tf32=True if bf16 else None,
+        bf16=mixed,
+        tf32=True if mixed else None,
         gradient_checkpointing=cfg.gradient_checkpointing,  # TRL's default is True: the size decides
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -190,7 +195,7 @@ def training_args(cfg: config.Config, out: Path, world_size: int = 1):
         report_to=report_to(cfg),  # TensorBoard writes to the run directory: see make_trainer
         dataset_num_proc=None,
         # under `accelerate launch` with DeepSpeed, DeepSpeed picks the device itself (DS_ACCELERATOR=cpu on a CPU)
-        use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+        use_cpu=not hardware.cuda() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
         disable_tqdm=False,
     )
     if args.n_gpu > 1:
