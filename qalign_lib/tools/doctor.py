@@ -336,7 +336,7 @@ def _activations(shape: Shape, cfg: config.Config, width: int) -> float:
     """Bytes of one micro-batch's activations: checkpointed layer inputs plus one layer recomputed (Korthikanti et
     al. 2022: 34 bytes per token and hidden unit per layer in 16 bits; sdpa/flash keep no s^2 scores), and the
     logits with their fp32 loss copy and gradient."""
-    tokens = min(cfg.per_device_batch_size, cfg.batch_size) * cfg.max_length
+    tokens = training.batch_split(cfg, 1)["per_device_batch_size"] * cfg.max_length
     layer = tokens * shape.hidden * 17 * width
     held = shape.layers * tokens * shape.hidden * width + layer if cfg.gradient_checkpointing else shape.layers * layer
     return held + tokens * shape.vocab * (width + 8)
@@ -344,13 +344,7 @@ def _activations(shape: Shape, cfg: config.Config, width: int) -> float:
 
 def _dividing(cfg: config.Config, most: int) -> int:
     """The largest process count up to ``most`` that splits the batch exactly (training refuses any other)."""
-    per_device = min(cfg.per_device_batch_size, cfg.batch_size)
-    return next(k for k in range(max(most, 1), 0, -1) if cfg.batch_size % (per_device * k) == 0)
-
-
-def accumulation(cfg: config.Config, processes: int) -> int:
-    per_device = min(cfg.per_device_batch_size, cfg.batch_size)
-    return max(1, cfg.batch_size // (per_device * processes))
+    return next(k for k in range(max(most, 1), 0, -1) if training.batch_split(cfg, k)["exact"])
 
 
 def _device_terms(shape: Shape, cfg: config.Config, launch: str, n: int, width: int, offload: bool) -> dict:
@@ -360,7 +354,7 @@ def _device_terms(shape: Shape, cfg: config.Config, launch: str, n: int, width: 
         terms = {"states": (16 + (4 if launch == "ddp" and n > 1 else 0)) * p}
     elif launch == "fsdp":
         terms = {"states": 16 * p / n, "gathered layers": 2 * layer * width}  # the current unit and the prefetched
-        if accumulation(cfg, n) > 1 and n > 1:
+        if training.batch_split(cfg, n)["gradient_accumulation_steps"] > 1 and n > 1:
             terms["no_sync gradients"] = width * p  # unsharded, until the last micro-step reduce-scatters them
     else:
         terms = {"states": 0.0 if offload else (width + 16) * p / n, "gathered layers": 2 * layer * width}
@@ -856,17 +850,11 @@ def _environ(**values):
 
 
 def _prepare(work: Path, name: str, cfg: config.Config, model: Path, examples: list[dict]) -> Path:
-    """A run directory as training.prepare writes it, for the smoke's own examples (no data directory needed)."""
-    from qalign_lib.core import layout
-    from qalign_lib.core.files import write_json, write_jsonl
-
-    run = layout.RunDir(work / "runs" / name)
-    run.path.mkdir(parents=True, exist_ok=True)
-    write_jsonl(run.train_jsonl, examples)
-    write_json(run.run_json, {"name": name, "stage": 1, "tasks": ["doctor-smoke"], "langs": ["en"], "init": "base",
-                              "init_model": str(model), "fingerprint": f"doctor-{name}", "n_examples": len(examples),
-                              "config": cfg.to_dict(), "versions": versions.stack()})
-    return run.path
+    """A run directory as training.prepare writes it (training.write_inputs), for the smoke's own examples (no data
+    directory needed)."""
+    return training.write_inputs(work / "runs" / name, cfg, {
+        "name": name, "stage": 1, "tasks": ["doctor-smoke"], "langs": ["en"], "init": "base", "init_model": str(model),
+        "fingerprint": f"doctor-{name}", "n_examples": len(examples), "examples": examples})
 
 
 def smoke_cfg(model: Path, launch: str, processes: int, world: int, gpu: bool) -> config.Config:

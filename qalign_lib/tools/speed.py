@@ -1,7 +1,8 @@
 """Speed benchmark: the reference recipe against ours, in one run, on the same model and the same data.
 
 Training -- stage-2 data (GSM8K train, Alpaca prompt) through the library's own path: training.tokenize ->
-training.training_args -> TRL's SFTTrainer, as training.make_trainer builds it.
+training.build_trainer, the trainer of every stage (TRL's SFTTrainer, its config, loss and callbacks), saving no
+checkpoint.
   reference  right-padded random batches: padding_free, group_by_length and liger off, sdpa attention
   ours       padding-free batches, length-grouped sampling, Liger kernels and flash-attention-2 where installed (GPU)
   Each recipe trains a fresh copy of the model: `warmup_steps` optimizer steps (a train() call of their own), then a
@@ -213,11 +214,9 @@ def _peak_gib() -> float:
 
 
 def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]) -> dict:
-    """Warm up, then time one train() call of ``recipe`` on a fresh copy of the model."""
-    from datasets import Dataset
+    """Warm up, then time one train() call of ``recipe`` on a fresh copy of the model, with the stages' trainer
+    (training.build_trainer) on the benchmark's model and examples, saving no checkpoint."""
     from transformers import TrainerCallback
-    from transformers.trainer_utils import SaveStrategy
-    from trl import SFTTrainer
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -241,12 +240,10 @@ def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]
     cfg = config.build({**rc, "model": name, "dtype": s["dtype"], "batch_size": bs, "per_device_batch_size": bs,
                         "epochs": 1, "max_length": s["max_length"], "save_steps": 10**9, "report_to": ["none"]},
                        source="params/bench.yaml")
-    args = training.training_args(cfg, work / recipe.replace(" ", "-"), 1)
-    args.save_strategy = SaveStrategy.NO  # the Trainer would save a checkpoint at the end of each train() call
     clock = Clock()
-    training.completion_only_logits(cfg.completion_only_logits)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=[clock], peft_config=training.lora_config(cfg))
+    trainer = training.build_trainer(cfg, work / recipe.replace(" ", "-"), lambda: (tok, model, rows), [clock],
+                                     checkpoints=False)  # the Trainer would save one at the end of each train() call
+    args = trainer.args
     slots = []  # positions per batch (real + pad), counted as the collator builds it
     collate = trainer.data_collator
 
