@@ -1054,7 +1054,8 @@ MEMORY_TOLERANCE = (0.35, 0.25)
 
 # what a training worker imports before it loads a model (TRL imports vLLM's modules where vLLM is installed, so
 # the stack, not the model, decides this part of a process's memory)
-WORKER_IMPORTS = "import datasets, peft, transformers, accelerate; from trl import SFTConfig, SFTTrainer; import qalign_lib.training"
+WORKER_IMPORTS = ("import datasets, peft, transformers, accelerate; from trl import SFTConfig, SFTTrainer; "
+                  "import qalign_lib.train.training")
 
 
 @functools.lru_cache(maxsize=2)
