@@ -406,7 +406,7 @@ def test_the_benchmark_and_the_doctor_train_with_the_trainer_a_stage_builds(synt
 
     from qalign_lib.core import log
     from qalign_lib.tools import speed
-    from qalign_lib.tools import doctor
+    from qalign_lib.tools.doctor import smoke_runs
 
     class Started(Exception):
         pass
@@ -442,14 +442,14 @@ def test_the_benchmark_and_the_doctor_train_with_the_trainer_a_stage_builds(synt
     assert seen[0]["model_accepts_loss_kwargs"] is False and seen[0]["padding_free"] is False  # reference recipe
     assert seen[2]["padding_free"] is True and seen[2]["lm_head_scores_completions_only_on_cpu"] is True  # ours
 
-    model = doctor.build_model(tmp_path / "smoke")
-    cfg = doctor.smoke_cfg(model, "single", 1, 1, gpu=False)
-    examples = doctor._examples(4)
-    run = doctor._prepare(tmp_path / "smoke", "single-1", cfg, model, examples)
-    monkeypatch.setenv(doctor.MEASURE_ENV, str(tmp_path / "measured"))
+    model = smoke_runs.build_model(tmp_path / "smoke")
+    cfg = smoke_runs.smoke_cfg(model, "single", 1, 1, gpu=False)
+    examples = smoke_runs._examples(4)
+    run = smoke_runs._prepare(tmp_path / "smoke", "single-1", cfg, model, examples)
+    monkeypatch.setenv(smoke_runs.MEASURE_ENV, str(tmp_path / "measured"))
     monkeypatch.setattr(log, "setup", lambda level="INFO": None)  # the worker's own logging setup, not the test's
     with pytest.raises(Started):
-        doctor._train_main(str(run))  # the measured worker of `qalign doctor`'s smoke
+        smoke_runs._train_main(str(run))  # the measured worker of `qalign doctor`'s smoke
     smoke, cfg = seen[-1], configs[-1]
     stage = as_a_stage(cfg, "doctor-single", examples)
     assert smoke == {**stage, "callbacks": sorted([*stage["callbacks"], "Measure"])}
