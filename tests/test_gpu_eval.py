@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qalign_lib.analysis import pipeline
-from qalign_lib.core import config, layout
+from qalign_lib.core import config, hardware, layout
 from qalign_lib.evaluation import sharding
 from qalign_lib.models import engines, generation
 from tests.helpers import tiny_llama
@@ -181,7 +181,7 @@ def test_every_vllm_engine_has_its_own_cache_root(tmp_path, monkeypatch):
 
     cfg = config.resolve("tiny", engine="vllm")
     monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(sharding, "gpus", lambda: 8)
+    monkeypatch.setattr(hardware, "gpus", lambda: 8)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "shared"))
     launched = []

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from qalign_lib.core import config, files, layout
+from qalign_lib.core import config, files, hardware, layout
 from qalign_lib.core.errors import ConfigError, LaunchError, ModelError
 from qalign_lib.evaluation import evaluator, sharding
 from qalign_lib.models import engines, generation
@@ -46,9 +46,9 @@ def test_engine_resolves_and_is_part_of_the_generation_settings(monkeypatch):
     cfg = config.resolve("tiny")
     assert cfg.engine == "auto" and config.schema()["engine"].affects == "generated"
     monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(engines, "cuda", lambda: False)
+    monkeypatch.setattr(hardware, "cuda", lambda: False)
     assert engines.resolve("auto") == "hf"                      # vLLM without a GPU: hf
-    monkeypatch.setattr(engines, "cuda", lambda: True)
+    monkeypatch.setattr(hardware, "cuda", lambda: True)
     assert engines.resolve("auto") == "vllm"                    # vLLM and a GPU: vllm
     monkeypatch.setattr(engines, "vllm_installed", lambda: False)
     assert engines.resolve("auto") == "hf"                      # a GPU without vLLM: hf

@@ -369,3 +369,87 @@ def test_tokenize_counts_whole_cut_and_dropped_examples_per_language(tiny_model)
     assert dropped == 1 and len(rows) == 2
     assert lengths["de"] == {"examples": 1, "whole": 0, "truncated": 1, "dropped": 0, "longest": full[0]}
     assert lengths["fr"] == {"examples": 2, "whole": 1, "truncated": 0, "dropped": 1, "longest": max(full[1:])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One trainer path: the speed benchmark and the doctor's smoke train with the trainer a stage builds
+
+
+def trainer_facts(trainer) -> dict:
+    """What decides how a trainer trains (not where it writes, nor which examples), as train() finds it."""
+    import trl.trainer.utils as tu
+    from transformers import Trainer
+
+    args = trainer.args
+    keys = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "optim",
+            "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "max_length", "padding_free",
+            "completion_only_loss", "train_sampling_strategy", "use_liger_kernel", "bf16", "tf32",
+            "gradient_checkpointing", "seed", "data_seed", "logging_steps", "report_to", "use_cpu", "n_gpu",
+            "save_strategy")
+    optimizer, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, trainer.model)
+    return {**{k: getattr(getattr(args, k), "value", getattr(args, k)) for k in keys},  # enums by value
+            "trainer": type(trainer).__name__, "model": type(trainer.model).__name__,
+            "model_accepts_loss_kwargs": trainer.model_accepts_loss_kwargs,
+            "optimizer": (optimizer.__name__, sorted(optimizer_kwargs.items())),
+            "callbacks": sorted(type(c).__name__ for c in trainer.callback_handler.callbacks),
+            "lm_head_scores_completions_only_on_cpu": tu._use_triton(torch.device("cpu"))}
+
+
+def test_the_benchmark_and_the_doctor_train_with_the_trainer_a_stage_builds(synthetic_data, tiny_model, tmp_path,
+                                                                            monkeypatch):
+    """The trainer the speed benchmark times and the one the doctor's smoke worker trains are, for their config, the
+    trainer a stage's run builds (training.build_trainer): the same arguments, loss (model_accepts_loss_kwargs,
+    completion-only loss and logits), batching (padding-free, sampling), optimizer and schedule, callbacks; compared
+    when train() is called. Their own hooks only: the benchmark saves no checkpoint and adds its clock, the doctor
+    adds its measuring callback."""
+    from trl import SFTTrainer
+
+    from qalign_lib.core import log
+    from qalign_lib.tools import speed
+    from qalign_lib.tools.doctor import smoke_runs
+
+    class Started(Exception):
+        pass
+
+    configs, seen = [], []
+    make_args = training.training_args
+    monkeypatch.setattr(training, "training_args", lambda cfg, *a, **k: configs.append(cfg) or make_args(cfg, *a, **k))
+
+    def started(self, *args, **kwargs):
+        seen.append(trainer_facts(self))
+        raise Started
+
+    monkeypatch.setattr(SFTTrainer, "train", started)
+
+    def as_a_stage(cfg, name: str, examples: list[dict]) -> dict:
+        """The trainer of a stage's run of ``cfg`` on ``examples``: prepared as training.prepare writes it."""
+        run = training.write_inputs(tmp_path / "runs" / name, cfg, {
+            "name": name, "stage": 1, "tasks": ["x2en_question"], "langs": ["de"], "init": "base",
+            "init_model": cfg.model, "fingerprint": name, "n_examples": len(examples), "examples": examples})
+        with pytest.raises(Started):
+            training.fit(run)
+        return seen[-1]
+
+    s = speed.settings("cpu", warmup_steps=1, train_steps=1, train_batch_size=2, max_length=128)
+    examples = [{"prompt": f"### Instruction:\nWhat is {k} plus {k}?\n\n### Response:", "completion": f" {2 * k}."}
+                for k in range(4)]
+    for recipe in ("reference", "ours"):
+        with pytest.raises(Started):
+            speed.train_once(tiny_model, recipe, s, tmp_path / "bench", examples)
+        bench, cfg = seen[-1], configs[-1]
+        stage = as_a_stage(cfg, f"bench-{recipe}", examples)
+        assert bench == {**stage, "save_strategy": "no", "callbacks": sorted([*stage["callbacks"], "Clock"])}, recipe
+    assert seen[0]["model_accepts_loss_kwargs"] is False and seen[0]["padding_free"] is False  # reference recipe
+    assert seen[2]["padding_free"] is True and seen[2]["lm_head_scores_completions_only_on_cpu"] is True  # ours
+
+    model = smoke_runs.build_model(tmp_path / "smoke")
+    cfg = smoke_runs.smoke_cfg(model, "single", 1, 1, gpu=False)
+    examples = smoke_runs._examples(4)
+    run = smoke_runs._prepare(tmp_path / "smoke", "single-1", cfg, model, examples)
+    monkeypatch.setenv(smoke_runs.MEASURE_ENV, str(tmp_path / "measured"))
+    monkeypatch.setattr(log, "setup", lambda level="INFO": None)  # the worker's own logging setup, not the test's
+    with pytest.raises(Started):
+        smoke_runs._train_main(str(run))  # the measured worker of `qalign doctor`'s smoke
+    smoke, cfg = seen[-1], configs[-1]
+    stage = as_a_stage(cfg, "doctor-single", examples)
+    assert smoke == {**stage, "callbacks": sorted([*stage["callbacks"], "Measure"])}

@@ -353,10 +353,10 @@ def hidden(model: Path, folder: Path, work: Path, dtype: str) -> dict:
     import pandas as pd
 
     from qalign_lib.analysis import representations
-    from qalign_lib.core import layout
+    from qalign_lib.core import hardware, layout
     from qalign_lib.models import modeling
 
-    net = modeling.load_model(str(model), dtype).to(modeling.device())
+    net = modeling.load_model(str(model), dtype).to(hardware.device())
     tok = modeling.load_tokenizer(str(model))
     out = layout.RepresentationDir(work / f"representations-{dtype}")
     shutil.rmtree(out.path, ignore_errors=True)

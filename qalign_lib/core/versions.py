@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from qalign_lib.core import hardware
 from qalign_lib.core.config import PROJECT_ROOT
 from qalign_lib.core.errors import ConfigError
 
@@ -169,12 +170,12 @@ def stack() -> dict:
         if version:
             out[name] = version
     out["cuda"] = torch.version.cuda
-    gpus = nvidia_smi() if torch.cuda.is_available() else ()
+    gpus = nvidia_smi() if hardware.cuda() else ()
     if gpus:
         names = sorted({g["name"] for g in gpus})
         out["gpu"] = f"{len(gpus)} x {', '.join(names)} (driver {gpus[0]['driver']})"
-    elif torch.cuda.is_available():
-        out["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    elif hardware.cuda():
+        out["gpu"] = f"{hardware.gpus()} x {torch.cuda.get_device_name(0)}"
     else:
         out["gpu"] = None
     return out

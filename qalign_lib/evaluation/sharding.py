@@ -21,31 +21,25 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from qalign_lib.core import layout, log
+from qalign_lib.core import hardware, layout, log
 from qalign_lib.core.errors import ConfigError, LaunchError, ResultsError
 from qalign_lib.core.files import append_jsonl, atomic_write, read_jsonl
 from qalign_lib.models import engines, generation
+from qalign_lib.train.launch import launch_configs, stop_groups, worker_error
 
 logger = log.get(__name__)
 SHARD_ENV = ("QALIGN_SHARD", "QALIGN_SHARDS")  # set by the vllm launcher; accelerate sets RANK / WORLD_SIZE
 
 
-def gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def n_engines(data_parallel_size: int | None, tensor_parallel_size: int, n_gpus: int | None = None) -> int:
     """How many engines generate at once: the config's, else one per GPU group (1 without GPUs)."""
-    n_gpus = gpus() if n_gpus is None else n_gpus
+    n_gpus = hardware.gpus() if n_gpus is None else n_gpus
     if data_parallel_size is None:
         return max(1, n_gpus // tensor_parallel_size)
     if n_gpus and data_parallel_size * tensor_parallel_size > n_gpus:
@@ -122,7 +116,7 @@ def gpu_groups(n: int, tensor_parallel_size: int, visible: str | None = None) ->
     """CUDA_VISIBLE_DEVICES of each of ``n`` engines: consecutive groups of ``tensor_parallel_size`` of the GPUs
     this process sees (its own CUDA_VISIBLE_DEVICES, if set, else 0, 1, ...)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
-    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(gpus())]
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(hardware.gpus())]
     tp = tensor_parallel_size
     if len(ids) < n * tp:
         raise ConfigError(f"{n} engines x tensor_parallel_size={tp} need {n * tp} GPUs; {len(ids)} are visible")
@@ -132,7 +126,7 @@ def gpu_groups(n: int, tensor_parallel_size: int, visible: str | None = None) ->
 def _vllm_envs(n: int, tensor_parallel_size: int) -> list[dict]:
     """The environment of each of ``n`` vLLM engines: its shard, its GPU group, and a cache root of its own (engines
     starting at once in one ~/.cache/vllm race on its compile cache, vllm-project/vllm#24601)."""
-    groups = gpu_groups(n, tensor_parallel_size) if gpus() else [None] * n
+    groups = gpu_groups(n, tensor_parallel_size) if hardware.gpus() else [None] * n
     cache = vllm_cache_root()
     return [{**os.environ, SHARD_ENV[0]: str(k), SHARD_ENV[1]: str(n), "PYTHONUNBUFFERED": "1",
              "VLLM_CACHE_ROOT": str(cache / f"shard{k}"),
@@ -153,8 +147,6 @@ def vllm_cache_root() -> Path:
 
 
 def _accelerate(n: int, task: Path) -> list[str]:
-    from qalign_lib.train.launch import launch_configs
-
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_configs()["ddp"]),
             "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no",
             "-m", "qalign_lib.evaluation.sharding", str(task)]
@@ -162,7 +154,7 @@ def _accelerate(n: int, task: Path) -> list[str]:
 
 def _hf_env() -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if not gpus():
+    if not hardware.gpus():
         env["ACCELERATE_USE_CPU"] = "true"  # CPU processes (gloo); nothing is exchanged between them anyway
     return env
 
@@ -198,28 +190,14 @@ def _run(cmds: list[list[str]], log_path: Path, envs, total: int, progress, ever
                     last = time.time()
                     logger.info("  %d / %d generated", progress(), total)
         except BaseException:
-            _stop(procs)
+            stop_groups(procs)
             raise
     failed = [p.returncode for p in procs if p.returncode]
     if failed:
-        _stop(procs)
-        from qalign_lib.train.launch import worker_error
-
+        stop_groups(procs)
         error = worker_error(log_path.read_text(encoding="utf-8", errors="replace"))
         raise LaunchError(f"{error}\n[generation worker failed: exit code {failed[0]}; full log: {log_path}; "
                           "rerun to resume: finished batches are kept]")
-
-
-def _stop(procs) -> None:
-    for proc in procs:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
 
 
 def rank() -> tuple[int, int]:
@@ -236,7 +214,7 @@ def worker(task_path: str | Path) -> int:
     k, n = rank()
     if n != len(task["shards"]):
         raise ConfigError(f"{task_path}: {len(task['shards'])} shards, but this worker is {k} of {n}")
-    if task["engine"] == "hf" and os.environ.get("LOCAL_RANK") is not None and engines.cuda():
+    if task["engine"] == "hf" and os.environ.get("LOCAL_RANK") is not None and hardware.cuda():
         import torch
 
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))

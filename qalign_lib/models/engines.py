@@ -18,7 +18,7 @@ import importlib.util
 import os
 from typing import Iterator, Protocol
 
-from qalign_lib.core import log
+from qalign_lib.core import hardware, log
 from qalign_lib.core.errors import ConfigError, ModelError
 from qalign_lib.models import generation, modeling
 
@@ -43,12 +43,6 @@ class Engine(Protocol):
         ...
 
 
-def cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
@@ -56,7 +50,7 @@ def vllm_installed() -> bool:
 def resolve(engine: str) -> str:
     """The engine a config's ``engine`` means here: auto = vllm where it is installed and a GPU is visible."""
     if engine == "auto":
-        return "vllm" if vllm_installed() and cuda() else "hf"
+        return "vllm" if vllm_installed() and hardware.cuda() else "hf"
     if engine not in NAMES:
         raise ConfigError(f"engine={engine!r}: choose auto, hf or vllm")
     return engine
@@ -90,7 +84,7 @@ def require(engine: str) -> str:
 def dtype(cfg_dtype: str) -> str:
     """The evaluation weights' dtype: the size's on a GPU, float32 on a CPU (as the reference evaluates in fp32
     where bf16 kernels are slow or missing)."""
-    return cfg_dtype if cuda() else "float32"
+    return cfg_dtype if hardware.cuda() else "float32"
 
 
 def load(engine: str, model_ref: str, cfg_dtype: str, tensor_parallel_size: int = 1, vllm_chunk: int = 1024,
@@ -195,7 +189,7 @@ class HF:
     @classmethod
     def load(cls, model_ref: str, dtype_: str) -> "HF":
         tokenizer = modeling.load_tokenizer(model_ref, padding_side="left")
-        model = modeling.load_model(model_ref, dtype_).to(modeling.device())
+        model = modeling.load_model(model_ref, dtype_).to(hardware.device())
         return cls(model, tokenizer)
 
     def generate(self, prompts, max_new_tokens, batch_size, token_budget=None, desc="generating"):
@@ -212,7 +206,7 @@ class VLLM:
 
     def __init__(self, model_ref: str, dtype_: str, tensor_parallel_size: int = 1, chunk: int = 1024,
                  eager: bool | None = None):
-        if not cuda():
+        if not hardware.cuda():
             for key, value in VLLM_CPU_ENV.items():
                 os.environ.setdefault(key, value)
         from vllm import LLM
@@ -220,7 +214,7 @@ class VLLM:
         path = modeling.resolve(model_ref)
         self.tokenizer = modeling.load_tokenizer(model_ref, padding_side="left")
         self.chunk = chunk
-        eager = (not cuda()) if eager is None else eager  # CPU: compiling takes minutes and a small model gains little
+        eager = (not hardware.cuda()) if eager is None else eager  # CPU: compiling takes minutes for little gain
         logger.info("vLLM: loading %s (%s, tensor_parallel_size %d%s)", path, dtype_, tensor_parallel_size,
                     ", eager" if eager else "")
         # generation_config="vllm": vLLM's own defaults, never the checkpoint's generation_config.json

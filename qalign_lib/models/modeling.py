@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from qalign_lib.core import log
+from qalign_lib.core import hardware, log
 from qalign_lib.core.config import Config
 from qalign_lib.core.errors import ModelError
 
@@ -95,10 +95,6 @@ def fingerprint(ref: str) -> str:
     return h.hexdigest()[:16]
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def torch_dtype(name: str) -> torch.dtype:
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
@@ -108,7 +104,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def preflight(cfg: Config) -> None:
     """Stop early, with a clear message, when a size cannot run here (e.g. 13b on a machine without a GPU)."""
-    if cfg.requires_gpu and not torch.cuda.is_available():
+    if cfg.requires_gpu and not hardware.cuda():
         raise ModelError(
             f"size {cfg.size} ({cfg.model}) needs a CUDA GPU and none is visible (torch.cuda.is_available() is "
             f"False). Run it on a GPU node (see the README), or use -p size tiny on this machine."

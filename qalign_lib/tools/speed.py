@@ -1,7 +1,8 @@
 """Speed benchmark: the reference recipe against ours, in one run, on the same model and the same data.
 
 Training -- stage-2 data (GSM8K train, Alpaca prompt) through the library's own path: training.tokenize ->
-training.training_args -> TRL's SFTTrainer, as training.make_trainer builds it.
+training.build_trainer, the trainer of every stage (TRL's SFTTrainer, its config, loss and callbacks), saving no
+checkpoint.
   reference  right-padded random batches: padding_free, group_by_length and liger off, sdpa attention
   ours       padding-free batches, length-grouped sampling, Liger kernels and flash-attention-2 where installed (GPU)
   Each recipe trains a fresh copy of the model: `warmup_steps` optimizer steps (a train() call of their own), then a
@@ -50,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from qalign_lib.core import config, files, layout, log
+from qalign_lib.core import config, files, hardware, layout, log, versions
 from qalign_lib.core.errors import ConfigError
 from qalign_lib.core.files import atomic_write
 from qalign_lib.data import corpora, prompts, training_data
@@ -68,15 +69,11 @@ GEN_METRICS = {"questions_per_s": "questions/s", "new_tokens_per_s": "generated 
 ENGINES = ("hf", "vllm")  # generation: ours, each against the reference
 
 
-def cuda() -> bool:
-    return torch.cuda.is_available()
-
-
 def settings(device: str = "auto", **overrides) -> dict:
     """The device section (cpu or cuda) of params/bench.yaml with the recipes; None overrides are ignored."""
     raw = config.read_yaml(config.params_dir() / "bench.yaml")
-    kind = ("cuda" if cuda() else "cpu") if device == "auto" else device
-    if kind not in ("cpu", "cuda") or (kind == "cuda" and not cuda()):
+    kind = ("cuda" if hardware.cuda() else "cpu") if device == "auto" else device
+    if kind not in ("cpu", "cuda") or (kind == "cuda" and not hardware.cuda()):
         raise ConfigError(f"device {device!r}: choose auto, cpu or cuda (cuda needs a visible GPU)")
     s = {**raw[kind], **{k: raw[k] for k in ("reference", "ours", "recipe")}, "device": kind}
     s.setdefault("train_sizes", [])
@@ -143,12 +140,12 @@ def load(name: str, s: dict, work: Path, dtype: str, attn: str = "sdpa"):
         cfg = LlamaConfig(**LLAMA2_7B, num_hidden_layers=s["layers"], max_position_embeddings=4096, rms_norm_eps=1e-5,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
         torch.manual_seed(s["recipe"]["seed"])
-        with torch.device(modeling.device()):
+        with torch.device(hardware.device()):
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=modeling.torch_dtype(dtype))
     else:
         ref = str(_random_llama(work, "tiny-random", 1000)) if name == "tiny-random" else name
         tok = modeling.load_tokenizer(ref)
-        model = modeling.load_model(ref, dtype, for_training=True, attn_implementation=attn).to(modeling.device())
+        model = modeling.load_model(ref, dtype, for_training=True, attn_implementation=attn).to(hardware.device())
     modeling.ensure_pad_token(tok, model)
     return model, tok
 
@@ -164,31 +161,32 @@ def peak_flops(s: dict) -> tuple[float, str]:
     """The device's peak FLOP/s and where the number comes from."""
     if s.get("peak_flops"):
         return float(s["peak_flops"]), "given (peak_flops)"
-    if cuda():
+    if hardware.cuda():
         name = torch.cuda.get_device_name()
         for key, value in PEAK_BF16:
             if key in name:
                 return value, f"bf16 dense datasheet peak of the {key}"
-    n, dtype = (8192, torch.bfloat16) if cuda() else (2048, torch.float32)
-    a, b = (torch.randn(n, n, dtype=dtype, device=modeling.device()) for _ in range(2))
+    gpu = hardware.cuda()
+    n, dtype = (8192, torch.bfloat16) if gpu else (2048, torch.float32)
+    a, b = (torch.randn(n, n, dtype=dtype, device=hardware.device()) for _ in range(2))
     best = float("inf")
-    for _ in range(4 if cuda() else 11):  # the first is a warm-up; on a shared CPU the best of 10 comes nearer its peak
+    for _ in range(4 if gpu else 11):  # the first is a warm-up; on a shared CPU the best of 10 comes nearer its peak
         _sync()
         t = time.perf_counter()
         a @ b
         _sync()
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best, f"measured: {str(dtype).split('.')[-1]} matmul {n}x{n}x{n}, best of {3 if cuda() else 10}"
+    return 2 * n**3 / best, f"measured: {str(dtype).split('.')[-1]} matmul {n}x{n}x{n}, best of {3 if gpu else 10}"
 
 
 def _sync():
-    if cuda():
+    if hardware.cuda():
         torch.cuda.synchronize()
 
 
 def _reset_peak():
     gc.collect()
-    if cuda():
+    if hardware.cuda():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return
@@ -200,7 +198,7 @@ def _reset_peak():
 
 
 def _peak_gib() -> float:
-    if cuda():
+    if hardware.cuda():
         return torch.cuda.max_memory_allocated() / 2**30
     status = Path("/proc/self/status")
     m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text()) if status.exists() else None
@@ -216,11 +214,9 @@ def _peak_gib() -> float:
 
 
 def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]) -> dict:
-    """Warm up, then time one train() call of ``recipe`` on a fresh copy of the model."""
-    from datasets import Dataset
+    """Warm up, then time one train() call of ``recipe`` on a fresh copy of the model, with the stages' trainer
+    (training.build_trainer) on the benchmark's model and examples, saving no checkpoint."""
     from transformers import TrainerCallback
-    from transformers.trainer_utils import SaveStrategy
-    from trl import SFTTrainer
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -233,7 +229,8 @@ def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]
 
     rc = {**s["recipe"], **recipe_settings(s, recipe)}
     if rc["attn_implementation"] == "auto":
-        rc["attn_implementation"] = "flash_attention_2" if cuda() and importlib.util.find_spec("flash_attn") else "sdpa"
+        flash = hardware.cuda() and importlib.util.find_spec("flash_attn")
+        rc["attn_implementation"] = "flash_attention_2" if flash else "sdpa"
     model, tok = load(name, s, work, "float32", rc["attn_implementation"])  # fp32 master weights, as make_trainer
     bs = s["train_batch_size"]
     n_warm, n = s["warmup_steps"] * bs, (s["warmup_steps"] + s["train_steps"]) * bs
@@ -243,12 +240,10 @@ def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]
     cfg = config.build({**rc, "model": name, "dtype": s["dtype"], "batch_size": bs, "per_device_batch_size": bs,
                         "epochs": 1, "max_length": s["max_length"], "save_steps": 10**9, "report_to": ["none"]},
                        source="params/bench.yaml")
-    args = training.training_args(cfg, work / recipe.replace(" ", "-"), 1)
-    args.save_strategy = SaveStrategy.NO  # the Trainer would save a checkpoint at the end of each train() call
     clock = Clock()
-    training.completion_only_logits(cfg.completion_only_logits)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=[clock], peft_config=training.lora_config(cfg))
+    trainer = training.build_trainer(cfg, work / recipe.replace(" ", "-"), lambda: (tok, model, rows), [clock],
+                                     checkpoints=False)  # the Trainer would save one at the end of each train() call
+    args = trainer.args
     slots = []  # positions per batch (real + pad), counted as the collator builds it
     collate = trainer.data_collator
 
@@ -371,7 +366,7 @@ def compare(runs: dict[str, list], peak: float, metrics) -> dict:
 def bench_model(name: str, s: dict, work: Path, peak: float) -> dict:
     """Training and generation, reference against ours, for one model."""
     if name == "llama2-7b-shape" and s["layers"] in (None, "auto"):
-        s = {**s, "layers": fit_layers(s["train_batch_size"] * s["max_length"]) if cuda() else 2}
+        s = {**s, "layers": fit_layers(s["train_batch_size"] * s["max_length"]) if hardware.cuda() else 2}
     out = {}
     if "train" in s["parts"]:
         need = 2 * (s["warmup_steps"] + s["train_steps"]) * s["train_batch_size"]
@@ -421,7 +416,7 @@ def bench_generation(name: str, s: dict, model, tok, peak: float, work: Path) ->
     hf = engines.HF(model, tok)
     runners = {"reference": hf, "hf": hf}
     if "vllm" in wanted:
-        if s.get("threads") and not cuda():  # the same cores as the others: vLLM binds its OpenMP threads itself
+        if s.get("threads") and not hardware.cuda():  # the same cores as the others: vLLM binds its threads itself
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0" if s["threads"] == 1 else f"0-{s['threads'] - 1}")
         ref = str(_random_llama(work, "tiny-random", 1000)) if name == "tiny-random" else name
         runners["vllm"] = engines.VLLM(ref, s["dtype"], 1, chunk=len(flat), eager=s.get("vllm_eager"))
@@ -461,24 +456,12 @@ def bench_generation(name: str, s: dict, model, tok, peak: float, work: Path) ->
 
 
 def device_name() -> str:
-    if cuda():
+    if hardware.cuda():
         return torch.cuda.get_device_name()
     cpuinfo = Path("/proc/cpuinfo")
     m = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else None
     n = torch.get_num_threads()
     return f"{m.group(1).strip() if m else platform.processor() or 'CPU'} ({n} thread{'s' * (n > 1)})"
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "trl", "accelerate", "liger-kernel", "flash-attn"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def run(s: dict, out_dir: str | Path | None = None) -> dict:
@@ -491,7 +474,7 @@ def run(s: dict, out_dir: str | Path | None = None) -> dict:
     try:
         peak, source = peak_flops(s)
         results = {"device": device_name(), "device_type": s["device"],
-                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions.stack(),
                    "peak_flops": peak, "peak_source": source, "settings": s, "models": {}}
         with tempfile.TemporaryDirectory(prefix="qalign-bench-") as work:
             for name in s["models"]:
@@ -529,7 +512,8 @@ def _fmt(key_label: str, x) -> str:
 def table(results: dict) -> str:
     """The Markdown report: the table of metrics and ratios, then how they were measured."""
     lines = ["# Speed benchmark: ours / reference\n",
-             f"{results['device']}, {results['date']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+             f"{results['device']}, {results['date']}; "
+             + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v is not None),
              f"\nPeak {results['peak_flops'] / 1e12:.3g} TFLOP/s ({results['peak_source']}). "
              f"Total {results['seconds']:.0f} s.\n",
              "| model | metric | reference | ours | ours / reference |", "|---|---|---:|---:|---:|"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from qalign_lib.core import config, layout, log
 from qalign_lib.core.config import Config
 from qalign_lib.core.errors import ConfigError, LaunchError
-from qalign_lib.train.training import fit
+from qalign_lib.train import training
 
 logger = log.get(__name__)
 NODE_ENV = {"MACHINE_RANK": "--machine_rank", "MAIN_PROCESS_IP": "--main_process_ip",
@@ -39,11 +39,9 @@ def launch_configs() -> dict[str, Path]:
 
 
 def mixed_precision(cfg: Config) -> str:
-    """Same rule as training.training_args (bf16 for a bfloat16 size on a GPU), so that accelerate, DeepSpeed and
-    the Trainer agree; the configs' own ``mixed_precision`` is the default for a hand-typed ``accelerate launch``."""
-    import torch
-
-    return "bf16" if cfg.dtype == "bfloat16" and torch.cuda.is_available() else "no"
+    """The Trainer's rule (:func:`training.bf16`), so that accelerate, DeepSpeed and the Trainer agree; the configs'
+    own ``mixed_precision`` is the default for a hand-typed ``accelerate launch``."""
+    return "bf16" if training.bf16(cfg) else "no"
 
 
 def command(cfg: Config, run: Path, module: str = "qalign_lib.train.training") -> list[str]:
@@ -67,7 +65,7 @@ def launch(cfg: Config, run: Path, module: str = "qalign_lib.train.training") ->
     """Train the prepared run ``run``. ``module`` is the workers' entry point (``python -m module RUN_DIR``); tests
     pass their own to look inside the ranks."""
     if cfg.launch == "single" and cfg.num_processes == 1:
-        fit(run)
+        training.fit(run)
         return
     cmd, machine = command(cfg, run, module), int(os.environ.get("MACHINE_RANK") or 0)
     log_path = layout.RunDir(Path(run)).launch_log(machine)  # runs/ is shared: one log per machine
@@ -83,7 +81,7 @@ def launch(cfg: Config, run: Path, module: str = "qalign_lib.train.training") ->
                 print(decode(chunk), end="", flush=True)
             code = proc.wait()
         except BaseException:
-            _stop(proc)
+            stop_groups([proc])
             raise
     if code:
         error = worker_error(log_path.read_text(encoding="utf-8", errors="replace"))
@@ -104,14 +102,18 @@ def _await_done(run: Path, timeout: float = 3600) -> None:
         time.sleep(5)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
+def stop_groups(procs) -> None:
+    """Stop the process group of each of ``procs`` (each started with ``start_new_session``: a launcher and its
+    workers): SIGTERM, up to 30 s to exit, then SIGKILL, up to 10 s. A process that has already exited is skipped."""
+    for proc in procs:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            if proc.poll() is not None:
+                break
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(wait)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
 
 
 _RANK = re.compile(r"^\[(?:rank)?(\d+)\]:\s?")                    # torch prefixes a worker's traceback: "[rank1]: "

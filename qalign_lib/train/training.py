@@ -4,7 +4,8 @@
 whether it must train: a finished run with the same fingerprint is skipped, a finished or started run whose inputs
 changed is moved aside. :func:`fit` trains a prepared run in this process, resuming from its last complete
 checkpoint. ``python -m qalign_lib.training RUN_DIR`` is the worker entry point of ``accelerate launch``
-(:mod:`qalign_lib.launch`); the stages themselves are in :mod:`qalign_lib.stages`.
+(:mod:`qalign_lib.launch`); the stages themselves are in :mod:`qalign_lib.stages`. :func:`build_trainer` builds the
+one trainer that every training path trains with: the stages' runs, the speed benchmark, the doctor's smoke.
 
 The fingerprint is derived from the declaration in :mod:`qalign_lib.config`: every parameter declared as
 ``learned``, the tasks and languages, the examples themselves, and the fingerprint of the model the run starts from.
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from qalign_lib.core import config, files, layout, log, versions
+from qalign_lib.core import config, files, hardware, layout, log, versions
 from qalign_lib.core.errors import ConfigError, DataError, RunError
 from qalign_lib.core.files import read_jsonl, write_json, write_jsonl
 from qalign_lib.data import training_data
@@ -92,22 +93,43 @@ def prepare(cfg: config.Config, name: str, tasks: list[str], langs, init: str = 
             files.move_aside(run.path, f"inputs changed ({old} -> {p['fingerprint']})")
     if last_checkpoint(run.path) and run.run_json.is_file():
         check_resume_batch(run.meta().get("batch"), batch, f"run {name}'s checkpoints ({run.checkpoints}) were trained")
-    run.path.mkdir(parents=True, exist_ok=True)
     check_lora(cfg)
-    write_jsonl(run.train_jsonl, p.pop("examples"))
-    write_json(run.run_json, {**p, "batch": batch, "config": cfg.to_dict(), "versions": versions.stack()})  # what it trains with
+    return write_inputs(run.path, cfg, p, batch)
+
+
+def write_inputs(out: Path, cfg: config.Config, p: dict, batch: dict | None = None) -> Path:
+    """Write a run's inputs, as :func:`make_trainer` reads them: train.jsonl (``p``'s examples) and run.json (the rest
+    of ``p``, the plan of :func:`plan`, with the split of the batch, the config and the software stack it trains
+    with). ``batch``: :func:`batch_plan` over the config's processes, where the caller has it."""
+    run = layout.RunDir(Path(out))
+    run.path.mkdir(parents=True, exist_ok=True)
+    meta = {k: v for k, v in p.items() if k != "examples"}
+    write_jsonl(run.train_jsonl, p["examples"])
+    write_json(run.run_json, {**meta, "batch": batch_plan(cfg, cfg.num_processes) if batch is None else batch,
+                              "config": cfg.to_dict(), "versions": versions.stack()})
     return run.path
 
 
-def batch_plan(cfg: config.Config, processes: int) -> dict:
-    """per-device batch x accumulation x processes, which must make ``batch_size`` exactly (a ConfigError naming the
-    values that would, else): the effective batch is a learned parameter, in the fingerprint and run.json."""
+def batch_split(cfg: config.Config, processes: int) -> dict:
+    """How ``processes`` split the effective batch: per-device batch x accumulation steps x processes, and whether
+    that makes ``batch_size`` exactly (``exact``); when not, the split below it (at least one step), which training
+    refuses (:func:`batch_plan`) but a prediction may still describe."""
     b, n = cfg.batch_size, processes
     p = min(cfg.per_device_batch_size, b)
     accumulation, rest = divmod(b, p * n)
-    if rest == 0 and accumulation >= 1:
-        return {"per_device_batch_size": p, "gradient_accumulation_steps": accumulation, "num_processes": n,
-                "effective_batch_size": p * accumulation * n}
+    steps = max(1, accumulation)
+    return {"per_device_batch_size": p, "gradient_accumulation_steps": steps, "num_processes": n,
+            "effective_batch_size": p * steps * n, "exact": rest == 0 and accumulation >= 1}
+
+
+def batch_plan(cfg: config.Config, processes: int) -> dict:
+    """per-device batch x accumulation x processes (:func:`batch_split`), which must make ``batch_size`` exactly (a
+    ConfigError naming the values that would, else): the effective batch is a learned parameter, in the fingerprint
+    and run.json."""
+    split = batch_split(cfg, processes)
+    if split.pop("exact"):
+        return split
+    b, n, p = cfg.batch_size, processes, split["per_device_batch_size"]
     ways = []
     if b % p == 0:
         ways.append(f"-p num_processes one of {_divisors(b // p)}")
@@ -117,7 +139,8 @@ def batch_plan(cfg: config.Config, processes: int) -> dict:
     ways.append(f"-p batch_size a multiple of {p * n} (per_device_batch_size x num_processes), e.g. "
                 f"{' or '.join(str(v) for v in (below, below + p * n) if v)}")
     raise ConfigError(f"batch_size {b} is not per_device_batch_size {p} x num_processes {n} x a whole number of "
-                      f"accumulation steps (it would train with {p * max(1, accumulation) * n}): use {'; or '.join(ways)}")
+                      f"accumulation steps (it would train with {split['effective_batch_size']}): use "
+                      f"{'; or '.join(ways)}")
 
 
 def _divisors(m: int) -> str:
@@ -139,9 +162,15 @@ def check_resume_batch(trained: dict | None, now: dict, what: str) -> None:
 
 
 def _liger_available() -> bool:
-    import torch
+    return hardware.cuda() and importlib.util.find_spec("liger_kernel") is not None
 
-    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+def bf16(cfg: config.Config, gpu: bool | None = None) -> bool:
+    """Whether training computes in bf16 autocast (over fp32 master weights): a bfloat16 size on GPUs, fp32 on CPUs.
+    ``gpu``: whether it trains on GPUs (default: whether this process sees one). The one rule of the Trainer's
+    ``bf16`` (:func:`training_args`), accelerate's ``--mixed_precision`` (:mod:`qalign_lib.train.launch`) and the
+    doctor's memory model."""
+    return cfg.dtype == "bfloat16" and (hardware.cuda() if gpu is None else gpu)
 
 
 def report_to(cfg: config.Config) -> list[str]:
@@ -155,15 +184,14 @@ def report_to(cfg: config.Config) -> list[str]:
     return wanted or ["none"]
 
 
-def training_args(cfg: config.Config, out: Path, world_size: int = 1):
+def training_args(cfg: config.Config, out: Path, world_size: int = 1, batch: dict | None = None):
     """SFTConfig for the paper recipe: effective batch = per-device batch x accumulation x processes, exactly
-    (:func:`batch_plan`); one GPU per process."""
-    import torch
+    (:func:`batch_plan`; ``batch``: its plan for ``world_size`` where the caller has it); one GPU per process."""
     from trl import SFTConfig
 
     run = layout.RunDir(Path(out))
-    batch = batch_plan(cfg, world_size)
-    bf16 = cfg.dtype == "bfloat16" and torch.cuda.is_available()
+    batch = batch_plan(cfg, world_size) if batch is None else batch
+    mixed = bf16(cfg)
     args = SFTConfig(
         output_dir=str(run.checkpoints),
         learning_rate=cfg.lr,
@@ -178,8 +206,8 @@ def training_args(cfg: config.Config, out: Path, world_size: int = 1):
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         use_liger_kernel=cfg.liger and _liger_available(),
         completion_only_loss=True,
-        bf16=bf16,
-        tf32=True if bf16 else None,
+        bf16=mixed,
+        tf32=True if mixed else None,
         gradient_checkpointing=cfg.gradient_checkpointing,  # TRL's default is True: the size decides
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -190,7 +218,7 @@ def training_args(cfg: config.Config, out: Path, world_size: int = 1):
         report_to=report_to(cfg),  # TensorBoard writes to the run directory: see make_trainer
         dataset_num_proc=None,
         # under `accelerate launch` with DeepSpeed, DeepSpeed picks the device itself (DS_ACCELERATOR=cpu on a CPU)
-        use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+        use_cpu=not hardware.cuda() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
         disable_tqdm=False,
     )
     if args.n_gpu > 1:
@@ -308,23 +336,32 @@ def check_lora(cfg: config.Config) -> None:
                           "the end; use launch single or ddp (or lora_r null for full fine-tuning)")
 
 
-def make_trainer(out: Path, callbacks=()):
-    """The SFTTrainer of a prepared run (model, tokenizer with a pad token, tokenized prompt-completion data)."""
+def build_trainer(cfg: config.Config, out: Path, load, callbacks=(), world_size: int = 1, batch: dict | None = None,
+                  checkpoints: bool = True):
+    """The SFTTrainer of ``cfg``, the one every training path trains with: a stage's run (:func:`make_trainer`, and
+    through :func:`fit` the doctor's smoke) and the speed benchmark (qalign_lib.tools.speed), so that the benchmark
+    measures what trains.
+
+    ``out``: the run directory (checkpoints, the loss log and TensorBoard's under it). ``load()``: (tokenizer with a
+    pad token, model, tokenized rows of :func:`tokenize`), called once the trainer's config exists: under
+    ``accelerate launch`` the config sets up the process group and DeepSpeed's config, so that from_pretrained builds
+    a ZeRO-3 model already partitioned and FSDP's cpu_ram_efficient_loading reads the weights on rank 0 only
+    (transformers' is_deepspeed_zero3_enabled / is_fsdp_enabled). ``callbacks``: the caller's, after the loss log.
+    ``world_size``: the training processes (``batch``: their :func:`batch_plan`, where the caller has it).
+    ``checkpoints=False``: none saved (the benchmark, whose every train() call would end with one)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     run = layout.RunDir(Path(out))
-    meta = run.meta()
-    cfg = config.build(meta["config"], source=str(run.run_json))
     check_lora(cfg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    check_resume_batch(meta.get("batch"), batch_plan(cfg, world), f"run {run.name} was prepared (run.json)")
-    # the trainer's config before the model: under `accelerate launch` it sets up the process group and DeepSpeed's
-    # config, so that from_pretrained builds a ZeRO-3 model already partitioned and FSDP's cpu_ram_efficient_loading
-    # reads the weights on rank 0 only (transformers' is_deepspeed_zero3_enabled / is_fsdp_enabled)
-    args = training_args(cfg, run.path, world)
-    _, _, tokenizer, model, rows = load_for_training(run.path)
+    args = training_args(cfg, run.path, world_size, batch)
+    if not checkpoints:
+        from transformers.trainer_utils import SaveStrategy
+
+        args.save_strategy = SaveStrategy.NO
+    tokenizer, model, rows = load()
     completion_only_logits(cfg.completion_only_logits)
+    run.path.mkdir(parents=True, exist_ok=True)  # the loss log's folder (a prepared run's exists)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=[_loss_logger(run.train_log), *callbacks],
                          peft_config=lora_config(cfg))
@@ -336,6 +373,18 @@ def make_trainer(out: Path, callbacks=()):
         if type(callback).__name__ == "TensorBoardCallback":  # at the end) unless told: keep it in the run directory
             callback.logging_dir = str(run.tensorboard)
     return trainer
+
+
+def make_trainer(out: Path, callbacks=()):
+    """The SFTTrainer (:func:`build_trainer`) of a prepared run: its config, model, tokenizer with a pad token and
+    tokenized examples; a split of the batch other than the one it was prepared with is refused before loading."""
+    run = layout.RunDir(Path(out))
+    meta = run.meta()
+    cfg = config.build(meta["config"], source=str(run.run_json))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = batch_plan(cfg, world)
+    check_resume_batch(meta.get("batch"), batch, f"run {run.name} was prepared (run.json)")
+    return build_trainer(cfg, run.path, lambda: load_for_training(run.path)[2:], callbacks, world, batch)
 
 
 def last_checkpoint(out: Path) -> str | None:
