@@ -472,11 +472,6 @@ def read_log(out: Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-if __name__ == "__main__":
-    log.setup(os.environ.get("QALIGN_LOG_LEVEL", "INFO"))
-    fit(Path(sys.argv[1]))
-
-
 def loss_curve(log: list[dict], title: str = ""):
     """Training loss per optimizer step (the rows of a run's train_log.jsonl)."""
     import matplotlib.pyplot as plt
@@ -490,3 +485,8 @@ def loss_curve(log: list[dict], title: str = ""):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+if __name__ == "__main__":
+    log.setup(os.environ.get("QALIGN_LOG_LEVEL", "INFO"))
+    fit(Path(sys.argv[1]))
