@@ -10,15 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from qalign_lib.analysis import (
-    effects,
-    inference,
-    inputs,
-    mt_metrics,
-    pipeline,
-    representations,
-    translation,
-)
+from qalign_lib.analysis import effects, inference, inputs, mt_metrics, pipeline, representations, translation
 from qalign_lib.core import config, layout
 from qalign_lib.core.errors import ConfigError
 from qalign_lib.data import prompts
@@ -26,8 +18,7 @@ from qalign_lib.models import modeling
 from qalign_lib.report import document
 from qalign_lib.study import runner, studies
 from qalign_lib.tools.cli import main
-from tests.helpers import tiny_llama
-from tests.test_cli import one_line_error
+from tests.helpers import BASE_STUDY, fake_analysis, one_line_error, tiny_llama, write_study
 
 # ----------------------------------------------------------------------------------------------------------------
 # chrF and BLEU: sacrebleu's numbers
@@ -233,19 +224,8 @@ def test_parallel_questions_align_by_id_and_name_missing_languages(synthetic_dat
 # Effects between systems
 
 
-def _found(hyp_quality: float, cosine: float, n: int = 6) -> dict:
-    refs = [f"Tom has {i} apples and buys {i + 1} more." for i in range(n)]
-    hyps = [r if k < hyp_quality * n else "nothing" for k, r in enumerate(refs)]
-    translation = {lang: [{"id": i, "hypothesis": h, "reference": r} for i, (h, r) in enumerate(zip(hyps, refs))]
-                   for lang in ("de", "fr")}
-    pq = pd.DataFrame([{"lang": lang, "layer": layer, "id": i, "cosine": cosine, "centred_cosine": cosine / 2,
-                        "retrieval_top1": float(cosine > 0.5), "retrieval_top1_centred": 0.0}
-                       for lang in ("de", "fr") for layer in range(3) for i in range(n)])
-    return {"mgsm": {"translation": translation, "representations": pq}}
-
-
 def test_effects_are_paired_differences_with_cis():
-    found = {"A": _found(0.0, 0.4), "B": _found(1.0, 0.8), "C": _found(0.0, 0.4)}
+    found = {"A": fake_analysis(0.0, 0.4), "B": fake_analysis(1.0, 0.8), "C": fake_analysis(0.0, 0.4)}
     eff = effects.effects(found, [("A", "B"), ("A", "C")], "mgsm", n_boot=500)
     avg = eff[eff["lang"] == "avg"].set_index(["b", "measure"])
     assert avg.loc[("B", "chrf"), "diff"] == pytest.approx(avg.loc[("B", "chrf"), "value b"] - avg.loc[("B", "chrf"), "value a"])
@@ -262,48 +242,23 @@ def test_effects_are_paired_differences_with_cis():
 # The study: its analysis section, the plan, the report
 
 
-def _study_file(params_dir, body: str):
-    (params_dir / "study-x.yaml").write_text(body)
-
-
-@pytest.fixture
-def params_copy(tmp_path, monkeypatch):
-    import shutil
-
-    from qalign_lib.core.config import PROJECT_ROOT
-
-    params = tmp_path / "params"
-    shutil.copytree(PROJECT_ROOT / "params", params)
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
-    return params
-
-
-BASE_STUDY = """size: tiny
-benchmarks: [mgsm]
-runs:
-  s1: {stage: 1, task: x2en_question, langs: [de, fr]}
-  final: {stage: 2, init: s1, data: [gsm8k]}
-systems: {Base: base, Final: final}
-"""
-
-
 def test_study_analysis_section_and_default(params_copy):
-    _study_file(params_copy, BASE_STUDY)
+    write_study(params_copy, BASE_STUDY)
     s = studies.load("x")
     assert s.analyses == {"Base": "base", "Stage 1: s1": "s1"} and s.effects == [("Base", "Stage 1: s1")]
-    _study_file(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects: [[Base, S1]]\n")
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects: [[Base, S1]]\n")
     s = studies.load("x")
     assert s.analyses == {"Base": "base", "S1": "s1"} and s.effects == [("Base", "S1")]
-    _study_file(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: nope}\n")
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: nope}\n")
     with pytest.raises(ConfigError, match="unknown run 'nope'"):
         studies.load("x")
-    _study_file(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base}\n  effects: [[Base, Other]]\n")
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base}\n  effects: [[Base, Other]]\n")
     with pytest.raises(ConfigError, match="is not a pair"):
         studies.load("x")
 
 
 def test_plan_has_analyze_steps_after_training(params_copy, synthetic_data):
-    _study_file(params_copy, BASE_STUDY)
+    write_study(params_copy, BASE_STUDY)
     steps = runner.plan(studies.load("x"))
     analyze = [st for st in steps if st.kind == "analyze"]
     assert [(st.name, st.params, st.status) for st in analyze] == [
@@ -319,9 +274,9 @@ def test_report_dir_of_other_studies_is_a_subfolder():
 
 
 def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synthetic_data, tmp_path):
-    _study_file(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects: [[Base, S1]]\n")
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects: [[Base, S1]]\n")
     s = studies.load("x")
-    found = {"Base": _found(0.0, 0.4), "S1": _found(1.0, 0.8)}
+    found = {"Base": fake_analysis(0.0, 0.4), "S1": fake_analysis(1.0, 0.8)}
     out = tmp_path / "report"
     written = document.write_report(s, out, n_boot=200, collected=({}, {}), analyses=(found, {}))
     for name in ("translation_mgsm", "representations_mgsm", "representations_mgsm_langs", "stage1_effects_mgsm",

@@ -7,15 +7,8 @@ import pytest
 
 from qalign_lib.core import config
 from qalign_lib.tools.cli import main
-from tests.conftest import ROOT
+from tests.helpers import ROOT, one_line_error
 from tests.synthetic import make_data_dir
-
-
-def one_line_error(err: str) -> str:
-    """The ``qalign: error: ...`` message of stderr, checked to be a single line and no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("qalign: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_data_check_study_tiny_passes_on_the_real_snapshot(real_data, capsys):

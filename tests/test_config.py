@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import types
 import typing
 
@@ -15,22 +14,7 @@ from qalign_lib.core.config import ConfigError
 from qalign_lib.evaluation import evaluator
 from qalign_lib.models import modeling
 from qalign_lib.train import training
-from tests.conftest import ROOT
-from tests.helpers import CORPUS, tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
-
-
-@pytest.fixture
-def params_copy(tmp_path, monkeypatch):
-    """A writable copy of params/ used as QALIGN_PARAMS_DIR."""
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
-    return params
+from tests.helpers import CORPUS
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,9 +22,7 @@ from qalign_lib.core.files import read_jsonl
 from qalign_lib.models import modeling
 from qalign_lib.train import training
 from qalign_lib.train.launch import launch, worker_error
-from tests.helpers import tiny_llama
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import launch_cfg
 
 
 class RankProbe(TrainerCallback):
@@ -69,30 +67,6 @@ def example_hash(ids) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
-
-
-@pytest.fixture
-def workers_env(monkeypatch):
-    """What `accelerate launch` workers need here: the project importable (tests.*), few threads, quiet warnings."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    for var in ("MACHINE_RANK", "MAIN_PROCESS_IP", "MAIN_PROCESS_PORT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MAIN_PROCESS_PORT", str(29500 + os.getpid() % 1000))  # no clash with a parallel run
-
-
-def cfg_for(model, **kw):
-    base = dict(model=model, stage1_limit=4, epochs=1, batch_size=8, per_device_batch_size=4, lr=1e-3,
-                max_length=1024, save_steps=100, report_to="none")
-    cfg = config.resolve("tiny", **{**base, **kw})
-    # the paper's full fine-tuning and random batches (the tiny size's LoRA and length grouping are tested apart)
-    return cfg.replace(**{k: v for k, v in (("lora_r", None), ("group_by_length", False)) if k not in kw})
-
-
 def test_launch_configs_parse_and_unknown_name_is_clear():
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -119,7 +93,7 @@ def test_launch_configs_parse_and_unknown_name_is_clear():
 @pytest.mark.slow
 def test_ddp_two_ranks_see_different_data_and_end_with_identical_weights(synthetic_data, tiny_model, workers_env, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # with --multi_gpu (ddp.yaml): 2 CPU processes on gloo
-    cfg = cfg_for(tiny_model, launch="ddp", num_processes=2)
+    cfg = launch_cfg(tiny_model, launch="ddp", num_processes=2)
     run = training.prepare(cfg, "ddp", ["x2en_question"], "de,fr,es,ru", "base", 1)  # 16 examples
     launch(cfg, run, module="tests.test_distributed")
     ranks = [json.loads((run / f"rank{k}.json").read_text()) for k in (0, 1)]
@@ -142,7 +116,7 @@ def test_deepspeed_zero3_saves_consolidated_weights_that_reload(synthetic_data, 
     pytest.importorskip("deepspeed")
     # no ACCELERATE_USE_CPU here: with it accelerate drops DeepSpeed; DeepSpeed finds no GPU and uses its CPU
     # accelerator (gloo) by itself, and training_args leaves the device to it (use_cpu=False under DeepSpeed)
-    cfg = cfg_for(tiny_model, launch="zero3", num_processes=1, batch_size=4)  # 8 examples: 2 steps (the 1st at lr 0)
+    cfg = launch_cfg(tiny_model, launch="zero3", num_processes=1, batch_size=4)  # 8 examples: 2 steps (the 1st at lr 0)
     run = training.prepare(cfg, "zero3", ["x2en_question"], "de,fr", "base", 1)
     launch(cfg, run, module="tests.test_distributed")
     assert json.loads((run / "rank0.json").read_text())["zero3_partitioned"]  # the parameters were ZeRO-3's
@@ -182,7 +156,7 @@ def test_two_machines_on_localhost(synthetic_data, tiny_model, workers_env, tmp_
 @pytest.mark.slow
 def test_worker_failure_raises_the_workers_error(synthetic_data, tiny_model, workers_env, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    cfg = cfg_for(tiny_model, launch="ddp", num_processes=2)
+    cfg = launch_cfg(tiny_model, launch="ddp", num_processes=2)
     run = training.prepare(cfg, "broken", ["x2en_question"], "de", "base", 1)
     meta = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**meta, "init_model": "/nonexistent/model"}))
@@ -224,7 +198,7 @@ def complete_checkpoints(run: Path) -> list[int]:
 @pytest.mark.slow
 def test_kill_9_mid_run_resumes_from_the_last_checkpoint(synthetic_data, tiny_model, workers_env):
     # 8 examples, batch 1: 8 steps an epoch, 40 in all; a checkpoint every 5 steps
-    cfg = cfg_for(tiny_model, epochs=5, batch_size=1, per_device_batch_size=1, save_steps=5)
+    cfg = launch_cfg(tiny_model, epochs=5, batch_size=1, per_device_batch_size=1, save_steps=5)
     run = training.prepare(cfg, "killed", ["x2en_question"], "de,fr", "base", 1)
     cmd = [sys.executable, "-m", "qalign_lib.train.training", str(run)]
     with open(run / "first.log", "wb") as log:

@@ -8,12 +8,6 @@ from qalign_lib.core import config, layout
 from qalign_lib.core.errors import ConfigError, RunError
 from qalign_lib.evaluation import evaluator
 from qalign_lib.models import generation, modeling
-from tests.helpers import tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
 
 
 def test_batches_sorted_and_budgeted():

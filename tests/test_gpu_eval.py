@@ -11,27 +11,9 @@ from qalign_lib.analysis import pipeline
 from qalign_lib.core import config, layout
 from qalign_lib.evaluation import sharding
 from qalign_lib.models import engines, generation
-from tests.helpers import tiny_llama
+from tests.helpers import GIB, fake_reserved
 
-GIB = 2 ** 30
 CUDA0 = torch.device("cuda", 0)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
-
-
-def fake_reserved(monkeypatch, reserved: list, calls: list, alive=lambda: False):
-    """torch.cuda's memory_reserved reads reserved[0]; empty_cache is recorded and gives back the cache unless the
-    model is still ``alive``."""
-    def empty_cache():
-        calls.append("empty_cache")
-        if not alive():
-            reserved[0] = 0
-
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved[0])
-    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
 
 
 # ----------------------------------------------------------------------------------------------------------------

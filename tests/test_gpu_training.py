@@ -20,9 +20,7 @@ from qalign_lib.core.errors import ConfigError
 from qalign_lib.models import modeling
 from qalign_lib.train import training
 from qalign_lib.train.launch import launch, launch_configs
-from tests.test_distributed import cfg_for, tiny_model, workers_env  # noqa: F401 (fixtures)
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import launch_cfg
 
 
 @contextlib.contextmanager
@@ -52,7 +50,7 @@ def fresh_accelerate_state():
 
 
 def test_one_process_on_a_node_with_8_gpus_trains_on_one_gpu(tmp_path, fresh_accelerate_state):
-    cfg = cfg_for("unused", dtype="float32", batch_size=8, per_device_batch_size=4)
+    cfg = launch_cfg("unused", dtype="float32", batch_size=8, per_device_batch_size=4)
     with fake_gpus(8):
         args = training.training_args(cfg, tmp_path / "run", world_size=1)
         # n_gpu > 1 makes transformers wrap the model in nn.DataParallel, which TRL 1.16 refuses (sft_trainer.py)
@@ -65,7 +63,7 @@ def test_the_in_process_trainer_is_built_on_a_node_with_8_gpus(synthetic_data, t
     TRL's SFTTrainer refused it with several GPUs visible (n_gpu > 1 means nn.DataParallel)."""
     from transformers import Trainer
 
-    run = training.prepare(cfg_for(tiny_model, dtype="float32"), "single", ["x2en_question"], "de", "base", 1)
+    run = training.prepare(launch_cfg(tiny_model, dtype="float32"), "single", ["x2en_question"], "de", "base", 1)
     monkeypatch.setattr(Trainer, "_move_model_to_device", lambda self, model, device: None)  # no GPU to move it to
     with fake_gpus(8):
         trainer = training.make_trainer(run)
@@ -78,7 +76,7 @@ def test_the_in_process_trainer_is_built_on_a_node_with_8_gpus(synthetic_data, t
 
 @pytest.mark.parametrize("processes", [5, 6, 12])
 def test_a_batch_that_the_processes_do_not_divide_is_refused_before_any_work(synthetic_data, processes):
-    cfg = cfg_for("/nonexistent/model", batch_size=128, per_device_batch_size=2, num_processes=processes, launch="ddp")
+    cfg = launch_cfg("/nonexistent/model", batch_size=128, per_device_batch_size=2, num_processes=processes, launch="ddp")
     with pytest.raises(ConfigError) as err:  # before the model is even looked at (plan() would fail on it)
         training.prepare(cfg, "odd", ["x2en_question"], "de", "base", 1)
     message = str(err.value)
@@ -91,13 +89,13 @@ def test_a_batch_that_the_processes_do_not_divide_is_refused_before_any_work(syn
 
 
 def test_a_batch_smaller_than_one_micro_batch_per_process_is_refused():
-    cfg = cfg_for("unused", batch_size=8, per_device_batch_size=4, num_processes=4)  # 16 > 8 (used to train with 16)
+    cfg = launch_cfg("unused", batch_size=8, per_device_batch_size=4, num_processes=4)  # 16 > 8 (used to train with 16)
     with pytest.raises(ConfigError, match=r"it would train with 16\).*num_processes one of 1, 2.*per_device_batch_size one of 1, 2"):
         training.batch_plan(cfg, 4)
 
 
 def test_run_json_records_the_effective_batch(synthetic_data, tiny_model):
-    cfg = cfg_for(tiny_model, batch_size=8, per_device_batch_size=2, num_processes=2, launch="ddp")
+    cfg = launch_cfg(tiny_model, batch_size=8, per_device_batch_size=2, num_processes=2, launch="ddp")
     run = training.prepare(cfg, "split", ["x2en_question"], "de", "base", 1)
     assert json.loads((run / "run.json").read_text())["batch"] == {
         "per_device_batch_size": 2, "gradient_accumulation_steps": 2, "num_processes": 2, "effective_batch_size": 8}
@@ -110,7 +108,7 @@ def fake_checkpoint(run: Path, step: int = 1) -> None:
 
 
 def test_a_resume_with_another_split_of_the_batch_is_refused(synthetic_data, tiny_model, monkeypatch):
-    cfg = cfg_for(tiny_model, batch_size=8, per_device_batch_size=2, num_processes=2, launch="ddp")
+    cfg = launch_cfg(tiny_model, batch_size=8, per_device_batch_size=2, num_processes=2, launch="ddp")
     run = training.prepare(cfg, "resumed", ["x2en_question"], "de", "base", 1)
     fake_checkpoint(run)
     with pytest.raises(ConfigError, match=r"checkpoints .* were trained with num_processes 2, per_device_batch_size 2, "
@@ -205,7 +203,7 @@ def test_fsdp2_from_our_yaml_keeps_rope_inv_freq_fp32_under_bf16(monkeypatch, ti
 def test_fsdp_final_model_is_saved_with_a_full_state_dict(synthetic_data, tiny_model, monkeypatch):
     """Checkpoints sharded, model/ a full state dict: training.fit switches the plugin before the final save_model."""
     plugin = fsdp_plugin(monkeypatch)
-    run = training.prepare(cfg_for(tiny_model), "fsdp", ["x2en_question"], "de", "base", 1)
+    run = training.prepare(launch_cfg(tiny_model), "fsdp", ["x2en_question"], "de", "base", 1)
     seen = {}
 
     def save_model(path):
@@ -232,7 +230,7 @@ def test_fsdp_final_model_is_saved_with_a_full_state_dict(synthetic_data, tiny_m
 def test_the_trainer_config_exists_before_the_model_is_loaded(synthetic_data, tiny_model, monkeypatch):
     """Under `accelerate launch` the SFTConfig sets up the process group and DeepSpeed's config: from_pretrained then
     builds a ZeRO-3 model partitioned and FSDP loads on rank 0 only; it must exist (and live) while loading."""
-    run = training.prepare(cfg_for(tiny_model), "order", ["x2en_question"], "de", "base", 1)
+    run = training.prepare(launch_cfg(tiny_model), "order", ["x2en_question"], "de", "base", 1)
     calls, made, load = [], [], modeling.load_model
     make_args = training.training_args
     monkeypatch.setattr(training, "training_args", lambda *a, **k: calls.append("args") or made.append(make_args(*a, **k)) or made[-1])
@@ -276,7 +274,7 @@ def test_zero3_builds_the_model_partitioned_and_pads_with_the_mean(synthetic_dat
     pytest.importorskip("deepspeed")
     # one process under DeepSpeed's CPU accelerator, as test_distributed's ZeRO-3 test (with two, accelerate's state
     # on a CPU counts one process where DeepSpeed counts two, and DeepSpeed's batch check fails, with or without this)
-    cfg = cfg_for(tiny_model, launch="zero3", num_processes=1, batch_size=4, per_device_batch_size=2)
+    cfg = launch_cfg(tiny_model, launch="zero3", num_processes=1, batch_size=4, per_device_batch_size=2)
     run = training.prepare(cfg, "zero3-load", ["x2en_question"], "de", "base", 1)
     launch(cfg, run, module="tests.test_gpu_training")
     for rank in (0,):

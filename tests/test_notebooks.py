@@ -2,7 +2,6 @@
 through papermill (slow tier) on a random tiny LLaMA and synthetic data."""
 import ast
 import json
-import shutil
 
 import nbformat
 import papermill as pm
@@ -12,8 +11,7 @@ import yaml
 
 from qalign_lib.core import config, layout
 from qalign_lib.study import runner
-from tests.conftest import ROOT
-from tests.helpers import tiny_llama
+from tests.helpers import ROOT
 
 # each notebook's own parameters (the rest of its parameters cell are config overrides, listed in OVERRIDES)
 OWN = {
@@ -72,22 +70,6 @@ def test_stage_notebooks_take_every_training_parameter():
     training_keys = set(config.params(group=("model", "train", "launch", "run")))
     for name in ("stage1", "stage2"):
         assert training_keys <= set(_overrides(_read(name))), name
-
-
-@pytest.fixture
-def tiny_params(tmp_path, monkeypatch, synthetic_data):
-    """A params/ copy whose tiny size is a random tiny LLaMA with minute subsets."""
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    path = params / "sizes" / "tiny.yaml"
-    cfg = yaml.safe_load(path.read_text())
-    cfg.update(model=str(tiny_llama(tmp_path / "model")), stage1_limit=2, stage2_limit=4, batch_size=4,
-               per_device_batch_size=4, max_length=512, eval_limit=2, max_new_tokens={"mgsm": 8, "msvamp": 8},
-               eval_langs=["sw", "de", "en"], stage1_langs=["sw", "de"], report_to=["none"], analysis_langs=["sw", "de"],
-               translation_limit=2, translation_max_new_tokens=6, representation_limit=3)
-    path.write_text(yaml.safe_dump(cfg))
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
-    return params
 
 
 def run_nb(name, tmp_path, **parameters):

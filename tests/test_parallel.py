@@ -9,12 +9,7 @@ from qalign_lib.core import config, files, layout
 from qalign_lib.core.errors import ConfigError, LaunchError, ModelError
 from qalign_lib.evaluation import evaluator, sharding
 from qalign_lib.models import engines, generation
-from tests.helpers import tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+from tests.helpers import FakeEngine
 
 
 def items(n: int, lang: str = "en") -> list[dict]:
@@ -23,19 +18,6 @@ def items(n: int, lang: str = "en") -> list[dict]:
 
 def rows(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-class FakeEngine:
-    """Answers prompt i with its text reversed, one batch per ``batch_size`` prompts; records what it was given."""
-    name = "fake"
-
-    def __init__(self):
-        self.seen = []
-
-    def generate(self, prompts, max_new_tokens, batch_size, token_budget=None, desc=""):
-        self.seen += prompts
-        for start in range(0, len(prompts), batch_size):
-            yield [(i, prompts[i][::-1], 1) for i in range(start, min(start + batch_size, len(prompts)))]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,94 +18,23 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import papermill as pm
 import pytest
-import yaml
 
-from qalign_lib.core import config, layout, locks
-from qalign_lib.core import files
-from qalign_lib.core.errors import (
-    ConfigError,
-    QAlignError,
-    ResultsError,
-    RunError,
-    StudyError,
-)
+from qalign_lib.core import config, files, layout, locks
+from qalign_lib.core.errors import ConfigError, QAlignError, ResultsError, RunError, StudyError
 from qalign_lib.evaluation import evaluator
 from qalign_lib.models import engines, generation
 from qalign_lib.study import runner, studies
-from qalign_lib.tools.cli import main
 from qalign_lib.train import stages, training
-from tests.conftest import ROOT
-from tests.helpers import tiny_llama
+from tests.helpers import ROOT, cli, device_node, held_lock, mode, nothing_under, one_line_error, within
 from tests.synthetic import make_data_dir
-
-IS_ROOT = os.geteuid() == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
-
-
-@pytest.fixture
-def tiny_params(tmp_path, monkeypatch, synthetic_data, tiny_model):
-    """A params/ copy whose tiny size is the random tiny LLaMA with minute subsets; notebook kernels import this
-    checkout's qalign_lib (PYTHONPATH) and see the test's data, runs and params directories (environment)."""
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    path = params / "sizes" / "tiny.yaml"
-    cfg = yaml.safe_load(path.read_text())
-    cfg.update(model=tiny_model, stage1_limit=2, stage2_limit=4, batch_size=4, per_device_batch_size=4, max_length=512,
-               eval_limit=2, max_new_tokens={"mgsm": 8, "msvamp": 8}, eval_langs=["sw", "de", "en"],
-               stage1_langs=["sw", "de"], report_to=["none"])
-    path.write_text(yaml.safe_dump(cfg))
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return params
-
-
-@pytest.fixture
-def umask022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """CLI calls with odd --out values must never create anything in the repository."""
-    monkeypatch.chdir(tmp_path)
-
-
-def one_line_error(err: str) -> str:
-    """The ``qalign: error: ...`` message of stderr: a single line, no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("qalign: error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
-def cli(argv, capsys) -> tuple[int, str]:
-    """(exit status, stderr) of ``qalign ARGV``; argparse's usage errors (exit 2) included."""
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
-
-
-def mode(path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def build_argv(out, *extra) -> list[str]:
@@ -164,73 +93,6 @@ def deny(monkeypatch, where: Path, code: int, access: str) -> None:
     monkeypatch.setattr(os, "rename", _move(real_rename))
 
 
-def within(seconds: float, fn, fifo: Path | None = None):
-    """``fn()``'s result or exception, failing (not hanging) if it blocks, e.g. opening a FIFO for writing."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 (handed to the test)
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
-        if fifo is not None:  # unblock the writer so that the thread ends
-            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-            t.join(5)
-            os.close(fd)
-        pytest.fail(f"blocked for more than {seconds}s (writing into the FIFO {fifo}?)")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def device_node(tmp_path) -> Path:
-    """A character device that behaves like /dev/full: a private copy where mknod is allowed (as root it is), so
-    that a regression replaces the copy, never the machine's /dev/full."""
-    if not Path("/dev/full").exists():
-        pytest.skip("no /dev/full here")
-    node = tmp_path / "full"
-    try:
-        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 7))
-        return node
-    except OSError:
-        if IS_ROOT:
-            pytest.skip("cannot create a device node, and as root a regression would replace the real /dev/full")
-        return Path("/dev/full")
-
-
-HOLDER = """
-import sys, time
-from pathlib import Path
-from qalign_lib.core import locks
-with locks.lock(Path(sys.argv[1]), "a test holder"):
-    print("locked", flush=True)
-    time.sleep(600)
-"""
-
-
-@contextmanager
-def held_lock(path: Path):
-    """Another process holding ``layout.lock(path)`` (``path``: the lock file); yields its Popen."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        if line.strip() != "locked":
-            proc.kill()
-            pytest.fail(f"the holder could not take the lock: {proc.stderr.read()[-2000:]}")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def eval_cfg(tiny_model, **kw):
     base = dict(model=tiny_model, eval_limit=2, max_new_tokens={"mgsm": 4, "msvamp": 4}, eval_batch_size=4)
     return config.resolve("tiny", **{**base, **kw})
@@ -239,10 +101,6 @@ def eval_cfg(tiny_model, **kw):
 def no_model(monkeypatch):
     """Loading a model is an error: the checks under test come before any model is loaded."""
     monkeypatch.setattr(evaluator, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
-
-
-def nothing_under(path: Path) -> bool:
-    return not path.exists() or not any(path.rglob("*"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

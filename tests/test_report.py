@@ -1,18 +1,15 @@
 """The study report: table builders on hand-made results, results collection, and the report written from fake
 systems on the synthetic data (directly, and through the report notebook)."""
 import json
-import shutil
 
 import pandas as pd
 import papermill as pm
 import pytest
 
 from qalign_lib.core import benchmarks, errors, layout
-from qalign_lib.core.config import PROJECT_ROOT as ROOT
-from qalign_lib.core.files import write_json
-from qalign_lib.data import corpora
 from qalign_lib.report import document, results, tables
 from qalign_lib.study import studies
+from tests.helpers import ROOT, fake_system
 
 # ----------------------------------------------------------------------------------------------------------------
 # Table builders on hand-made results (numbers computed by hand)
@@ -114,36 +111,10 @@ def test_averages_table_and_paper_vs_us():
 # Fake systems, built through the run layout
 
 
-def _fake_system(cfg, ref: str, accuracy: dict) -> layout.EvalRoot:
-    """A finished, evaluated system whose generations answer the first k questions of each language correctly
-    (``accuracy``: benchmark -> lang -> k); ``ref`` is a run name, ``base`` or ``model:<id>``."""
-    if ref == "base":
-        root = layout.base_eval(cfg.size, cfg.model)
-    elif ref.startswith("model:"):
-        root = layout.model_eval(cfg.size, ref.split(":", 1)[1])
-    else:
-        run = layout.run(cfg.size, ref)
-        run.model.mkdir(parents=True, exist_ok=True)
-        (run.model / "config.json").write_text("{}")
-        run.done_marker.write_text("x\n")
-        assert run.is_done()
-        root = run.eval
-    for benchmark, per_lang in accuracy.items():
-        for lang, k in per_lang.items():
-            gold = corpora.load_benchmark(benchmark, lang, limit=cfg.eval_limit)
-            rows = [{"lang": lang, "id": q["id"], "response": f"The answer is {q['answer'] if i < k else 'unknown'}."}
-                    for i, q in enumerate(gold)]
-            path = root.generations(benchmark, lang)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write_json(root.metrics, {})
-    return root
-
-
 def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthetic_data, monkeypatch):
     s = studies.load("tiny")
     langs = {b: [lang for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs] for b in s.benchmarks}
-    root = _fake_system(s.cfg, s.systems["MonoReason"], {b: {lang: 1 for lang in langs[b]} for b in s.benchmarks})
+    root = fake_system(s.cfg, s.systems["MonoReason"], {b: {lang: 1 for lang in langs[b]} for b in s.benchmarks})
     layout.run(s.size, s.systems["QAlign+MonoReason"]).model.mkdir(parents=True)  # started, never finished
     got, absent = results.collect(s)
     assert list(got) == ["MonoReason"] and set(got["MonoReason"]) == set(s.benchmarks)
@@ -166,7 +137,7 @@ def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthe
 def test_published_checkpoint_row_joins_the_report(synthetic_data):
     s = studies.load("tiny")
     model = "Wenhao97/QAlign-MetaMathQA-7B"
-    root = _fake_system(s.cfg, f"model:{model}",
+    root = fake_system(s.cfg, f"model:{model}",
                         {b: {lang: s.cfg.eval_limit for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs}
                          for b in s.benchmarks})
     assert root == layout.model_eval(s.size, model)
@@ -188,12 +159,9 @@ def test_published_checkpoint_row_joins_the_report(synthetic_data):
 
 
 @pytest.mark.slow
-def test_report_notebook_on_synthetic_results(synthetic_data, tmp_path, monkeypatch):
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    with (params / "sizes" / "7b.yaml").open("a") as f:
+def test_report_notebook_on_synthetic_results(synthetic_data, params_copy, tmp_path):
+    with (params_copy / "sizes" / "7b.yaml").open("a") as f:
         f.write("eval_limit: 10\n")
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
     s = studies.load("paper", size="7b")
     assert s.cfg.eval_limit == 10
     mgsm, msvamp = benchmarks.get("mgsm"), benchmarks.get("msvamp")
@@ -201,7 +169,7 @@ def test_report_notebook_on_synthetic_results(synthetic_data, tmp_path, monkeypa
     k = {system: 2 + n % 7 for n, system in enumerate(s.systems)}  # 2..8 of 10 right in every averaged language
     for system, run in s.systems.items():
         if system not in skip:  # the extra language: 10 - k right, so it would move the average if it were in it
-            _fake_system(s.cfg, run, {"mgsm": {**{lang: k[system] for lang in mgsm.averaged}, **{lang: 10 - k[system] for lang in mgsm.extra}},
+            fake_system(s.cfg, run, {"mgsm": {**{lang: k[system] for lang in mgsm.averaged}, **{lang: 10 - k[system] for lang in mgsm.extra}},
                                       "msvamp": {lang: k[system] for lang in msvamp.langs}})
     out = tmp_path / "report.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / "report.ipynb"), str(out), parameters={"size": "7b", "study": "paper", "n_boot": 2000},

@@ -1,13 +1,9 @@
 """The study planner: order, sharing, and skipping for missing data (the report's tests: tests/test_report.py)."""
-import shutil
-
 import pytest
 
 from qalign_lib.core.config import ConfigError
 from qalign_lib.study import runner, studies
 from qalign_lib.train import stages
-from tests.conftest import ROOT
-from tests.helpers import tiny_llama
 from tests.synthetic import make_data_dir
 
 
@@ -60,10 +56,8 @@ def _check_paper_plan_on_the_offline_snapshot():
     assert steps["MonoReason"].reason == "its run monoreason is skipped"
 
 
-def test_bad_study_files_are_clear_errors(tmp_path, monkeypatch):
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    monkeypatch.setenv("QALIGN_PARAMS_DIR", str(params))
+def test_bad_study_files_are_clear_errors(params_copy):
+    params = params_copy
     cases = {
         "runs: {a: {stage: 3}}": "needs 'stage: 1' or 'stage: 2'",
         "runs: {a: {stage: 1, task: nope}}": "unknown stage-1 task 'nope'",
@@ -78,11 +72,6 @@ def test_bad_study_files_are_clear_errors(tmp_path, monkeypatch):
             studies.load("bad")
     with pytest.raises(ConfigError, match="known studies"):
         studies.load("missing")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
 
 
 def test_plan_follows_what_the_stages_trained(synthetic_data, tiny_model):

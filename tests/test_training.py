@@ -11,20 +11,7 @@ from qalign_lib.core import config, layout
 from qalign_lib.core.errors import ConfigError, DataError, ModelError, RunError
 from qalign_lib.models import modeling
 from qalign_lib.train import stages, training
-from tests.helpers import tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
-
-
-def cfg_for(model, **kw):
-    base = dict(model=model, stage1_limit=4, epochs=1, batch_size=4, per_device_batch_size=4, lr=1e-3,
-                max_length=512, save_steps=2, report_to="none")
-    cfg = config.resolve("tiny", **{**base, **kw})
-    # the paper's full fine-tuning and random batches (the tiny size's LoRA and length grouping are tested apart)
-    return cfg.replace(**{k: v for k, v in (("lora_r", None), ("group_by_length", False)) if k not in kw})
+from tests.helpers import train_cfg
 
 
 def test_pad_token_added_with_mean_embedding(tiny_model):
@@ -40,7 +27,7 @@ def test_pad_token_added_with_mean_embedding(tiny_model):
 
 
 def test_prompt_tokens_masked_and_eos_trained(synthetic_data, tiny_model):
-    cfg = cfg_for(tiny_model, padding_free=False)  # one padded row per example; padding-free: see the equality test
+    cfg = train_cfg(tiny_model, padding_free=False)  # one padded row per example; padding-free: see the equality test
     out = training.prepare(cfg, "mask", ["x2en_question"], "de", "base", 1)
     trainer = training.make_trainer(out)
     tok = trainer.processing_class
@@ -58,7 +45,7 @@ def test_prompt_tokens_masked_and_eos_trained(synthetic_data, tiny_model):
 
 
 def test_loss_falls_save_reload_generate_and_skip(synthetic_data, tiny_model, monkeypatch):
-    cfg = cfg_for(tiny_model, epochs=8, lr=5e-3)
+    cfg = train_cfg(tiny_model, epochs=8, lr=5e-3)
     out = stages.stage1(cfg, "x2en_question", ["de"], name="s1")
     run = layout.run("tiny", "s1")
     assert out == run.path
@@ -83,7 +70,7 @@ def test_loss_falls_save_reload_generate_and_skip(synthetic_data, tiny_model, mo
         assert stages.stage1(cfg, "x2en_question", ["de"], name="s1") == run.path
         assert len(training.read_log(run.path)) == 8
     # changed inputs: the old run is moved aside, not overwritten
-    changed = cfg_for(tiny_model, epochs=1, lr=5e-3)
+    changed = train_cfg(tiny_model, epochs=1, lr=5e-3)
     assert training.status(changed, "s1", ["x2en_question"], ["de"]) == "changed"
     stages.stage1(changed, "x2en_question", ["de"], name="s1")
     aside = list(run.path.parent.glob("s1.replaced-*"))
@@ -104,7 +91,7 @@ PINNED_LOSSES = [6.008785724639893, 6.004573345184326, 5.775764465332031, 5.6512
 
 def test_pinned_losses(synthetic_data, tiny_model):
     torch.manual_seed(0)
-    cfg = cfg_for(tiny_model, epochs=2)
+    cfg = train_cfg(tiny_model, epochs=2)
     out = training.prepare(cfg, "pinned", ["x2en_question"], ["de", "fr"], "base", 1)
     training.fit(out)
     log = training.read_log(out)
@@ -134,7 +121,7 @@ def final_weights(run_path) -> dict:
 
 
 def test_resume_after_interruption_equals_uninterrupted_training(synthetic_data, tiny_model):
-    cfg = cfg_for(tiny_model, epochs=2)  # de+fr: 8 examples, batch 4 -> 2 steps per epoch, 4 in all; checkpoint every 2
+    cfg = train_cfg(tiny_model, epochs=2)  # de+fr: 8 examples, batch 4 -> 2 steps per epoch, 4 in all; checkpoint every 2
     whole = training.prepare(cfg, "whole", ["x2en_question"], "de,fr", "base", 1)
     training.fit(whole)
 
@@ -164,11 +151,11 @@ def test_resume_after_interruption_equals_uninterrupted_training(synthetic_data,
 
 
 def test_a_changed_run_with_checkpoints_is_moved_aside(synthetic_data, tiny_model):
-    cfg = cfg_for(tiny_model, epochs=2)
+    cfg = train_cfg(tiny_model, epochs=2)
     out = training.prepare(cfg, "changed", ["x2en_question"], "de,fr", "base", 1)
     with pytest.raises(SimulatedCrash):
         training.fit(out, callbacks=[CrashAtStep(3)])
-    other = cfg_for(tiny_model, epochs=2, lr=2e-3)
+    other = train_cfg(tiny_model, epochs=2, lr=2e-3)
     assert training.status(other, "changed", ["x2en_question"], "de,fr") == "changed"
     assert training.prepare(other, "changed", ["x2en_question"], "de,fr", "base", 1) == out
     aside = list(out.parent.glob("changed.replaced-*"))
@@ -181,18 +168,18 @@ def test_a_changed_run_with_checkpoints_is_moved_aside(synthetic_data, tiny_mode
 
 
 def test_examples_longer_than_max_length_are_an_error(synthetic_data, tiny_model):
-    out = training.prepare(cfg_for(tiny_model, max_length=16), "short", ["x2en_question"], "de", "base", 1)
+    out = training.prepare(train_cfg(tiny_model, max_length=16), "short", ["x2en_question"], "de", "base", 1)
     with pytest.raises(DataError, match="longer than max_length=16"):
         training.make_trainer(out)
 
 
 def test_stage2_chain_needs_finished_init(synthetic_data, tiny_model):
     with pytest.raises(RunError, match="run 'nope' .* not finished"):
-        stages.stage2(cfg_for(tiny_model), init="nope", data_seq=["gsm8k"])
+        stages.stage2(train_cfg(tiny_model), init="nope", data_seq=["gsm8k"])
 
 
 def test_stage_entries_validate_their_arguments(synthetic_data, tiny_model):
-    cfg = cfg_for(tiny_model)
+    cfg = train_cfg(tiny_model)
     with pytest.raises(ConfigError, match="stage-1 task 'x2en_answers'"):
         stages.stage1(cfg, "x2en_answers")
     with pytest.raises(ConfigError, match="stage-2 data .*'wiki'"):
@@ -251,7 +238,7 @@ def test_padding_free_loss_equals_padded_loss(synthetic_data, tiny_model):
     same loss: no attention across examples, no pad token counted."""
     losses = {}
     for padding_free in (False, True):
-        cfg = cfg_for(tiny_model, padding_free=padding_free)
+        cfg = train_cfg(tiny_model, padding_free=padding_free)
         out = training.prepare(cfg, f"pf-{padding_free}", ["x2en_question"], "de,fr", "base", 1)
         trainer = training.make_trainer(out)
         features = [trainer.train_dataset[i] for i in range(4)]
@@ -273,7 +260,7 @@ def test_loss_reduction_modes_match_the_hand_computed_loss(synthetic_data, tiny_
 
     import torch.nn.functional as F
 
-    cfg = cfg_for(tiny_model, batch_size=4, per_device_batch_size=2, loss_reduction=mode, epochs=1, lr=1e-3)
+    cfg = train_cfg(tiny_model, batch_size=4, per_device_batch_size=2, loss_reduction=mode, epochs=1, lr=1e-3)
     out = training.prepare(cfg, f"reduction-{mode}", ["x2en_question"], "de", "base", 1)
     prompt = "### Instruction:\nTranslate the following sentences from German to English. Hallo\n\n### Response:"
     completions = [" yes", " Tom has 3 apples and buys 2 more. " * 6, " no 1", " How many apples does he have now? " * 3]
@@ -316,7 +303,7 @@ def test_completion_only_logits_give_the_same_loss_and_gradients(synthetic_data,
     results = {}
     for enabled in (False, True):
         torch.manual_seed(0)
-        cfg = cfg_for(tiny_model, completion_only_logits=enabled)
+        cfg = train_cfg(tiny_model, completion_only_logits=enabled)
         out = training.prepare(cfg, f"col-{enabled}", ["x2en_question"], "de,fr", "base", 1)
         trainer = training.make_trainer(out)
         import trl.trainer.utils as tu
@@ -334,7 +321,7 @@ def test_completion_only_logits_give_the_same_loss_and_gradients(synthetic_data,
 
 
 def test_lora_run_saves_a_merged_plain_model_and_lengths(synthetic_data, tiny_model):
-    cfg = cfg_for(tiny_model, lora_r=4, lora_alpha=8.0, epochs=2)
+    cfg = train_cfg(tiny_model, lora_r=4, lora_alpha=8.0, epochs=2)
     out = training.prepare(cfg, "lora", ["x2en_question"], "de,fr", "base", 1)
     training.fit(out)
     run = layout.RunDir(out)

@@ -1,10 +1,10 @@
 """The tested sets (constraints/cpu.txt, constraints/gpu.txt) against pyproject.toml, environment.yml and the
 Makefile; the versions every run and evaluation records; the report's software table."""
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -15,7 +15,6 @@ from qalign_lib.evaluation import evaluator
 from qalign_lib.report import document
 from qalign_lib.study import studies
 from qalign_lib.train import training
-from tests.helpers import tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -125,11 +124,6 @@ def test_stack_names_the_versions_and_the_hardware():
     assert s["python"].count(".") == 2 and s["qalign"].startswith("0.1.0")
     assert "cuda" in s and "gpu" in s  # None on a CPU: said, not left out
     assert "vllm" not in s or s["vllm"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
 
 
 def test_run_json_and_metrics_record_the_versions(synthetic_data, tiny_model):
