@@ -17,7 +17,7 @@ from qalign_lib.evaluation import evaluator, scoring
 from qalign_lib.models import engines
 
 pytestmark = pytest.mark.vllm
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT, NEW = 6, 48   # 6 questions x (10 mGSM + 10 mSVAMP languages) = 120 prompts, 48 new tokens each
 
 

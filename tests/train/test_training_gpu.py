@@ -2,7 +2,7 @@
 availability), accelerate's FSDP plugin is built from params/launch/fsdp.yaml as `accelerate launch` builds it, FSDP2
 wraps the tiny random LLaMA on gloo, and a DeepSpeed ZeRO-3 launch runs on CPU processes.
 
-``python -m tests.test_gpu_training RUN_DIR`` is the worker entry point of the ZeRO-3 loading test: ``fit`` with
+``python -m tests.train.test_training_gpu RUN_DIR`` is the worker entry point of the ZeRO-3 loading test: ``fit`` with
 model loading and the pad-token initialisation observed from inside, written to RUN_DIR/load-rank<k>.json.
 """
 import contextlib
@@ -276,7 +276,7 @@ def test_zero3_builds_the_model_partitioned_and_pads_with_the_mean(synthetic_dat
     # on a CPU counts one process where DeepSpeed counts two, and DeepSpeed's batch check fails, with or without this)
     cfg = launch_cfg(tiny_model, launch="zero3", num_processes=1, batch_size=4, per_device_batch_size=2)
     run = training.prepare(cfg, "zero3-load", ["x2en_question"], "de", "base", 1)
-    launch(cfg, run, module="tests.test_gpu_training")
+    launch(cfg, run, module="tests.train.test_training_gpu")
     for rank in (0,):
         seen = json.loads((run / f"load-rank{rank}.json").read_text())
         assert seen["zero3_inside_loading"], seen          # from_pretrained ran under ZeRO-3's partitioned init ...

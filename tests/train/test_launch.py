@@ -1,6 +1,6 @@
 """Multi-process training on CPU through ``launch()``: real DDP on gloo, DeepSpeed ZeRO-3, worker errors, kill -9.
 
-``python -m tests.test_distributed RUN_DIR`` is the worker entry point of the DDP test: ``fit`` with a callback that
+``python -m tests.train.test_launch RUN_DIR`` is the worker entry point of the DDP test: ``fit`` with a callback that
 writes, per rank, which examples it trained on and a hash of its final weights to RUN_DIR/rank<k>.json.
 """
 import hashlib
@@ -95,7 +95,7 @@ def test_ddp_two_ranks_see_different_data_and_end_with_identical_weights(synthet
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # with --multi_gpu (ddp.yaml): 2 CPU processes on gloo
     cfg = launch_cfg(tiny_model, launch="ddp", num_processes=2)
     run = training.prepare(cfg, "ddp", ["x2en_question"], "de,fr,es,ru", "base", 1)  # 16 examples
-    launch(cfg, run, module="tests.test_distributed")
+    launch(cfg, run, module="tests.train.test_launch")
     ranks = [json.loads((run / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [2, 2]  # 16 / (4 x 2)
     seen = [r["examples"] for r in ranks]
@@ -118,7 +118,7 @@ def test_deepspeed_zero3_saves_consolidated_weights_that_reload(synthetic_data, 
     # accelerator (gloo) by itself, and training_args leaves the device to it (use_cpu=False under DeepSpeed)
     cfg = launch_cfg(tiny_model, launch="zero3", num_processes=1, batch_size=4)  # 8 examples: 2 steps (the 1st at lr 0)
     run = training.prepare(cfg, "zero3", ["x2en_question"], "de,fr", "base", 1)
-    launch(cfg, run, module="tests.test_distributed")
+    launch(cfg, run, module="tests.train.test_launch")
     assert json.loads((run / "rank0.json").read_text())["zero3_partitioned"]  # the parameters were ZeRO-3's
     assert layout.RunDir(run).is_done() and len(training.read_log(run)) == 2
     from transformers import AutoModelForCausalLM

@@ -16,7 +16,7 @@ from qalign_lib.report import document
 from qalign_lib.study import studies
 from qalign_lib.train import training
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 

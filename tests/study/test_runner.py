@@ -1,4 +1,4 @@
-"""The study planner: order, sharing, and skipping for missing data (the report's tests: tests/test_report.py)."""
+"""The study planner: order, sharing, and skipping for missing data (the report's tests: tests/report/)."""
 import pytest
 
 from qalign_lib.core.config import ConfigError

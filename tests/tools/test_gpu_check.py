@@ -15,7 +15,7 @@ import pytest
 from qalign_lib.core import versions
 from qalign_lib.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
