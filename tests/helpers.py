@@ -35,6 +35,17 @@ def tiny_llama(path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Fixed texts: the Alpaca prompt header of the reference, byte for byte; hypotheses and references for the MT metrics
+
+ALPACA_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                 "request.\n\n### Instruction:\n")
+HYPS = ["Janet's ducks lay 16 eggs per day.", "She sells the rest at the market.", "", "How much does she make?",
+        "The the the the the"]
+REFS = ["Janet’s ducks lay 16 eggs per day.", "She sells the remainder at the farmers' market daily.",
+        "How many eggs?", "How much in dollars does she make every day?", "A robe takes 2 bolts of blue fiber."]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Training configurations of the tiny size (the paper's full fine-tuning and random batches: the tiny size's LoRA and
 # length grouping are tested apart)
 
@@ -84,6 +95,12 @@ def cli(argv, capsys) -> tuple[int, str]:
 
 def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def write_lines(path: Path, lines) -> None:
+    """A text file of ``lines`` (each with its line end), its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines), encoding="utf-8")
 
 
 def nothing_under(path: Path) -> bool:

@@ -1,10 +1,11 @@
-"""Tests for qalign_lib.statistics: hand-computed cases (arithmetic in comments), no scipy."""
+"""Tests for qalign_lib.analysis.inference: hand-computed cases (arithmetic in comments), no scipy."""
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from qalign_lib.analysis import inference
 from qalign_lib.analysis.inference import (
     accuracy_ci,
     agreement_rate,
@@ -288,3 +289,20 @@ def test_holm():
     assert holm({"only": 0.02}) == {"only": 0.02}
     with pytest.raises(ValueError):
         holm({"x": float("nan")})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Score CIs and paired differences of any score
+
+
+def test_score_ci_and_paired_difference_of_means():
+    x = inference.mean_stats([1, 0, 1, 1])
+    ci = inference.score_ci(x, inference.mean_score, 500)
+    assert ci["value"] == 0.75 and ci["lo"] <= 0.75 <= ci["hi"] and ci["n"] == 4
+    same = inference.paired_score_diff(x, x, inference.mean_score, 500)
+    assert same["diff"] == 0 and same["lo"] == same["hi"] == 0 and same["p_value"] == 1.0
+    better = inference.paired_score_diff(inference.mean_stats([0] * 20), inference.mean_stats([1] * 20),
+                                          inference.mean_score, 500)
+    assert better["diff"] == 1 and better["lo"] == 1 and better["p_value"] == 0.0
+    with pytest.raises(ValueError, match="same, non-zero number of items"):
+        inference.score_ci({"a": x, "b": inference.mean_stats([1])}, inference.mean_score, 10)

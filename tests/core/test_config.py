@@ -325,3 +325,16 @@ def test_generation_settings_follow_the_generated_parameters():
     assert evaluator.settings(cfg.replace(eval_batch_size=1), "mgsm", "some/model") == ref
     assert evaluator.settings(cfg.replace(eval_token_budget=500), "mgsm", "some/model") == ref
     assert evaluator.settings(cfg, "mgsm", "other/model") != ref
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Zero and negative values (the strings papermill passes too): refused with the key's name
+
+
+@pytest.mark.parametrize("key, value", [("eval_limit", 0), ("epochs", -1), ("batch_size", 0), ("eval_batch_size", 0)],
+                         ids=["eval_limit=0", "epochs=-1", "batch_size=0", "eval_batch_size=0"])
+def test_out_of_range_values_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"{key}={value}\b.*out of range"):
+        config.resolve("tiny", **{key: value})
+    with pytest.raises(ConfigError, match=rf"{key}="):  # the strings papermill passes too
+        config.resolve("tiny", **{key: str(value)})

@@ -142,3 +142,23 @@ def test_paths_are_built_without_touching_the_disk():
     _ = (run.model, run.eval.metrics, layout.model_eval("tiny", "a/b").path, layout.notebooks_dir("tiny"))
     assert not layout.runs_dir().exists()
     assert (set(os.listdir(layout.runs_dir().parent)) if layout.runs_dir().parent.exists() else set()) == before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report folders and results files
+
+
+def test_report_dir_of_other_studies_is_a_subfolder():
+    assert layout.report_dir("tiny", "tiny") == layout.report_dir("tiny") == layout.figures_dir() / "tiny"
+    assert layout.report_dir("7b", "paper") == layout.figures_dir() / "7b"
+    assert layout.report_dir("tiny", "offline") == layout.figures_dir() / "tiny" / "offline"
+
+
+def test_corrupt_metrics_json_names_the_file(tmp_path):
+    root = layout.base_eval("tiny", "m")
+    root.metrics.parent.mkdir(parents=True)
+    for text in ("", "{", "[1, 2]"):
+        root.metrics.write_text(text)
+        with pytest.raises(ResultsError) as e:
+            root.read_metrics()
+        assert str(root.metrics) in str(e.value)

@@ -1,8 +1,8 @@
 """The tested sets (constraints/cpu.txt, constraints/gpu.txt) against pyproject.toml, environment.yml and the
-Makefile; the versions every run and evaluation records; the report's software table."""
+Makefile's install recipe; the versions every run and evaluation records (the report's software table:
+tests/report/test_document.py)."""
 import re
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,13 +10,10 @@ from packaging.requirements import Requirement
 
 from qalign_lib.core import config, layout, versions
 from qalign_lib.core.errors import ConfigError
-from qalign_lib.core.files import write_json
 from qalign_lib.evaluation import evaluator
-from qalign_lib.report import document
-from qalign_lib.study import studies
 from qalign_lib.train import training
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -135,27 +132,6 @@ def test_run_json_and_metrics_record_the_versions(synthetic_data, tiny_model):
     metrics = evaluator.evaluate(cfg, model=tiny_model, benchmarks="mgsm", langs="en")
     saved = layout.model_eval("tiny", tiny_model).read_metrics()
     assert saved["versions"] == metrics["versions"] and saved["versions"]["trl"] == versions.installed("trl")
-
-
-def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
-    s = studies.load("tiny")
-    done = layout.run(s.size, "monoreason")
-    done.model.mkdir(parents=True)
-    (done.model / "config.json").write_text("{}")
-    write_json(done.run_json, {"fingerprint": "x", "versions": {"torch": "2.13.0", "transformers": "5.23.0", "cuda": None}})
-    done.done_marker.write_text("x\n")
-    write_json(done.eval.metrics, {"versions": {"torch": "2.13.0", "transformers": "5.19.0", "cuda": "13.0"}})
-    write_json(layout.base_eval(s.size, s.cfg.model).metrics, {})  # from before versions were recorded: left out
-    recorded = document.recorded_versions(s)
-    assert set(recorded) == {"training monoreason", "evaluation MonoReason"}
-    table = document.versions_table(recorded)
-    assert "| torch | 2.13.0 |" in table
-    assert "| transformers | 5.23.0 (training monoreason); 5.19.0 (evaluation MonoReason) |" in table
-    assert "| cuda | — (training monoreason); 13.0 (evaluation MonoReason) |" in table
-    document.write_report(s, n_boot=100)
-    index = (layout.report_dir(s.size) / "README.md").read_text()
-    assert "## Software" in index and table in index
-    assert "_no versions recorded" in document.versions_table({})
 
 
 def test_the_vllm_tier_runs_in_the_one_venv():

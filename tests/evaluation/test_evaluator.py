@@ -1,84 +1,22 @@
-"""Generation + scoring end to end on a random tiny LLaMA, resume, and batching."""
+"""Evaluation end to end on a random tiny LLaMA (qalign_lib.evaluation.evaluator): generation, scoring, resume
+(after a torn line, a full disk, Ctrl-C), settings moved aside when they change, engines, the eval root's lock,
+duplicate generations, and bad names and values refused before any model is loaded."""
+from __future__ import annotations
+
+import errno
 import json
+import logging
+import os
+import re
+from pathlib import Path
 
 import pytest
-import torch
 
 from qalign_lib.core import config, layout
-from qalign_lib.core.errors import ConfigError, RunError
+from qalign_lib.core.errors import ConfigError, ModelError, QAlignError, ResultsError, RunError
 from qalign_lib.evaluation import evaluator
-from qalign_lib.models import generation, modeling
-
-
-def test_batches_sorted_and_budgeted():
-    lengths = [5, 50, 20, 40, 10]
-    assert generation.batches(lengths, 2, 10) == [[1, 3], [2, 4], [0]]
-    # token budget: rows x (longest prompt + new tokens) <= 100
-    assert generation.batches(lengths, 8, 10, token_budget=100) == [[1], [3, 2], [4, 0]]
-
-
-def test_sorted_batches_give_the_same_greedy_outputs(tiny_model):
-    tok, model = modeling.load_tokenizer(tiny_model, "left"), modeling.load_model(tiny_model)
-    prompts = ["Translate the following sentences", "Janet's ducks lay 16 eggs per day. She eats three.", "### Response:",
-               "Natalia sold clips to 48 of her friends in April, and then she sold half as many", "How much?"]
-    def run(**kw):
-        out = {}
-        for results in generation.generate(model, tok, prompts, 12, **kw):
-            out.update({i: text for i, text, _ in results})
-        return out
-    reference = run(batch_size=32, sort=False)
-    assert run(batch_size=2) == reference and run(batch_size=1) == reference and run(batch_size=8, token_budget=60) == reference
-
-
-def test_our_greedy_loop_gives_what_transformers_generate_gives(tiny_model):
-    """generation.greedy (rows leave the batch at EOS) against Transformers' generate on the same left-padded batches;
-    an EOS that the random model does emit mid-answer makes rows finish at different steps."""
-    tok, model = modeling.load_tokenizer(tiny_model, "left"), modeling.load_model(tiny_model)
-    prompts = ["Translate the following sentences", "Janet's ducks lay 16 eggs per day. She eats three.", "### Response:",
-               "Natalia sold clips to 48 of her friends in April, and then she sold half as many", "How much?",
-               "Q: 2 + 2 = ?", "A long prompt " * 9]
-
-    def run(loop, batch_size=4):
-        return {i: (t, n) for results in generation.generate(model, tok, prompts, 20, batch_size, loop=loop)
-                for i, t, n in results}
-
-    plain = run("hf")
-    assert run("ours") == plain and run("ours", batch_size=1) == plain
-    tokens = []  # each prompt's 20 greedy tokens, with no EOS at all
-    for prompt in prompts:
-        ids = torch.tensor([tok(prompt)["input_ids"]])
-        tokens += generation.greedy(model, ids, torch.ones_like(ids), 20, eos_token_id=-1)
-    common = max(set(t for row in tokens for t in row[2:12]), key=lambda t: sum(t in row[2:12] for row in tokens))
-    tok.eos_token_id = common  # stop where that token comes: rows finish at different steps
-    early = run("hf")
-    assert len({n for _, n in early.values()}) > 1 and min(n for _, n in early.values()) < 20  # the test bites
-    assert run("ours") == early
-
-
-def test_a_checkpoints_generation_config_never_leaks_into_the_evaluation(tiny_model, tmp_path):
-    """The reference decodes with a fresh GenerationConfig(max_new_tokens, do_sample=False): a checkpoint whose
-    generation_config.json sets a repetition penalty, n-gram blocking or sampling is evaluated greedily all the same."""
-    import shutil
-
-    from transformers import GenerationConfig
-
-    prompts = ["Janet's ducks lay 16 eggs per day. She eats three.", "### Response:", "How much? How much? How much?"]
-
-    def texts(path):
-        tok, model = modeling.load_tokenizer(str(path), "left"), modeling.load_model(str(path))
-        return [t for results in generation.generate(model, tok, prompts, 16) for _, t, _ in sorted(results)]
-
-    plain = texts(tiny_model)
-    odd = tmp_path / "odd"
-    shutil.copytree(tiny_model, odd)
-    GenerationConfig(repetition_penalty=5.0, no_repeat_ngram_size=1, do_sample=True, top_k=3,
-                     eos_token_id=[0, 1, 2]).save_pretrained(odd)
-    assert modeling.load_model(str(odd)).generation_config.repetition_penalty == 5.0  # the checkpoint's config loads
-    assert texts(odd) == plain
-    # the control: with the checkpoint's own config, the same prompts decode differently
-    tok, model = modeling.load_tokenizer(str(odd), "left"), modeling.load_model(str(odd))
-    own = model.generate(**tok(prompts[:1], return_tensors="pt"), max_new_tokens=16, do_sample=False)
-    assert tok.decode(own[0][len(tok(prompts[0])["input_ids"]):], skip_special_tokens=True) != plain[0]
+from qalign_lib.models import engines, generation
+from tests.helpers import FakeEngine, held_lock, nothing_under
 
 
 def new_tokens(n: int) -> dict:
@@ -153,3 +91,176 @@ def test_each_benchmark_takes_the_languages_it_has():
     assert evaluator.requested(cfg, "mgsm") == ["de", "en", "te"]
     assert evaluator.requested(cfg, "msvamp") == ["de", "en"]
     assert evaluator.requested(cfg, "msvamp", langs="te") == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Engines
+
+
+def test_engine_vllm_without_vllm_stops_before_anything_is_touched(synthetic_data, tiny_model, monkeypatch):
+    monkeypatch.setattr(engines, "vllm_installed", lambda: False)
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, engine="vllm")
+    with pytest.raises(ModelError, match=r"qalign\[vllm\]"):
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    assert not evaluator.target(cfg, run="base").path.exists()
+
+
+def test_switching_engines_moves_old_generations_aside(synthetic_data, tiny_model, monkeypatch):
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens={"mgsm": 3}, engine="hf")
+    evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    root = evaluator.target(cfg, run="base")
+    monkeypatch.setattr(engines, "vllm_installed", lambda: True)  # pretend: vllm here, served by a fake engine
+    monkeypatch.setattr(evaluator, "_load", lambda *a: FakeEngine())
+    evaluator.evaluate(cfg.replace(engine="vllm"), run="base", benchmarks="mgsm", langs="en")
+    aside = list(root.path.glob("mgsm.replaced-*"))
+    assert len(aside) == 1 and json.loads((aside[0] / "settings.json").read_text())["engine"] == "hf"
+    assert root.read_settings("mgsm")["engine"] == "vllm"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Refused before any model is loaded; the eval root's lock; duplicate generations; resume after a full disk or Ctrl-C
+
+
+def eval_cfg(tiny_model, **kw):
+    base = dict(model=tiny_model, eval_limit=2, max_new_tokens={"mgsm": 4, "msvamp": 4}, eval_batch_size=4)
+    return config.resolve("tiny", **{**base, **kw})
+
+
+def no_model(monkeypatch):
+    """Loading a model is an error: the checks under test come before any model is loaded."""
+    monkeypatch.setattr(evaluator, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+
+
+def test_evaluate_run_with_traversal_is_refused(synthetic_data, tiny_model, tmp_path, monkeypatch):
+    no_model(monkeypatch)
+    with pytest.raises(ConfigError, match="victim"):
+        evaluator.evaluate(eval_cfg(tiny_model), run="../../victim", benchmarks="mgsm", langs="en")
+    assert not (tmp_path / "victim").exists() and nothing_under(layout.runs_dir())
+
+
+def test_evaluate_empty_model_is_a_config_error(synthetic_data, tiny_model, monkeypatch):
+    no_model(monkeypatch)
+    cfg = eval_cfg(tiny_model)
+    with pytest.raises(ConfigError, match="model"):
+        evaluator.evaluate(cfg, model="", benchmarks="mgsm", langs="en")
+    assert nothing_under(layout.runs_dir())  # not the base model's eval root
+
+
+def test_empty_settings_json_names_the_file(synthetic_data, tiny_model, monkeypatch):
+    no_model(monkeypatch)
+    cfg = eval_cfg(tiny_model)
+    root = evaluator.target(cfg, run="base")
+    root.settings("mgsm").parent.mkdir(parents=True)
+    root.settings("mgsm").write_text("")
+    with pytest.raises(ResultsError) as e:
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    assert str(root.settings("mgsm")) in str(e.value)
+
+
+@pytest.mark.timeout(180)
+def test_evaluation_holds_the_eval_root_lock(synthetic_data, tiny_model, monkeypatch):
+    no_model(monkeypatch)
+    cfg = eval_cfg(tiny_model)
+    root = evaluator.target(cfg, run="base")
+    with held_lock(root.lock_file) as holder:
+        with pytest.raises(RunError) as e:
+            evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+        assert str(holder.pid) in str(e.value)
+    assert not root.generations("mgsm", "en").exists() and not root.metrics.exists()
+
+
+def test_duplicate_identical_generations_are_read_once_with_a_warning(synthetic_data, tiny_model):
+    cfg = eval_cfg(tiny_model)
+    first = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    root = evaluator.target(cfg, run="base")
+    path = root.generations("mgsm", "en")
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines) + lines[0])  # what two concurrent evaluations used to leave
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("qalign").addHandler(handler)
+    try:
+        rows = evaluator.generations(root, "mgsm", "en")
+        again = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    finally:
+        logging.getLogger("qalign").removeHandler(handler)
+    assert sorted(r["id"] for r in rows) == [0, 1]
+    assert again["mgsm"]["reference"]["n"] == first["mgsm"]["reference"]["n"] == {"en": 2}
+    assert records, "a duplicate id is kept once, with a warning"
+
+
+def test_duplicate_different_generations_name_the_file_and_line(synthetic_data, tiny_model):
+    cfg = eval_cfg(tiny_model)
+    evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    root = evaluator.target(cfg, run="base")
+    path = root.generations("mgsm", "en")
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    path.write_text("".join(lines) + json.dumps({**row, "response": row["response"] + " and something else"}) + "\n")
+    with pytest.raises(ResultsError) as e:
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    message = str(e.value)
+    rest = message.replace(str(path), "FILE")  # the file, and its line 3 (as FILE:3, "line 3" or "rows 1 and 3")
+    assert "FILE" in rest and ("FILE:3" in rest or re.search(r"\b(line|row)s?\b[^;]*\b3\b", rest)), message
+
+
+def _gen_rows(path: Path) -> dict:
+    return {r["id"]: r["response"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def _resume_generates_only_what_is_missing(cfg, before: dict, path: Path, monkeypatch) -> None:
+    calls = []
+    real = generation.generate_to_files
+    monkeypatch.setattr(evaluator, "generate_to_files",
+                        lambda e, items, *a, **k: calls.append([it["id"] for it in items]) or real(e, items, *a, **k))
+    metrics = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    assert metrics["mgsm"]["reference"]["n"] == {"en": 3}
+    assert sorted(i for c in calls for i in c) == sorted(set(range(3)) - set(before))
+    after = _gen_rows(path)
+    assert sorted(after) == [0, 1, 2] and all(after[i] == before[i] for i in before)  # nothing lost or redone
+
+
+def test_full_disk_during_evaluation_resumes_with_nothing_lost(synthetic_data, tiny_model, monkeypatch):
+    cfg = eval_cfg(tiny_model, eval_limit=3, eval_batch_size=1)
+    path = evaluator.target(cfg, run="base").generations("mgsm", "en")
+    real_fsync, state = os.fsync, {"n": 0, "full": True}
+
+    def fsync(fd):  # the second append to the generations file finds the disk full
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = ""
+        if name == str(path.resolve()):
+            state["n"] += 1
+            if state["full"] and state["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises((OSError, QAlignError)):
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    before = _gen_rows(path)
+    assert 1 <= len(before) < 3
+    state["full"] = False
+    _resume_generates_only_what_is_missing(cfg, before, path, monkeypatch)
+
+
+def test_sigint_during_evaluation_resumes_with_nothing_lost(synthetic_data, tiny_model, monkeypatch):
+    cfg = eval_cfg(tiny_model, eval_limit=3, eval_batch_size=1)
+    path = evaluator.target(cfg, run="base").generations("mgsm", "en")
+    real = generation.generate
+
+    def interrupted(*a, **k):  # Ctrl-C while the second batch is generated
+        for k_, batch in enumerate(real(*a, **k)):
+            if k_ == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(generation, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
+    before = _gen_rows(path)
+    assert len(before) == 1
+    monkeypatch.setattr(generation, "generate", real)
+    _resume_generates_only_what_is_missing(cfg, before, path, monkeypatch)

@@ -1,12 +1,13 @@
-"""Engines and data-parallel generation: the engine in the generation settings, shard assignment, per-shard appends,
-folding the shards in (also after a kill), a worker's shard, and (slow) two hf processes under `accelerate launch`."""
+"""Data-parallel generation (qalign_lib.evaluation.sharding): shard assignment, per-shard appends, folding the
+shards in (also after a kill), a worker's shard, a cache root per vLLM engine, and (slow) two hf processes under
+`accelerate launch`."""
 import json
 import sys
 
 import pytest
 
 from qalign_lib.core import config, files, layout
-from qalign_lib.core.errors import ConfigError, LaunchError, ModelError
+from qalign_lib.core.errors import ConfigError, LaunchError
 from qalign_lib.evaluation import evaluator, sharding
 from qalign_lib.models import engines, generation
 from tests.helpers import FakeEngine
@@ -18,50 +19,6 @@ def items(n: int, lang: str = "en") -> list[dict]:
 
 def rows(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The engine parameter
-
-
-def test_engine_resolves_and_is_part_of_the_generation_settings(monkeypatch):
-    cfg = config.resolve("tiny")
-    assert cfg.engine == "auto" and config.schema()["engine"].affects == "generated"
-    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(engines, "cuda", lambda: False)
-    assert engines.resolve("auto") == "hf"                      # vLLM without a GPU: hf
-    monkeypatch.setattr(engines, "cuda", lambda: True)
-    assert engines.resolve("auto") == "vllm"                    # vLLM and a GPU: vllm
-    monkeypatch.setattr(engines, "vllm_installed", lambda: False)
-    assert engines.resolve("auto") == "hf"                      # a GPU without vLLM: hf
-    hf = evaluator.settings(cfg.replace(engine="hf"), "mgsm", "m")
-    assert hf["engine"] == "hf" and hf["engine_version"].startswith("transformers ")
-    assert evaluator.settings(cfg.replace(engine="vllm"), "mgsm", "m")["engine"] == "vllm"
-    assert evaluator.settings(cfg.replace(engine="vllm"), "mgsm", "m") != hf
-    monkeypatch.setattr(engines, "version", lambda name: "transformers 0.0.1")  # an upgrade of the engine ...
-    assert evaluator.settings(cfg.replace(engine="hf"), "mgsm", "m") != hf       # ... is a settings change
-    with pytest.raises(ConfigError, match="engine"):
-        cfg.replace(engine="tgi")
-
-
-def test_engine_vllm_without_vllm_stops_before_anything_is_touched(synthetic_data, tiny_model, monkeypatch):
-    monkeypatch.setattr(engines, "vllm_installed", lambda: False)
-    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, engine="vllm")
-    with pytest.raises(ModelError, match=r"qalign\[vllm\]"):
-        evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
-    assert not evaluator.target(cfg, run="base").path.exists()
-
-
-def test_switching_engines_moves_old_generations_aside(synthetic_data, tiny_model, monkeypatch):
-    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens={"mgsm": 3}, engine="hf")
-    evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
-    root = evaluator.target(cfg, run="base")
-    monkeypatch.setattr(engines, "vllm_installed", lambda: True)  # pretend: vllm here, served by a fake engine
-    monkeypatch.setattr(evaluator, "_load", lambda *a: FakeEngine())
-    evaluator.evaluate(cfg.replace(engine="vllm"), run="base", benchmarks="mgsm", langs="en")
-    aside = list(root.path.glob("mgsm.replaced-*"))
-    assert len(aside) == 1 and json.loads((aside[0] / "settings.json").read_text())["engine"] == "hf"
-    assert root.read_settings("mgsm")["engine"] == "vllm"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,3 +142,26 @@ def test_two_hf_processes_under_accelerate_give_what_one_process_gives(synthetic
     log = root.shard_log("mgsm").read_text()  # the workers' output is kept beside the generations
     assert "mgsm shard 0/2:" in log and "mgsm shard 1/2:" in log
     assert not root.shards_dir("mgsm").exists()  # the shard files are folded in and removed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A cache root of its own for every vLLM engine (eight starting at once)
+
+
+def test_every_vllm_engine_has_its_own_cache_root(tmp_path, monkeypatch):
+
+    cfg = config.resolve("tiny", engine="vllm")
+    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
+    monkeypatch.setattr(sharding, "gpus", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "shared"))
+    launched = []
+    monkeypatch.setattr(sharding, "_run", lambda cmds, log_path, envs, **kwargs: launched.append((cmds, envs)))
+    root = layout.EvalRoot(tmp_path / "eval", "m")
+    items = [{"id": i, "lang": "en", "prompt": "x" * i} for i in range(16)]
+    sharding.generate(cfg, root, "mgsm", items, 4, 8, ["en"])
+    (cmds, envs), = launched
+    roots = [env["VLLM_CACHE_ROOT"] for env in envs]
+    assert len(cmds) == 8 and len(set(roots)) == 8 and str(tmp_path / "shared") not in roots
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == [str(k) for k in range(8)]
+    assert [env["QALIGN_SHARD"] for env in envs] == [str(k) for k in range(8)]

@@ -1,15 +1,14 @@
-"""Evaluation and analysis on a GPU node, checked on a CPU by faking only what the code asks of CUDA: the hf model is
-gone (and PyTorch's cache emptied) before vLLM starts in the same process, the hf engine's batches of LLaMA-2 7B/13B
-fit the memory left after the weights, and every data-parallel vLLM engine has a cache root of its own."""
+"""The engines on a GPU node, checked on a CPU by faking only what the code asks of CUDA: the hf model is gone (and
+PyTorch's cache emptied) when released, and the hf engine's batches of LLaMA-2 7B/13B fit the memory left after the
+weights (the analyses' order of engines: tests/analysis/test_pipeline.py; a cache root per vLLM engine:
+tests/evaluation/test_sharding.py)."""
 import logging
 import weakref
 
 import pytest
 import torch
 
-from qalign_lib.analysis import pipeline
-from qalign_lib.core import config, layout
-from qalign_lib.evaluation import sharding
+from qalign_lib.core import config
 from qalign_lib.models import engines, generation
 from tests.helpers import GIB, fake_reserved
 
@@ -17,42 +16,7 @@ CUDA0 = torch.device("cuda", 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Finding 3: Transformers (hidden states) then vLLM (translations) in one process
-
-
-def test_analysis_frees_the_hf_model_and_the_cuda_cache_before_vllm_starts(synthetic_data, tiny_model, monkeypatch):
-    """The analyze notebook's sequence (analysis.analyze): representations with the hf model, then translations
-    with vLLM. When vLLM is constructed, the hf model must be collected and PyTorch's cache emptied (vLLM refuses
-    to start unless 0.92 of the card is free)."""
-    cfg = config.resolve("tiny", model=tiny_model, engine="vllm", analysis_langs=["de"], representation_limit=2,
-                         translation_limit=2, translation_max_new_tokens=2)
-    models, calls, started = [], [], []
-    real_load = engines.HF.load.__func__
-
-    def load(cls, *args, **kwargs):
-        engine = real_load(cls, *args, **kwargs)
-        models.append(weakref.ref(engine.model))
-        return engine
-
-    class FakeVLLM:
-        name = "vllm"
-
-        def __init__(self, *args, **kwargs):
-            assert models and models[0]() is None, "the hf model is still alive when vLLM starts"
-            assert calls == ["empty_cache"], "PyTorch's CUDA cache was not emptied before vLLM starts"
-            started.append(args)
-
-        def generate(self, prompts, max_new_tokens, batch_size=0, token_budget=None, desc=""):
-            yield [(i, "a translation", 2) for i in range(len(prompts))]
-
-    monkeypatch.setattr(engines.HF, "load", classmethod(load))
-    monkeypatch.setattr(engines, "VLLM", FakeVLLM)
-    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(engines, "model_device", lambda model: CUDA0)  # the hf model "lives on the GPU"
-    fake_reserved(monkeypatch, [14 * GIB], calls, alive=lambda: models[0]() is not None)
-    out = pipeline.analyze(cfg, model=tiny_model)
-    assert len(models) == 1 and len(started) == 1
-    assert set(out["mgsm"]) == {"representations", "translation"}
+# Finding 3: Transformers (hidden states) then vLLM (translations) in one process: the hf model released
 
 
 def test_release_warns_when_something_still_holds_the_model(tiny_model, monkeypatch, caplog):
@@ -153,26 +117,3 @@ def test_the_budget_is_derived_only_on_a_gpu_and_only_when_none_is_given(llama2,
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 20 * GIB)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 15 * GIB)
     assert engines.free_gpu_bytes(CUDA0) == torch.cuda.mem_get_info()[0] + 5 * GIB
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Finding 10: eight vLLM engines starting at once
-
-
-def test_every_vllm_engine_has_its_own_cache_root(tmp_path, monkeypatch):
-
-    cfg = config.resolve("tiny", engine="vllm")
-    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(sharding, "gpus", lambda: 8)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "shared"))
-    launched = []
-    monkeypatch.setattr(sharding, "_run", lambda cmds, log_path, envs, **kwargs: launched.append((cmds, envs)))
-    root = layout.EvalRoot(tmp_path / "eval", "m")
-    items = [{"id": i, "lang": "en", "prompt": "x" * i} for i in range(16)]
-    sharding.generate(cfg, root, "mgsm", items, 4, 8, ["en"])
-    (cmds, envs), = launched
-    roots = [env["VLLM_CACHE_ROOT"] for env in envs]
-    assert len(cmds) == 8 and len(set(roots)) == 8 and str(tmp_path / "shared") not in roots
-    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == [str(k) for k in range(8)]
-    assert [env["QALIGN_SHARD"] for env in envs] == [str(k) for k in range(8)]

@@ -15,9 +15,9 @@ from qalign_lib.core import config, layout
 from qalign_lib.data import corpora
 from qalign_lib.evaluation import evaluator, scoring
 from qalign_lib.models import engines
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.vllm
-ROOT = Path(__file__).resolve().parents[2]
 LIMIT, NEW = 6, 48   # 6 questions x (10 mGSM + 10 mSVAMP languages) = 120 prompts, 48 new tokens each
 
 

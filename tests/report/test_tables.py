@@ -1,15 +1,9 @@
-"""The study report: table builders on hand-made results, results collection, and the report written from fake
-systems on the synthetic data (directly, and through the report notebook)."""
-import json
-
+"""The report's tables (qalign_lib.report.tables) on hand-made results (numbers computed by hand)."""
 import pandas as pd
-import papermill as pm
 import pytest
 
-from qalign_lib.core import benchmarks, errors, layout
-from qalign_lib.report import document, results, tables
-from qalign_lib.study import studies
-from tests.helpers import ROOT, fake_system
+from qalign_lib.core import benchmarks
+from qalign_lib.report import tables
 
 # ----------------------------------------------------------------------------------------------------------------
 # Table builders on hand-made results (numbers computed by hand)
@@ -105,108 +99,3 @@ def test_averages_table_and_paper_vs_us():
     assert pd.isna(pvu.loc["Y", f"paper {mgsm}"]) and pd.isna(pvu.loc["Y", f"ours {msvamp}, our recipe"])
     assert tables.paper_vs_us(long, "7b", paper).attrs["source"] == "S"
     assert "no numbers for size 13b" in tables.paper_vs_us(long, "13b", paper).attrs["source"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Fake systems, built through the run layout
-
-
-def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthetic_data, monkeypatch):
-    s = studies.load("tiny")
-    langs = {b: [lang for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs] for b in s.benchmarks}
-    root = fake_system(s.cfg, s.systems["MonoReason"], {b: {lang: 1 for lang in langs[b]} for b in s.benchmarks})
-    layout.run(s.size, s.systems["QAlign+MonoReason"]).model.mkdir(parents=True)  # started, never finished
-    got, absent = results.collect(s)
-    assert list(got) == ["MonoReason"] and set(got["MonoReason"]) == set(s.benchmarks)
-    assert got["MonoReason"]["mgsm"]["accuracy"]["en"] == pytest.approx(100 / s.cfg.eval_limit, abs=1e-3)
-    assert absent["Base"] == f"not evaluated ({layout.base_eval(s.size, s.cfg.model).path})"
-    assert absent["QAlign+MonoReason"].startswith("run 'qalign-monoreason' (") and "is not finished" in absent["QAlign+MonoReason"]
-    # a corrupt generations file is an error, not an absent system
-    with root.generations("mgsm", "en").open("a") as f:
-        f.write("{not json\n")
-    with pytest.raises(errors.ResultsError, match="not valid JSON"):
-        results.collect(s)
-    # and so is a bug
-    from qalign_lib.evaluation import evaluator
-
-    monkeypatch.setattr(evaluator, "load_generations", lambda *a, **k: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        results.collect(s)
-
-
-def test_published_checkpoint_row_joins_the_report(synthetic_data):
-    s = studies.load("tiny")
-    model = "Wenhao97/QAlign-MetaMathQA-7B"
-    root = fake_system(s.cfg, f"model:{model}",
-                        {b: {lang: s.cfg.eval_limit for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs}
-                         for b in s.benchmarks})
-    assert root == layout.model_eval(s.size, model)
-    written = document.write_report(s, extra_models=[model], n_boot=500)
-    out = layout.report_dir(s.size)
-    name = f"{benchmarks.get('mgsm').table.lower().replace(' ', '')}_mgsm"
-    table = pd.read_csv(out / f"{name}.csv", index_col=0)
-    assert list(table.index) == [f"model: {model}"] and table.loc[f"model: {model}", "Avg"] == 100.0
-    md = (out / f"{name}.md").read_text()
-    assert s.caption.split(".")[0] in md and "- Base: not evaluated (" in md and "- MonoReason: run 'monoreason'" in md
-    assert written[name] == out / f"{name}.md" and written[f"{name}_png"] == out / f"{name}.png"
-    assert (out / f"{name}.png").stat().st_size > 0
-    # the consistency pair has no results: paired tests say so, Figure 3 is not drawn
-    assert "_no results_" in (out / "paired_mgsm.md").read_text()
-    assert "figure3_consistency" not in written and not (out / "figure3_consistency.png").exists()
-    index = (out / "README.md").read_text()
-    assert f"`{name}.md`" in index and "- QAlign+MonoReason: run 'qalign-monoreason'" in index
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
-
-
-@pytest.mark.slow
-def test_report_notebook_on_synthetic_results(synthetic_data, params_copy, tmp_path):
-    with (params_copy / "sizes" / "7b.yaml").open("a") as f:
-        f.write("eval_limit: 10\n")
-    s = studies.load("paper", size="7b")
-    assert s.cfg.eval_limit == 10
-    mgsm, msvamp = benchmarks.get("mgsm"), benchmarks.get("msvamp")
-    skip = {"Stage 1: En->X responses"}  # one system without results: reported as absent
-    k = {system: 2 + n % 7 for n, system in enumerate(s.systems)}  # 2..8 of 10 right in every averaged language
-    for system, run in s.systems.items():
-        if system not in skip:  # the extra language: 10 - k right, so it would move the average if it were in it
-            fake_system(s.cfg, run, {"mgsm": {**{lang: k[system] for lang in mgsm.averaged}, **{lang: 10 - k[system] for lang in mgsm.extra}},
-                                      "msvamp": {lang: k[system] for lang in msvamp.langs}})
-    out = tmp_path / "report.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "report.ipynb"), str(out), parameters={"size": "7b", "study": "paper", "n_boot": 2000},
-                        kernel_name="python3", progress_bar=False, cwd=str(ROOT))
-    fig = layout.report_dir("7b")
-    table = pd.read_csv(fig / "table2_mgsm.csv", index_col=0)
-    main = s.groups["main"]
-    expected = {system: 10.0 * k[system] for system in main}
-    assert list(table.index) == main
-    assert table["Avg"].to_dict() == pytest.approx(expected)
-    assert table["te"].to_dict() == pytest.approx({x: 100 - v for x, v in expected.items()})
-    assert list(table.columns) == list(mgsm.langs) + ["Avg", "Avg non-En"]
-    ci = pd.read_csv(fig / "table2_mgsm_ci.csv")
-    assert ((ci["lo"] <= ci["acc"]) & (ci["acc"] <= ci["hi"])).all() and len(ci) == len(main) * (len(mgsm.langs) + 2)
-    assert len(pd.read_csv(fig / "table3_msvamp_ci.csv")) == len(main) * (len(msvamp.langs) + 2)
-    ablation = pd.read_csv(fig / "table4_ablation.csv", index_col=0)
-    assert list(ablation.index) == [x for x in s.groups["ablation"] if x not in skip]
-    assert ablation.loc["Stage 1: FLORES X->En", f"{mgsm.display} acc"] == pytest.approx(10.0 * k["Stage 1: FLORES X->En"])
-    assert "- Stage 1: En->X responses: run 'ablation-en2x_response'" in (fig / "table4_ablation.md").read_text()
-    assert "En->X responses" not in (fig / "table2_mgsm.md").read_text()
-    mixed = pd.read_csv(fig / "figure2_mixed.csv")
-    assert len(mixed) == 2 * len(s.groups["mixed"])
-    pvu = pd.read_csv(fig / "paper_vs_us.csv", index_col=0)
-    assert pvu.loc["QAlign+MonoReason", f"paper {mgsm.display}"] == 49.6 and pvu.loc["MultiReason", f"paper {msvamp.display}"] == 44.1
-    assert pvu.loc["QAlign+MonoReason", f"ours {mgsm.display}, our recipe"].startswith(f"{expected['QAlign+MonoReason']:.1f} [")
-    assert pvu.loc["MonoReason", "paper number measures"].startswith("released MetaMath checkpoint")
-    paired = pd.read_csv(fig / "paired_mgsm.csv", index_col=0)
-    diff = expected["QAlign+MonoReason"] - expected["MonoReason"]
-    assert paired["diff"].tolist() == pytest.approx([diff] * len(mgsm.averaged) + [-diff] * len(mgsm.extra))
-    consistency = pd.read_csv(fig / "figure3_consistency.csv")
-    same = consistency[~consistency["lang"].isin(mgsm.extra)]
-    assert len(same) == 2 * (len(mgsm.averaged) - 1 + len(msvamp.langs) - 1) and (same["jaccard"] == 100.0).all()
-    assert not consistency["lang"].isin(mgsm.extra).any()  # Figure 3: the ten languages only (no Telugu)
-    for f in ("table2_mgsm.png", "table3_msvamp.png", "figure2_mixed.png", "figure3_consistency.png", "accuracy_mgsm.png",
-              "accuracy_msvamp.png", "README.md"):
-        assert (fig / f).is_file(), f
-    nb = json.loads(out.read_text())
-    shown = {c["id"]: json.dumps(c.get("outputs", [])) for c in nb["cells"] if c["cell_type"] == "code"}
-    assert "- Stage 1: En->X responses: run 'ablation-en2x_response'" in shown["collect"]
-    assert "Avg non-En" in shown["tables"] and "image/png" in shown["write"]

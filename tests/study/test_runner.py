@@ -1,27 +1,16 @@
-"""The study planner: order, sharing, and skipping for missing data (the report's tests: tests/report/)."""
+"""The study runner (qalign_lib.study.runner): the plan decides as the stages do, skips what missing data stops,
+runs analyses after training; a study holds its size's lock, and a kernel that dies is a study error."""
+from __future__ import annotations
+
+import papermill as pm
 import pytest
 
-from qalign_lib.core.config import ConfigError
+from qalign_lib.core import layout
+from qalign_lib.core.errors import StudyError
 from qalign_lib.study import runner, studies
 from qalign_lib.train import stages
+from tests.helpers import BASE_STUDY, cli, held_lock, one_line_error, write_study
 from tests.synthetic import make_data_dir
-
-
-def test_paper_study_order_and_sharing():
-    s = studies.load("paper", size="7b")
-    order = studies.order(s)
-    assert sorted(order) == sorted(s.runs)  # every run once
-    for name in order:  # every run after the run it starts from
-        init = s.runs[name].init
-        assert init == "base" or order.index(init) < order.index(name), (init, name)
-    assert order.index("s1-x2en_question") < order.index("qalign-monoreason")
-    assert order.index("qalign-gsm8kinstruct") < order.index("qalign-mixed")
-    assert order.count("s1-x2en_question") == 1  # one stage-1 model serves every stage 2 that starts from it
-    assert studies.chain(s, "qalign-mixed") == ["s1-x2en_question", "qalign-gsm8kinstruct", "qalign-mixed"]
-    assert studies.order(s, ["QAlign+MultiReason+MonoReason", "QAlign+MonoReason"]) == \
-        ["s1-x2en_question", "qalign-gsm8kinstruct", "qalign-mixed", "qalign-monoreason"]
-    assert s.runs["multireason"].langs == ["bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es", "en"]
-    assert s.runs["s1-x2en_question"].langs == ["bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es"]
 
 
 def test_requirements_and_missing_data_skip_dependents(tmp_path, monkeypatch):
@@ -56,24 +45,6 @@ def _check_paper_plan_on_the_offline_snapshot():
     assert steps["MonoReason"].reason == "its run monoreason is skipped"
 
 
-def test_bad_study_files_are_clear_errors(params_copy):
-    params = params_copy
-    cases = {
-        "runs: {a: {stage: 3}}": "needs 'stage: 1' or 'stage: 2'",
-        "runs: {a: {stage: 1, task: nope}}": "unknown stage-1 task 'nope'",
-        "runs: {a: {stage: 2, init: b, data: [gsm8k]}}": "starts from unknown run 'b'",
-        "runs: {a: {stage: 2, init: b, data: [gsm8k]}, b: {stage: 2, init: a, data: [gsm8k]}}": "cycle",
-        "runs: {a: {stage: 2, data: [wiki]}}": "unknown stage-2 data",
-        "runs: {}\nsystems: {X: nope}": "system 'X' names unknown run 'nope'",
-    }
-    for text, message in cases.items():
-        (params / "study-bad.yaml").write_text("size: tiny\n" + text + "\n")
-        with pytest.raises(ConfigError, match=message):
-            studies.load("bad")
-    with pytest.raises(ConfigError, match="known studies"):
-        studies.load("missing")
-
-
 def test_plan_follows_what_the_stages_trained(synthetic_data, tiny_model):
     """The planner decides exactly as the stages do: a run finished with the same inputs is done; changed inputs
     make it, and everything downstream of it, todo again."""
@@ -94,3 +65,54 @@ def test_plan_follows_what_the_stages_trained(synthetic_data, tiny_model):
     assert steps["qalign-monoreason"].reason.startswith("after s1-x2en_question")
     steps = {st.name: st for st in runner.plan(studies.load("tiny", **small, gradient_checkpointing=True, save_steps=7))}
     assert steps["s1-x2en_question"].status == "done"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analyses, locks, dead kernels, missing benchmark data
+
+
+def test_plan_has_analyze_steps_after_training(params_copy, synthetic_data):
+    write_study(params_copy, BASE_STUDY)
+    steps = runner.plan(studies.load("x"))
+    analyze = [st for st in steps if st.kind == "analyze"]
+    assert [(st.name, st.params, st.status) for st in analyze] == [
+        ("Base", {"size": "tiny", "run": "base"}, "todo"), ("Stage 1: s1", {"size": "tiny", "run": "s1"}, "todo")]
+    assert analyze[1].reason == "after training s1"
+    assert [st.kind for st in steps][-1] == "report" and steps[-1].status == "todo"
+
+
+@pytest.mark.timeout(300)
+def test_study_holds_the_size_lock(tiny_params, capsys, monkeypatch):
+    monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: pytest.fail("a notebook ran while another study holds the lock"))
+    with held_lock(layout.study_lock("tiny")) as holder:
+        rc, err = cli(["study", "--study", "tiny", "--no-report"], capsys)
+        assert rc == 1 and str(holder.pid) in one_line_error(err)
+
+
+def test_dead_kernel_during_study_is_a_study_error(tmp_path, monkeypatch):
+    from nbclient.exceptions import DeadKernelError
+
+    def dead(*a, **k):
+        raise DeadKernelError("Kernel died")
+
+    monkeypatch.setattr(pm, "execute_notebook", dead)
+    step = runner.Step("train", "s1-x2en_question", "stage1", {"size": "tiny", "run_name": "s1-x2en_question"}, "todo")
+    with pytest.raises(StudyError) as e:
+        runner.execute(step, tmp_path / "notebooks", 1)
+    message = str(e.value)
+    assert "the kernel died (out of memory?)" in message and "rerun" in message and "s1-x2en_question" in message
+
+
+def test_dry_run_without_benchmark_data_skips_evaluation_and_report(tiny_params, tmp_path, monkeypatch, capsys):
+    data = make_data_dir(tmp_path / "data", drop=["mgsm/*.jsonl", "msvamp/*.jsonl"])
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(data))
+    steps = runner.plan(studies.load("tiny"))
+    evaluate = [st for st in steps if st.kind == "evaluate"]
+    assert {st.name for st in evaluate} == {"Base", "MonoReason", "QAlign+MonoReason"}
+    for st in evaluate:
+        assert st.status == "skip" and "mgsm" in st.reason, (st.name, st.status, st.reason)
+    report = [st for st in steps if st.kind == "report"]
+    assert [st.status for st in report] == ["skip"] and "benchmark" in report[0].reason, report
+    assert all(st.status == "todo" for st in steps if st.kind == "train")  # training data is all there
+    rc, _ = cli(["study", "--study", "tiny", "--dry-run"], capsys)
+    assert rc == 0

@@ -13,7 +13,6 @@ from qalign_lib.core import config, versions
 from qalign_lib.tools import cli, doctor
 from qalign_lib.tools.doctor import FAIL, PASS, SKIP, WARN, Gpu, Node, Row
 
-ROOT = Path(__file__).resolve().parents[2]
 H100 = Gpu("NVIDIA H100 80GB HBM3", 79.2, (9, 0))
 GPU_NODE = Node(cuda_available=True, torch_cuda="13.0", gpus=(H100,) * 8, driver="580.95.05", bf16=True, nccl=True,
                 host_ram_gib=2000, deepspeed=True)

@@ -1,20 +1,14 @@
-"""Multi-process training on CPU through ``launch()``: real DDP on gloo, DeepSpeed ZeRO-3, worker errors, kill -9.
-
-``python -m tests.train.test_launch RUN_DIR`` is the worker entry point of the DDP test: ``fit`` with a callback that
-writes, per rank, which examples it trained on and a hash of its final weights to RUN_DIR/rank<k>.json.
-"""
-import hashlib
+"""Multi-process training on CPU through ``launch()`` (qalign_lib.train.launch): the launch configs, real DDP on
+gloo, DeepSpeed ZeRO-3, two machines on localhost, worker errors. The workers run ``tests/train/rank_probe.py``, which
+records per rank the examples it trained on and a hash of its final weights."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from qalign_lib.core import config, layout
 from qalign_lib.core.errors import ConfigError, LaunchError
@@ -23,48 +17,7 @@ from qalign_lib.models import modeling
 from qalign_lib.train import training
 from qalign_lib.train.launch import launch, worker_error
 from tests.helpers import launch_cfg
-
-
-class RankProbe(TrainerCallback):
-    """Records the examples each forward pass of this rank sees and, at the end, a hash of its weights."""
-
-    def __init__(self, out: Path):
-        self.out, self.seen = Path(out), []
-
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        model.register_forward_pre_hook(self._record, with_kwargs=True)
-
-    def _record(self, module, args, kwargs):
-        self.seen += [example_hash(ids) for ids in split_examples(kwargs["input_ids"], kwargs.get("position_ids"),
-                                                                  kwargs.get("attention_mask"))]
-
-    def on_train_end(self, args, state, control, model=None, **kw):
-        weights = hashlib.sha256()
-        for name, tensor in sorted(model.state_dict().items()):
-            weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-        rank = int(os.environ.get("RANK", "0"))
-        (self.out / f"rank{rank}.json").write_text(json.dumps(
-            {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "examples": self.seen,
-             "weights": weights.hexdigest(), "steps": state.global_step,
-             "zero3_partitioned": all(hasattr(p, "ds_id") for p in model.parameters())}))
-
-
-def split_examples(input_ids, position_ids=None, attention_mask=None) -> list[list[int]]:
-    """The examples of a batch: padding-free rows are cut where the position ids restart, padded rows unpadded."""
-    out = []
-    for r, row in enumerate(input_ids.tolist()):
-        if attention_mask is not None:
-            out.append([t for t, m in zip(row, attention_mask[r].tolist()) if m])
-        elif position_ids is not None:
-            starts = [k for k, p in enumerate(position_ids[r].tolist()) if p == 0] + [len(row)]
-            out += [row[a:b] for a, b in zip(starts, starts[1:])]
-        else:
-            out.append(row)
-    return out
-
-
-def example_hash(ids) -> str:
-    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+from tests.train.rank_probe import example_hash
 
 
 def test_launch_configs_parse_and_unknown_name_is_clear():
@@ -95,7 +48,7 @@ def test_ddp_two_ranks_see_different_data_and_end_with_identical_weights(synthet
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # with --multi_gpu (ddp.yaml): 2 CPU processes on gloo
     cfg = launch_cfg(tiny_model, launch="ddp", num_processes=2)
     run = training.prepare(cfg, "ddp", ["x2en_question"], "de,fr,es,ru", "base", 1)  # 16 examples
-    launch(cfg, run, module="tests.train.test_launch")
+    launch(cfg, run, module="tests.train.rank_probe")
     ranks = [json.loads((run / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [2, 2]  # 16 / (4 x 2)
     seen = [r["examples"] for r in ranks]
@@ -118,7 +71,7 @@ def test_deepspeed_zero3_saves_consolidated_weights_that_reload(synthetic_data, 
     # accelerator (gloo) by itself, and training_args leaves the device to it (use_cpu=False under DeepSpeed)
     cfg = launch_cfg(tiny_model, launch="zero3", num_processes=1, batch_size=4)  # 8 examples: 2 steps (the 1st at lr 0)
     run = training.prepare(cfg, "zero3", ["x2en_question"], "de,fr", "base", 1)
-    launch(cfg, run, module="tests.train.test_launch")
+    launch(cfg, run, module="tests.train.rank_probe")
     assert json.loads((run / "rank0.json").read_text())["zero3_partitioned"]  # the parameters were ZeRO-3's
     assert layout.RunDir(run).is_done() and len(training.read_log(run)) == 2
     from transformers import AutoModelForCausalLM
@@ -139,7 +92,7 @@ def test_two_machines_on_localhost(synthetic_data, tiny_model, workers_env, tmp_
     machine 1 returns only once machine 0 has written the finished run to the shared runs/."""
     overrides = dict(model=tiny_model, stage1_limit=4, epochs=1, batch_size=8, per_device_batch_size=4, lr=1e-3,
                      max_length=1024, launch="ddp", num_processes=2, num_machines=2, report_to="none")
-    script = ("from qalign_lib import config, log, stages; log.setup('INFO'); "
+    script = ("from qalign_lib.core import config, log; from qalign_lib.train import stages; log.setup('INFO'); "
               f"stages.stage1(config.resolve('tiny', **{overrides!r}), 'x2en_question', 'de,fr,es,ru', name='mm')")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "MAIN_PROCESS_IP": "127.0.0.1"}
     procs = [subprocess.Popen([sys.executable, "-c", script], env={**env, "MACHINE_RANK": str(k)}, text=True,
@@ -182,50 +135,3 @@ def test_worker_error_parsing():
     assert worker_error(log.replace("[rank1]: ", "[rank1]: #")).startswith("RuntimeError: wrapped")  # chained: last
     assert worker_error("Traceback (most recent call last):\n  File x\nsubprocess.CalledProcessError: 9\nexitcode: -9"
                         ).endswith("exitcode: -9")  # only the launcher's error: the log's last lines
-
-
-def complete_checkpoints(run: Path) -> list[int]:
-    """Steps of the checkpoints whose trainer_state.json (written last) is there and whole."""
-    steps = []
-    for state in run.glob("checkpoints/checkpoint-*/trainer_state.json"):
-        try:
-            steps.append(json.loads(state.read_text())["global_step"])
-        except (OSError, ValueError):
-            pass
-    return sorted(steps)
-
-
-@pytest.mark.slow
-def test_kill_9_mid_run_resumes_from_the_last_checkpoint(synthetic_data, tiny_model, workers_env):
-    # 8 examples, batch 1: 8 steps an epoch, 40 in all; a checkpoint every 5 steps
-    cfg = launch_cfg(tiny_model, epochs=5, batch_size=1, per_device_batch_size=1, save_steps=5)
-    run = training.prepare(cfg, "killed", ["x2en_question"], "de,fr", "base", 1)
-    cmd = [sys.executable, "-m", "qalign_lib.train.training", str(run)]
-    with open(run / "first.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while not complete_checkpoints(run) and proc.poll() is None:
-            assert time.time() < deadline, "no checkpoint within 2 minutes"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
-    steps_before = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
-    complete = complete_checkpoints(run)
-    assert not layout.RunDir(run).is_done() and complete and steps_before[-1] < 40
-    # a checkpoint being written when the kill came has no trainer_state.json yet: the resume must skip it
-    partial = run / "checkpoints" / "checkpoint-39"
-    partial.mkdir()
-    (partial / "model.safetensors").write_bytes(b"")
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    last = complete[-1]
-    assert f"resuming killed from {run / 'checkpoints' / f'checkpoint-{last}'}" in second.stdout
-    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
-    assert steps[len(steps_before):] == list(range(last + 1, 41))        # continued at last+1, not at 1
-    assert layout.RunDir(run).is_done() and [r["step"] for r in training.read_log(run)] == list(range(1, 41))
-    model = modeling.load_model(str(run))
-    assert model.config.vocab_size == len(modeling.load_tokenizer(str(run)))
-
-
-if __name__ == "__main__":  # worker entry point of the DDP test (see the module docstring)
-    training.fit(Path(sys.argv[1]), callbacks=[RankProbe(Path(sys.argv[1]))])

@@ -1,29 +1,26 @@
-"""Training on a randomly initialised tiny LLaMA with synthetic data: masking, EOS, loss, save/reload, skip, resume,
-pinned losses."""
+"""Training on a randomly initialised tiny LLaMA with synthetic data (qalign_lib.train.training): masking, EOS,
+loss, save/reload, skip, resume (after a crash, a kill -9 and a full disk), pinned losses, the files a run writes."""
+from __future__ import annotations
+
+import errno
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
-from qalign_lib.core import config, layout
-from qalign_lib.core.errors import ConfigError, DataError, ModelError, RunError
+from qalign_lib.core import config, files, layout
+from qalign_lib.core.errors import ConfigError, DataError, RunError
 from qalign_lib.models import modeling
 from qalign_lib.train import stages, training
-from tests.helpers import train_cfg
-
-
-def test_pad_token_added_with_mean_embedding(tiny_model):
-    tok, model = modeling.load_tokenizer(tiny_model), modeling.load_model(tiny_model)
-    assert tok.pad_token is None and tok.eos_token == "</s>"
-    before = model.get_input_embeddings().weight.detach().clone()
-    assert modeling.ensure_pad_token(tok, model)
-    emb = model.get_input_embeddings().weight
-    assert tok.pad_token == modeling.PAD_TOKEN == "<pad>" and tok.pad_token_id != tok.eos_token_id and emb.shape[0] == before.shape[0] + 1
-    assert torch.allclose(emb[-1], before.mean(0), atol=1e-6)
-    assert torch.allclose(model.get_output_embeddings().weight[-1], model.get_output_embeddings().weight[:-1].mean(0), atol=1e-6)
-    assert not modeling.ensure_pad_token(tok, model)  # a second call changes nothing
+from tests.helpers import launch_cfg, mode, train_cfg
 
 
 def test_prompt_tokens_masked_and_eos_trained(synthetic_data, tiny_model):
@@ -171,31 +168,6 @@ def test_examples_longer_than_max_length_are_an_error(synthetic_data, tiny_model
     out = training.prepare(train_cfg(tiny_model, max_length=16), "short", ["x2en_question"], "de", "base", 1)
     with pytest.raises(DataError, match="longer than max_length=16"):
         training.make_trainer(out)
-
-
-def test_stage2_chain_needs_finished_init(synthetic_data, tiny_model):
-    with pytest.raises(RunError, match="run 'nope' .* not finished"):
-        stages.stage2(train_cfg(tiny_model), init="nope", data_seq=["gsm8k"])
-
-
-def test_stage_entries_validate_their_arguments(synthetic_data, tiny_model):
-    cfg = train_cfg(tiny_model)
-    with pytest.raises(ConfigError, match="stage-1 task 'x2en_answers'"):
-        stages.stage1(cfg, "x2en_answers")
-    with pytest.raises(ConfigError, match="stage-2 data .*'wiki'"):
-        stages.stage2(cfg, data_seq="gsm8k,wiki")
-    with pytest.raises(ConfigError, match="run_name='../x'"):
-        stages.stage1(cfg, name="../x")
-    assert stages.phases(cfg, "s1", "gsm8kinstruct,metamathqa", "mixed") == [
-        ("mixed.phase1-gsm8kinstruct", "gsm8kinstruct", "s1"), ("mixed", "metamathqa", "mixed.phase1-gsm8kinstruct")]
-    assert stages.phases(cfg) == [("base__gsm8k", "gsm8k", "base")]  # the size's stage2_data
-
-
-def test_big_size_without_gpu_stops_early():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    with pytest.raises(ModelError, match="needs a CUDA GPU"):
-        stages.stage1(config.resolve("13b"))
 
 
 def test_tokenize_appends_eos_masks_prompt_and_drops_overflow(tiny_model):
@@ -356,3 +328,88 @@ def test_tokenize_counts_whole_cut_and_dropped_examples_per_language(tiny_model)
     assert dropped == 1 and len(rows) == 2
     assert lengths["de"] == {"examples": 1, "whole": 0, "truncated": 1, "dropped": 0, "longest": full[0]}
     assert lengths["fr"] == {"examples": 2, "whole": 1, "truncated": 0, "dropped": 1, "longest": max(full[1:])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Faults: a kill -9 and a full disk resume; the run's files follow the umask
+
+
+def complete_checkpoints(run: Path) -> list[int]:
+    """Steps of the checkpoints whose trainer_state.json (written last) is there and whole."""
+    steps = []
+    for state in run.glob("checkpoints/checkpoint-*/trainer_state.json"):
+        try:
+            steps.append(json.loads(state.read_text())["global_step"])
+        except (OSError, ValueError):
+            pass
+    return sorted(steps)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_resumes_from_the_last_checkpoint(synthetic_data, tiny_model, workers_env):
+    # 8 examples, batch 1: 8 steps an epoch, 40 in all; a checkpoint every 5 steps
+    cfg = launch_cfg(tiny_model, epochs=5, batch_size=1, per_device_batch_size=1, save_steps=5)
+    run = training.prepare(cfg, "killed", ["x2en_question"], "de,fr", "base", 1)
+    cmd = [sys.executable, "-m", "qalign_lib.train.training", str(run)]
+    with open(run / "first.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while not complete_checkpoints(run) and proc.poll() is None:
+            assert time.time() < deadline, "no checkpoint within 2 minutes"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
+    steps_before = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    complete = complete_checkpoints(run)
+    assert not layout.RunDir(run).is_done() and complete and steps_before[-1] < 40
+    # a checkpoint being written when the kill came has no trainer_state.json yet: the resume must skip it
+    partial = run / "checkpoints" / "checkpoint-39"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"")
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    last = complete[-1]
+    assert f"resuming killed from {run / 'checkpoints' / f'checkpoint-{last}'}" in second.stdout
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps[len(steps_before):] == list(range(last + 1, 41))        # continued at last+1, not at 1
+    assert layout.RunDir(run).is_done() and [r["step"] for r in training.read_log(run)] == list(range(1, 41))
+    model = modeling.load_model(str(run))
+    assert model.config.vocab_size == len(modeling.load_tokenizer(str(run)))
+
+
+@pytest.mark.parametrize("fault", [lambda: OSError(errno.ENOSPC, "No space left on device"),
+                                   lambda: RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter "
+                                                        "failed writing file data/3: file write failed; unexpected pos "
+                                                        "974528 vs 974416")],
+                         ids=["ENOSPC", "unexpected-pos"])
+def test_full_disk_during_checkpoint_save_is_a_run_error_that_resumes(synthetic_data, tiny_model, monkeypatch, fault):
+    from trl import SFTTrainer
+
+    cfg = config.resolve("tiny", model=tiny_model, stage1_limit=4, batch_size=4, per_device_batch_size=4, epochs=1,
+                         save_steps=1, report_to="none", max_length=512)
+    original = SFTTrainer.__dict__.get("_save_checkpoint")
+
+    def full(self, *a, **k):
+        raise fault()
+
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", full)
+    with pytest.raises(RunError) as e:
+        stages.stage1(cfg, "x2en_question", "de", name="x")
+    run = layout.run("tiny", "x")
+    message = str(e.value)
+    assert "no space" in message.lower() and str(run.path) in message and "resum" in message.lower(), message
+    assert not run.is_done()
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", original)
+    stages.stage1(cfg, "x2en_question", "de", name="x")  # once space is freed: rerun
+    assert run.is_done()
+
+
+def test_run_files_are_readable_by_the_group_as_the_umask_says(synthetic_data, tiny_model, umask022):
+    cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, report_to="none")
+    out = training.prepare(cfg, "shared", ["x2en_question"], "de", "base", 1)
+    run = layout.RunDir(out)
+    assert mode(run.run_json) == 0o644 and mode(run.train_jsonl) == 0o644
+    root = layout.base_eval("tiny", tiny_model)
+    files.write_json(root.metrics, {})
+    files.write_json(root.settings("mgsm"), {})
+    assert mode(root.metrics) == 0o644 and mode(root.settings("mgsm")) == 0o644

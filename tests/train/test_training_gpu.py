@@ -1,14 +1,11 @@
 """The training path of a GPU node, checked on a CPU: the GPU facts the code only asks are faked (device count,
 availability), accelerate's FSDP plugin is built from params/launch/fsdp.yaml as `accelerate launch` builds it, FSDP2
-wraps the tiny random LLaMA on gloo, and a DeepSpeed ZeRO-3 launch runs on CPU processes.
-
-``python -m tests.train.test_training_gpu RUN_DIR`` is the worker entry point of the ZeRO-3 loading test: ``fit`` with
-model loading and the pad-token initialisation observed from inside, written to RUN_DIR/load-rank<k>.json.
+wraps the tiny random LLaMA on gloo, and a DeepSpeed ZeRO-3 launch runs on CPU processes (its workers run
+``tests/train/load_probe.py``, which observes the model loading and the pad-token initialisation from inside).
 """
 import contextlib
 import json
 import os
-import sys
 import types
 from pathlib import Path
 
@@ -239,44 +236,14 @@ def test_the_trainer_config_exists_before_the_model_is_loaded(synthetic_data, ti
     assert calls == ["args", "model"] and trainer.args is made[0]
 
 
-class LoadProbe:
-    """Wraps modeling.load_model and modeling.ensure_pad_token in a worker and records what they saw."""
-
-    def __init__(self, out: Path):
-        self.out, self.record = Path(out), {}
-        self.load, self.pad = modeling.load_model, modeling.ensure_pad_token
-        modeling.load_model, modeling.ensure_pad_token = self._load, self._pad
-
-    def _load(self, *args, **kwargs):
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        self.record["zero3_inside_loading"] = is_deepspeed_zero3_enabled()
-        model = self.load(*args, **kwargs)
-        self.record["partitioned_after_loading"] = all(hasattr(p, "ds_id") for p in model.parameters())
-        self.record["embedding_numel_after_loading"] = model.get_input_embeddings().weight.numel()
-        return model
-
-    def _pad(self, tokenizer, model=None):
-        import deepspeed
-
-        old = model.get_input_embeddings().num_embeddings
-        grew = self.pad(tokenizer, model)
-        embeddings = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
-        with deepspeed.zero.GatheredParameters(embeddings, modifier_rank=None):
-            self.record["pad_rows"] = [[e.shape[0] - old, (e[old:] - e[:old].mean(0)).abs().max().item()] for e in embeddings]
-        rank = int(os.environ.get("RANK", "0"))
-        (self.out / f"load-rank{rank}.json").write_text(json.dumps({**self.record, "grew": grew, "old": old}))
-        return grew
-
-
 @pytest.mark.slow
 def test_zero3_builds_the_model_partitioned_and_pads_with_the_mean(synthetic_data, tiny_model, workers_env):
     pytest.importorskip("deepspeed")
-    # one process under DeepSpeed's CPU accelerator, as test_distributed's ZeRO-3 test (with two, accelerate's state
+    # one process under DeepSpeed's CPU accelerator, as test_launch.py's ZeRO-3 test (with two, accelerate's state
     # on a CPU counts one process where DeepSpeed counts two, and DeepSpeed's batch check fails, with or without this)
     cfg = launch_cfg(tiny_model, launch="zero3", num_processes=1, batch_size=4, per_device_batch_size=2)
     run = training.prepare(cfg, "zero3-load", ["x2en_question"], "de", "base", 1)
-    launch(cfg, run, module="tests.train.test_training_gpu")
+    launch(cfg, run, module="tests.train.load_probe")
     for rank in (0,):
         seen = json.loads((run / f"load-rank{rank}.json").read_text())
         assert seen["zero3_inside_loading"], seen          # from_pretrained ran under ZeRO-3's partitioned init ...
@@ -284,8 +251,3 @@ def test_zero3_builds_the_model_partitioned_and_pads_with_the_mean(synthetic_dat
         assert seen["grew"] and [n for n, _ in seen["pad_rows"]] == [1, 1], seen
         assert max(diff for _, diff in seen["pad_rows"]) < 1e-6, seen  # the new row = the mean of the old ones
     assert layout.RunDir(run).is_done()
-
-
-if __name__ == "__main__":  # worker entry point of the ZeRO-3 loading test (see the module docstring)
-    LoadProbe(Path(sys.argv[1]))
-    training.fit(Path(sys.argv[1]))
