@@ -47,19 +47,19 @@ def test_every_path_is_inside_the_runs_directory():
     paths = [run.path, run.model, run.model_tmp, run.run_json, run.train_jsonl, run.train_log, run.loss_png,
              run.checkpoints, run.tensorboard, run.done_marker, run.launch_log(), run.launch_log(1), run.eval.path,
              run.eval.metrics, run.eval.settings("mgsm"), run.eval.generations("mgsm", "de"), run.eval.bench_dir("msvamp"),
-             layout.base_eval("tiny", "m").path, layout.notebooks_dir("tiny"), layout.size_root("7b")]
+             layout.eval_root("tiny", "m", "base").path, layout.notebooks_dir("tiny"), layout.size_root("7b")]
     for model in ("Wenhao97/QAlign-MetaMathQA-7B", "../../../etc", "/abs/path/to/model", "~/x", "a/../../b"):
-        paths.append(layout.model_eval("tiny", model).path)
+        paths.append(layout.eval_root("tiny", "", model=model).path)
     for path in paths:
         assert path.resolve().is_relative_to(root), path
     assert run.launch_log(1) != run.launch_log(0)  # one log per machine on a shared runs/
-    assert layout.model_eval("tiny", "Wenhao97/QAlign-MetaMathQA-7B").path == \
+    assert layout.eval_root("tiny", "", model="Wenhao97/QAlign-MetaMathQA-7B").path == \
         root / "tiny" / "models" / "Wenhao97_QAlign-MetaMathQA-7B" / "eval"
-    assert layout.model_eval("tiny", "x/y").model == "x/y"
-    assert layout.base_eval("tiny", "m").path == root / "tiny" / "base" / "eval"
+    assert layout.eval_root("tiny", "", model="x/y").model == "x/y"
+    assert layout.eval_root("tiny", "m", "base").path == root / "tiny" / "base" / "eval"
     assert layout.report_dir("tiny") == layout.figures_dir() / "tiny"
     with pytest.raises(ConfigError, match="model="):
-        layout.model_eval("tiny", "///")
+        layout.eval_root("tiny", "", model="///")
 
 
 def test_runs_dir_follows_the_environment(tmp_path, monkeypatch):
@@ -120,13 +120,14 @@ def test_done_needs_the_marker_and_the_model():
     assert run.is_done() and run.require_done() is run
     assert layout.eval_root("tiny", "base-model", "s1").path == run.eval.path
     assert layout.eval_root("tiny", "base-model", "base").model == "base-model"
-    assert layout.eval_root("tiny", "base-model", None, model="x/y").path == layout.model_eval("tiny", "x/y").path
+    assert layout.eval_root("tiny", "base-model", None, model="x/y").path == \
+        layout.eval_root("tiny", "", model="x/y").path  # an explicit model: the base model does not matter
     with pytest.raises(RunError, match="not finished"):
         layout.eval_root("tiny", "base-model", "never-trained")
 
 
 def test_eval_root_reads_results_files():
-    root = layout.base_eval("tiny", "m")
+    root = layout.eval_root("tiny", "m", "base")
     assert root.read_metrics() is None and root.read_settings("mgsm") is None
     root.settings("mgsm").parent.mkdir(parents=True)
     root.settings("mgsm").write_text('{"model": "m"}')
@@ -139,7 +140,7 @@ def test_eval_root_reads_results_files():
 def test_paths_are_built_without_touching_the_disk():
     before = set(os.listdir(layout.runs_dir().parent)) if layout.runs_dir().parent.exists() else set()
     run = layout.run("tiny", "s1")
-    _ = (run.model, run.eval.metrics, layout.model_eval("tiny", "a/b").path, layout.notebooks_dir("tiny"))
+    _ = (run.model, run.eval.metrics, layout.eval_root("tiny", "", model="a/b").path, layout.notebooks_dir("tiny"))
     assert not layout.runs_dir().exists()
     assert (set(os.listdir(layout.runs_dir().parent)) if layout.runs_dir().parent.exists() else set()) == before
 
@@ -155,7 +156,7 @@ def test_report_dir_of_other_studies_is_a_subfolder():
 
 
 def test_corrupt_metrics_json_names_the_file(tmp_path):
-    root = layout.base_eval("tiny", "m")
+    root = layout.eval_root("tiny", "m", "base")
     root.metrics.parent.mkdir(parents=True)
     for text in ("", "{", "[1, 2]"):
         root.metrics.write_text(text)

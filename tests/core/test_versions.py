@@ -130,7 +130,7 @@ def test_run_json_and_metrics_record_the_versions(synthetic_data, tiny_model):
     meta = layout.RunDir(run).meta()
     assert meta["versions"]["transformers"] == versions.installed("transformers") and "torch" in meta["versions"]
     metrics = evaluator.evaluate(cfg, model=tiny_model, benchmarks="mgsm", langs="en")
-    saved = layout.model_eval("tiny", tiny_model).read_metrics()
+    saved = layout.eval_root("tiny", "", model=tiny_model).read_metrics()
     assert saved["versions"] == metrics["versions"] and saved["versions"]["trl"] == versions.installed("trl")
 
 

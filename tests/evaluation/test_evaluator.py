@@ -28,7 +28,7 @@ def test_evaluate_end_to_end_and_resume(synthetic_data, tiny_model, monkeypatch)
     assert not evaluator.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
     metrics = evaluator.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
     target = evaluator.target(cfg, run="base")
-    assert target.path == layout.base_eval("tiny", tiny_model).path and target.model == tiny_model
+    assert target.path == layout.eval_root("tiny", tiny_model, "base").path and target.model == tiny_model
     assert target.metrics.is_file() and json.loads(target.metrics.read_text()) == metrics
     assert target.read_settings("mgsm") == evaluator.settings(cfg, "mgsm", tiny_model)
     assert evaluator.is_complete(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
@@ -76,7 +76,7 @@ def test_evaluate_external_model_and_unknown_run(synthetic_data, tiny_model):
     cfg = config.resolve("tiny", eval_limit=1, max_new_tokens=new_tokens(4))
     metrics = evaluator.evaluate(cfg, model=tiny_model, benchmarks=["msvamp"], langs="en")
     assert metrics["model"] == tiny_model and metrics["size"] == "tiny" and metrics["limit"] == 1
-    assert layout.model_eval("tiny", tiny_model).read_metrics() == metrics
+    assert layout.eval_root("tiny", "", model=tiny_model).read_metrics() == metrics
     with pytest.raises(RunError, match="not finished"):
         evaluator.evaluate(cfg, run="never-trained")
     assert not evaluator.is_complete(cfg, run="never-trained")

@@ -17,7 +17,7 @@ def test_published_checkpoint_row_joins_the_report(synthetic_data):
     root = fake_system(s.cfg, f"model:{model}",
                         {b: {lang: s.cfg.eval_limit for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs}
                          for b in s.benchmarks})
-    assert root == layout.model_eval(s.size, model)
+    assert root == layout.eval_root(s.size, "", model=model)
     written = document.write_report(s, extra_models=[model], n_boot=500)
     out = layout.report_dir(s.size)
     name = f"{benchmarks.get('mgsm').table.lower().replace(' ', '')}_mgsm"
@@ -62,7 +62,7 @@ def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
     write_json(done.run_json, {"fingerprint": "x", "versions": {"torch": "2.13.0", "transformers": "5.23.0", "cuda": None}})
     done.done_marker.write_text("x\n")
     write_json(done.eval.metrics, {"versions": {"torch": "2.13.0", "transformers": "5.19.0", "cuda": "13.0"}})
-    write_json(layout.base_eval(s.size, s.cfg.model).metrics, {})  # from before versions were recorded: left out
+    write_json(layout.eval_root(s.size, s.cfg.model, "base").metrics, {})  # from before versions were recorded: left out
     recorded = document.recorded_versions(s)
     assert set(recorded) == {"training monoreason", "evaluation MonoReason"}
     table = document.versions_table(recorded)

@@ -15,7 +15,7 @@ def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthe
     got, absent = results.collect(s)
     assert list(got) == ["MonoReason"] and set(got["MonoReason"]) == set(s.benchmarks)
     assert got["MonoReason"]["mgsm"]["accuracy"]["en"] == pytest.approx(100 / s.cfg.eval_limit, abs=1e-3)
-    assert absent["Base"] == f"not evaluated ({layout.base_eval(s.size, s.cfg.model).path})"
+    assert absent["Base"] == f"not evaluated ({layout.eval_root(s.size, s.cfg.model, 'base').path})"
     assert absent["QAlign+MonoReason"].startswith("run 'qalign-monoreason' (") and "is not finished" in absent["QAlign+MonoReason"]
     # a corrupt generations file is an error, not an absent system
     with root.generations("mgsm", "en").open("a") as f:

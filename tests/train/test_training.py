@@ -409,7 +409,7 @@ def test_run_files_are_readable_by_the_group_as_the_umask_says(synthetic_data, t
     out = training.prepare(cfg, "shared", ["x2en_question"], "de", "base", 1)
     run = layout.RunDir(out)
     assert mode(run.run_json) == 0o644 and mode(run.train_jsonl) == 0o644
-    root = layout.base_eval("tiny", tiny_model)
+    root = layout.eval_root("tiny", tiny_model, "base")
     files.write_json(root.metrics, {})
     files.write_json(root.settings("mgsm"), {})
     assert mode(root.metrics) == 0o644 and mode(root.settings("mgsm")) == 0o644
