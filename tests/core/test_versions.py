@@ -1,7 +1,12 @@
 """The tested sets (constraints/cpu.txt, constraints/gpu.txt) against pyproject.toml, environment.yml and the
 Makefile's install recipe; the versions every run and evaluation records (the report's software table:
 tests/report/test_document.py)."""
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import time
 import tomllib
 
 import pytest
@@ -99,16 +104,38 @@ def test_environment_yml_installs_the_gpu_set_and_not_the_retired_channel():
         assert versions.normalize(Requirement(line).name) in pins, f"environment.yml installs {line}, not pinned"
 
 
-def test_make_installs_the_venv_with_the_cpu_set():
-    makefile = (ROOT / "Makefile").read_text()
-    assert "CPU_SET := constraints/cpu.txt" in makefile
-    stamp = next(line for line in makefile.splitlines() if line.startswith("$(VENV)/.installed:"))
-    assert "$(CPU_SET)" in stamp  # a changed set rebuilds the venv
-    installs = [line for line in makefile.splitlines() if "$(PY) -m pip install" in line and "--no-deps" not in line
-                and "--upgrade pip" not in line]
-    assert installs and all("-c $(CPU_SET)" in line for line in installs)
-    readme = (ROOT / "README.md").read_text()
-    assert "pip install -c constraints/gpu.txt" in readme
+def make(*args, cwd) -> subprocess.CompletedProcess:
+    """``make -f <this repository's Makefile> ARGS`` run in ``cwd`` (with -n or -q: nothing is built)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    return subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_make_installs_the_venv_with_the_cpu_set(tmp_path):
+    """`make venv` (the .venv/.installed stamp) installs every package that pip resolves with the tested CPU set as
+    constraints (the file versions.tested_set("cpu") reads), the project among them, and a changed set makes the venv
+    out of date. Checked on the commands make would run (make -n) and on make's own up-to-date test (make -q), in a
+    folder with empty stand-ins for the stamp's prerequisites: nothing is installed."""
+    (tmp_path / "constraints").mkdir()
+    for rel in ("pyproject.toml", "constraints/cpu.txt"):
+        (tmp_path / rel).write_text("")
+    dry = make("-n", "-B", ".venv/.installed", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    installs = [shlex.split(line, comments=True) for line in dry.stdout.splitlines() if " -m pip install " in line]
+    resolving = [cmd for cmd in installs if "--no-deps" not in cmd and "--upgrade" not in cmd]
+    assert resolving and any("-e" in cmd for cmd in resolving), dry.stdout  # the project itself among them
+    for cmd in resolving:
+        assert "-c" in cmd, cmd
+        assert (ROOT / cmd[cmd.index("-c") + 1]).resolve() == versions.constraints_file("cpu").resolve(), cmd
+    earlier = time.time() - 60
+    for rel in ("pyproject.toml", "constraints/cpu.txt"):
+        os.utime(tmp_path / rel, (earlier, earlier))
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / ".installed").write_text("")
+    assert make("-q", ".venv/.installed", cwd=tmp_path).returncode == 0  # up to date ...
+    changed = make("-q", "-W", "constraints/cpu.txt", ".venv/.installed", cwd=tmp_path)  # ... until the set changes
+    assert changed.returncode == 1, changed.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------
