@@ -6,6 +6,8 @@
 * ``tiny_model``: a random tiny LLaMA (tests/helpers.py), built once per session; tests read it, never write into it.
 * ``params_copy``: a writable copy of params/ as QALIGN_PARAMS_DIR; ``tiny_params``: that copy with the tiny size made
   minute (the tiny LLaMA, subsets of a few examples) for whole stages, studies and notebooks.
+* ``reference_mirror``: a read-only git mirror of the reference repository NJUNLP/QAlign, named by
+  $QALIGN_REFERENCE_MIRROR; tests that compare with it are skipped where it is unset or absent.
 * ``workers_env``: what the processes of ``accelerate launch`` need here; ``umask022``: a umask of 022.
 * every test runs in its own temporary directory and writes runs, figures and caches under it, and the session
   checks at the end that the repository's working tree was not changed by the tests.
@@ -83,6 +85,19 @@ def tiny_params(params_copy, monkeypatch, synthetic_data, tiny_model):
     path.write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return params_copy
+
+
+@pytest.fixture
+def reference_mirror():
+    """The read-only git mirror of NJUNLP/QAlign named by $QALIGN_REFERENCE_MIRROR; skips where it is unset or absent."""
+    value = os.environ.get("QALIGN_REFERENCE_MIRROR")
+    if not value:
+        pytest.skip("QALIGN_REFERENCE_MIRROR is not set: set it to a read-only git mirror of NJUNLP/QAlign "
+                    "(git clone --mirror https://github.com/NJUNLP/QAlign; e.g. /work/.mirror/NJUNLP+QAlign/repo)")
+    path = Path(value)
+    if not path.is_dir():
+        pytest.skip(f"QALIGN_REFERENCE_MIRROR={value} is not a directory (a git mirror of NJUNLP/QAlign)")
+    return path
 
 
 @pytest.fixture

@@ -388,17 +388,15 @@ def test_download_question_pairs_failure_writes_nothing(tmp_path, monkeypatch):
         download.download(tmp_path / "data", datasets=["gsm8kinstruct_question"], qalign_repo=tree)
 
 
-MIRROR = Path("/work/.mirror/NJUNLP+QAlign/repo")  # a bare snapshot of NJUNLP/QAlign @ a65ee63, where it exists
-
-
-def test_real_reference_files_match_the_snapshot(real_data):
-    """The reference's de-en files, read from a bare mirror with git at the pinned commit, normalize to the rows of
-    shared/data/gsm8kinstruct_question/de.jsonl (same ids for the same pairs)."""
-    if not (MIRROR / "objects").is_dir():
-        pytest.skip(f"no mirror of {download.QALIGN_REPO} at {MIRROR}")
+def test_real_reference_files_match_the_snapshot(real_data, reference_mirror):
+    """The reference's de-en files, read with git at the pinned commit from a bare mirror of it (named by
+    $QALIGN_REFERENCE_MIRROR), normalize to the rows of shared/data/gsm8kinstruct_question/de.jsonl (same ids for the
+    same pairs)."""
+    if not (reference_mirror / "objects").is_dir():
+        pytest.skip(f"QALIGN_REFERENCE_MIRROR={reference_mirror} is not a bare mirror of {download.QALIGN_REPO}")
     try:
-        x = download.qalign_lines(download.read_qalign_file(download.qalign_path("de", "de"), MIRROR), "train.de")
-        en = download.qalign_lines(download.read_qalign_file(download.qalign_path("de", "en"), MIRROR), "train.en")
+        x, en = (download.qalign_lines(download.read_qalign_file(download.qalign_path("de", side), reference_mirror),
+                                       f"train.{side}") for side in ("de", "en"))
     except DataError as e:
         pytest.skip(f"the mirror cannot be read: {e}")
     train = [json.loads(line) for line in (real_data / "gsm8k/train.jsonl").read_text("utf-8").splitlines()]
