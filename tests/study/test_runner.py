@@ -45,6 +45,7 @@ def _check_paper_plan_on_the_offline_snapshot():
     assert steps["MonoReason"].reason == "its run monoreason is skipped"
 
 
+@pytest.mark.train
 def test_plan_follows_what_the_stages_trained(synthetic_data, tiny_model):
     """The planner decides exactly as the stages do: a run finished with the same inputs is done; changed inputs
     make it, and everything downstream of it, todo again."""

@@ -41,6 +41,7 @@ def test_prompt_tokens_masked_and_eos_trained(synthetic_data, tiny_model):
     assert (ids[: len(labels)][labels != -100] == labels[labels != -100]).all()
 
 
+@pytest.mark.train
 def test_loss_falls_save_reload_generate_and_skip(synthetic_data, tiny_model, monkeypatch):
     cfg = train_cfg(tiny_model, epochs=8, lr=5e-3)
     out = stages.stage1(cfg, "x2en_question", ["de"], name="s1")
@@ -86,6 +87,7 @@ def test_loss_falls_save_reload_generate_and_skip(synthetic_data, tiny_model, mo
 PINNED_LOSSES = [6.008785724639893, 6.004573345184326, 5.775764465332031, 5.651217937469482]
 
 
+@pytest.mark.train
 def test_pinned_losses(synthetic_data, tiny_model):
     torch.manual_seed(0)
     cfg = train_cfg(tiny_model, epochs=2)
@@ -117,6 +119,7 @@ def final_weights(run_path) -> dict:
     return {k: v.detach().clone() for k, v in modeling.load_model(str(layout.RunDir(run_path).model)).state_dict().items()}
 
 
+@pytest.mark.train
 def test_resume_after_interruption_equals_uninterrupted_training(synthetic_data, tiny_model):
     cfg = train_cfg(tiny_model, epochs=2)  # de+fr: 8 examples, batch 4 -> 2 steps per epoch, 4 in all; checkpoint every 2
     whole = training.prepare(cfg, "whole", ["x2en_question"], "de,fr", "base", 1)
@@ -147,6 +150,7 @@ def test_resume_after_interruption_equals_uninterrupted_training(synthetic_data,
         assert torch.allclose(a[name], b[name], atol=1e-5), name
 
 
+@pytest.mark.train
 def test_a_changed_run_with_checkpoints_is_moved_aside(synthetic_data, tiny_model):
     cfg = train_cfg(tiny_model, epochs=2)
     out = training.prepare(cfg, "changed", ["x2en_question"], "de,fr", "base", 1)
@@ -224,6 +228,7 @@ def test_padding_free_loss_equals_padded_loss(synthetic_data, tiny_model):
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("mode", ["reference", "token"])
 def test_loss_reduction_modes_match_the_hand_computed_loss(synthetic_data, tiny_model, mode):
     """One optimizer step of 2 micro-batches of 2 sequences of very unequal completion lengths: `reference` logs the
@@ -292,6 +297,7 @@ def test_completion_only_logits_give_the_same_loss_and_gradients(synthetic_data,
     training.completion_only_logits(True)
 
 
+@pytest.mark.train
 def test_lora_run_saves_a_merged_plain_model_and_lengths(synthetic_data, tiny_model):
     cfg = train_cfg(tiny_model, lora_r=4, lora_alpha=8.0, epochs=2)
     out = training.prepare(cfg, "lora", ["x2en_question"], "de,fr", "base", 1)
@@ -377,6 +383,7 @@ def test_kill_9_mid_run_resumes_from_the_last_checkpoint(synthetic_data, tiny_mo
     assert model.config.vocab_size == len(modeling.load_tokenizer(str(run)))
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("fault", [lambda: OSError(errno.ENOSPC, "No space left on device"),
                                    lambda: RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter "
                                                         "failed writing file data/3: file write failed; unexpected pos "
