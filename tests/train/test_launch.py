@@ -97,7 +97,14 @@ def test_two_machines_on_localhost(synthetic_data, tiny_model, workers_env, tmp_
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "MAIN_PROCESS_IP": "127.0.0.1"}
     procs = [subprocess.Popen([sys.executable, "-c", script], env={**env, "MACHINE_RANK": str(k)}, text=True,
                               stdout=open(tmp_path / f"machine{k}.out", "w"), stderr=subprocess.STDOUT) for k in (0, 1)]
-    codes = [p.wait(timeout=300) for p in procs]
+    try:
+        codes = [procs[0].wait(timeout=300)]  # machine 1 waits for machine 0's DONE: not worth waiting for if 0 failed
+        codes.append(procs[1].wait(timeout=300) if codes[0] == 0 else procs[1].poll())
+    finally:  # a machine left waiting (machine 1 waits up to an hour for machine 0's DONE) is stopped
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     out = [(tmp_path / f"machine{k}.out").read_text() for k in (0, 1)]
     assert codes == [0, 0], out[0][-3000:] + out[1][-3000:]
     run = layout.run("tiny", "mm")
