@@ -274,16 +274,6 @@ def analysis_root(size: str, base_model: str, run_name: str | None = None, model
     return AnalysisRoot(home / "analysis", ref)
 
 
-def base_eval(size: str, model: str) -> EvalRoot:
-    """Eval root of the size's base model: runs/<size>/base/eval."""
-    return eval_root(size, model)
-
-
-def model_eval(size: str, model: str) -> EvalRoot:
-    """Eval root of a model given by Hub id or path: runs/<size>/models/<sanitised id>/eval."""
-    return eval_root(size, "", model=model)
-
-
 def study_lock(size: str) -> Path:
     return size_root(size) / ".locks" / "study.lock"
 

@@ -1,0 +1,86 @@
+"""The datasets (qalign_lib.data.corpora): loaders of the real and the synthetic data, missing and malformed files
+named with the line and field, the data check's table."""
+import json
+
+import pytest
+from datasets import Dataset
+
+from qalign_lib.core import benchmarks
+from qalign_lib.core.errors import ConfigError
+from qalign_lib.core.files import DataError
+from qalign_lib.data import corpora, training_data
+from tests.helpers import write_lines
+from tests.synthetic import N_BENCH, N_TRAIN, make_data_dir, numbers
+
+
+def test_datasets_cover_the_benchmark_registry():
+    for b in benchmarks.REGISTRY.values():
+        assert corpora.DATASETS[b.name].langs == b.langs and corpora.DATASETS[b.name].path == b.path
+
+
+def test_real_data_loaders(real_data):
+    mgsm = corpora.load_benchmark("mgsm", "te")
+    assert isinstance(mgsm, Dataset) and len(mgsm) == 250
+    assert mgsm[0]["id"] == 0 and mgsm[0]["answer"] == "18"  # Janet's ducks, in Telugu
+    assert len(corpora.load_benchmark("msvamp", "bn")) == 1000
+    assert len(corpora.load("gsm8k", split="train")) == 7473 and len(corpora.load("gsm8k", split="test")) == 1319
+    assert len(corpora.load("gsm8kinstruct", "en")) == 7473
+    q = corpora.load("gsm8kinstruct_question", "ru")
+    assert len(q) == 7360 and set(q.column_names) >= {"id", "question", "question_en"}
+    assert len(corpora.load("flores", "th", split="devtest")) == 1012
+    gold = corpora.gold_answers("mgsm", "en")
+    assert len(gold) == 250 and all(isinstance(v, float) for v in gold.values())
+
+
+def test_synthetic_loaders(synthetic_data):
+    mgsm = corpora.load_benchmark("mgsm", "te")
+    assert isinstance(mgsm, Dataset) and len(mgsm) == N_BENCH and mgsm.column_names == ["id", "question", "answer"]
+    assert corpora.load_benchmark("msvamp", "de", limit=3)["id"] == [0, 1, 2]
+    assert corpora.gold_answers("mgsm", "sw") == {i: float(sum(numbers(i))) for i in range(N_BENCH)}
+    assert len(corpora.load("gsm8k", split="train")) == N_TRAIN
+    assert set(corpora.load("gsm8kinstruct_question", "ru").column_names) >= {"id", "question", "question_en"}
+
+
+def test_requested_language_absent_is_error(synthetic_data):
+    with pytest.raises(DataError, match="has no language 'te'"):
+        corpora.load_benchmark("msvamp", "te")
+    with pytest.raises(ConfigError, match="langs for x2en_question.*unknown or unsupported language code.*en"):
+        training_data.build("x2en_question", "en")
+    with pytest.raises(DataError, match="unknown task"):
+        training_data.build("x2en_answers", "de")
+    with pytest.raises(ConfigError, match="unknown benchmark 'gsm8k'; choose from mgsm, msvamp"):
+        corpora.load_benchmark("gsm8k", "en")
+
+
+def test_malformed_rows_name_file_line_field(tmp_path, monkeypatch):
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
+    p = tmp_path / "mgsm" / "de.jsonl"
+    write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n", json.dumps({"id": 1, "question": "b"}) + "\n"])
+    with pytest.raises(DataError, match=r"mgsm/de.jsonl:2: missing field 'answer'"):
+        corpora.load_benchmark("mgsm", "de")
+    write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n", "{not json\n"])
+    with pytest.raises(DataError, match=r"mgsm/de.jsonl:2: not valid JSON"):
+        corpora.load_benchmark("mgsm", "de")
+    write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "eighteen"}) + "\n"])
+    with pytest.raises(DataError, match=r"mgsm/de.jsonl: row 1 \(id 0\): field 'answer' = 'eighteen' is not a number"):
+        corpora.load_benchmark("mgsm", "de")
+    write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n"] * 2)
+    with pytest.raises(DataError, match="duplicate id 0"):
+        corpora.load_benchmark("mgsm", "de")
+    write_lines(tmp_path / "flores/devtest/de.txt", ["a\n", "\n", "c\n"])
+    with pytest.raises(DataError, match=r"flores/devtest/de.txt:2: empty sentence"):
+        corpora.read_rows("flores", "de")
+
+
+def test_check_table(tmp_path):
+    root = make_data_dir(tmp_path / "data", drop=["gsm8kinstruct_question/bn.jsonl"])
+    table, missing = corpora.check({"mgsm": ["en"], "gsm8kinstruct_question": ["de", "bn"]}, root=root)
+    assert "mgsm" in table and f"{N_BENCH}*" in table and f"{N_TRAIN - 1}*" in table
+    assert len(missing) == 1 and "gsm8kinstruct_question [bn]" in missing[0] and "qalign data download" in missing[0]
+    assert corpora.check(root=root)[1] == []
+
+
+def test_check_table_on_the_real_snapshot(real_data):
+    table, missing = corpora.check({"mgsm": ["en"], "gsm8kinstruct_question": ["de", "bn"]})
+    assert "mgsm" in table and "250*" in table
+    assert len(missing) == 1 and "gsm8kinstruct_question [bn]" in missing[0]

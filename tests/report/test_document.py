@@ -1,0 +1,75 @@
+"""The written report (qalign_lib.report.document) from fake systems on the synthetic data: published
+checkpoints as rows, the analyses first, the versions the jobs ran with (through the report notebook:
+tests/notebook/test_notebooks.py)."""
+import pandas as pd
+
+from qalign_lib.analysis import mt_metrics, representations
+from qalign_lib.core import benchmarks, layout
+from qalign_lib.core.files import write_json
+from qalign_lib.report import document
+from qalign_lib.study import studies
+from tests.helpers import BASE_STUDY, fake_analysis, fake_system, write_study
+
+
+def test_published_checkpoint_row_joins_the_report(synthetic_data):
+    s = studies.load("tiny")
+    model = "Wenhao97/QAlign-MetaMathQA-7B"
+    root = fake_system(s.cfg, f"model:{model}",
+                        {b: {lang: s.cfg.eval_limit for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs}
+                         for b in s.benchmarks})
+    assert root == layout.eval_root(s.size, "", model=model)
+    written = document.write_report(s, extra_models=[model], n_boot=500)
+    out = layout.report_dir(s.size)
+    name = f"{benchmarks.get('mgsm').table.lower().replace(' ', '')}_mgsm"
+    table = pd.read_csv(out / f"{name}.csv", index_col=0)
+    assert list(table.index) == [f"model: {model}"] and table.loc[f"model: {model}", "Avg"] == 100.0
+    md = (out / f"{name}.md").read_text()
+    assert s.caption.split(".")[0] in md and "- Base: not evaluated (" in md and "- MonoReason: run 'monoreason'" in md
+    assert written[name] == out / f"{name}.md" and written[f"{name}_png"] == out / f"{name}.png"
+    assert (out / f"{name}.png").stat().st_size > 0
+    # the consistency pair has no results: paired tests say so, Figure 3 is not drawn
+    assert "_no results_" in (out / "paired_mgsm.md").read_text()
+    assert "figure3_consistency" not in written and not (out / "figure3_consistency.png").exists()
+    index = (out / "README.md").read_text()
+    assert f"`{name}.md`" in index and "- QAlign+MonoReason: run 'qalign-monoreason'" in index
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synthetic_data, tmp_path):
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects: [[Base, S1]]\n")
+    s = studies.load("x")
+    found = {"Base": fake_analysis(0.0, 0.4), "S1": fake_analysis(1.0, 0.8)}
+    out = tmp_path / "report"
+    written = document.write_report(s, out, n_boot=200, collected=({}, {}), analyses=(found, {}))
+    for name in ("translation_mgsm", "representations_mgsm", "representations_mgsm_langs", "stage1_effects_mgsm",
+                 "translation_mgsm_png", "representations_mgsm_png", "representations_mgsm_langs_png",
+                 "stage1_effects_mgsm_png"):
+        assert name in written and written[name].is_file(), name
+    readme = (out / "README.md").read_text().splitlines()
+    first = next(line for line in readme[1:] if line.strip())
+    assert first.startswith("**What stage 1 did**") and "**S1 - Base**: chrF +" in first and "CI excludes zero" in first
+    top = "\n".join(readme[:8])
+    assert "![Translation of mGSM questions" in top and "translation_mgsm.png" in top and "stage1_effects_mgsm.png" in top
+    effects = pd.read_csv(out / "stage1_effects_mgsm.csv")
+    assert set(effects["measure"]) == set(mt_metrics.METRICS) | set(representations.MEASURES)
+
+
+def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
+    s = studies.load("tiny")
+    done = layout.run(s.size, "monoreason")
+    done.model.mkdir(parents=True)
+    (done.model / "config.json").write_text("{}")
+    write_json(done.run_json, {"fingerprint": "x", "versions": {"torch": "2.13.0", "transformers": "5.23.0", "cuda": None}})
+    done.done_marker.write_text("x\n")
+    write_json(done.eval.metrics, {"versions": {"torch": "2.13.0", "transformers": "5.19.0", "cuda": "13.0"}})
+    write_json(layout.eval_root(s.size, s.cfg.model, "base").metrics, {})  # from before versions were recorded: left out
+    recorded = document.recorded_versions(s)
+    assert set(recorded) == {"training monoreason", "evaluation MonoReason"}
+    table = document.versions_table(recorded)
+    assert "| torch | 2.13.0 |" in table
+    assert "| transformers | 5.23.0 (training monoreason); 5.19.0 (evaluation MonoReason) |" in table
+    assert "| cuda | — (training monoreason); 13.0 (evaluation MonoReason) |" in table
+    document.write_report(s, n_boot=100)
+    index = (layout.report_dir(s.size) / "README.md").read_text()
+    assert "## Software" in index and table in index
+    assert "_no versions recorded" in document.versions_table({})

@@ -1,0 +1,30 @@
+"""Collecting results (qalign_lib.report.results): absent systems reported, corrupt generations raised."""
+import pytest
+
+from qalign_lib.core import benchmarks, errors, layout
+from qalign_lib.report import results
+from qalign_lib.study import studies
+from tests.helpers import fake_system
+
+
+def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthetic_data, monkeypatch):
+    s = studies.load("tiny")
+    langs = {b: [lang for lang in s.cfg.eval_langs if lang in benchmarks.get(b).langs] for b in s.benchmarks}
+    root = fake_system(s.cfg, s.systems["MonoReason"], {b: {lang: 1 for lang in langs[b]} for b in s.benchmarks})
+    layout.run(s.size, s.systems["QAlign+MonoReason"]).model.mkdir(parents=True)  # started, never finished
+    got, absent = results.collect(s)
+    assert list(got) == ["MonoReason"] and set(got["MonoReason"]) == set(s.benchmarks)
+    assert got["MonoReason"]["mgsm"]["accuracy"]["en"] == pytest.approx(100 / s.cfg.eval_limit, abs=1e-3)
+    assert absent["Base"] == f"not evaluated ({layout.eval_root(s.size, s.cfg.model, 'base').path})"
+    assert absent["QAlign+MonoReason"].startswith("run 'qalign-monoreason' (") and "is not finished" in absent["QAlign+MonoReason"]
+    # a corrupt generations file is an error, not an absent system
+    with root.generations("mgsm", "en").open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(errors.ResultsError, match="not valid JSON"):
+        results.collect(s)
+    # and so is a bug
+    from qalign_lib.evaluation import evaluator
+
+    monkeypatch.setattr(evaluator, "load_generations", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        results.collect(s)

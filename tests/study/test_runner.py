@@ -1,0 +1,119 @@
+"""The study runner (qalign_lib.study.runner): the plan decides as the stages do, skips what missing data stops,
+runs analyses after training; a study holds its size's lock, and a kernel that dies is a study error."""
+from __future__ import annotations
+
+import papermill as pm
+import pytest
+
+from qalign_lib.core import layout
+from qalign_lib.core.errors import StudyError
+from qalign_lib.study import runner, studies
+from qalign_lib.train import stages
+from tests.helpers import BASE_STUDY, cli, held_lock, one_line_error, write_study
+from tests.synthetic import make_data_dir
+
+
+def test_requirements_and_missing_data_skip_dependents(tmp_path, monkeypatch):
+    """On synthetic data with the files the offline snapshot lacks left out (see the real-data test below)."""
+    root = make_data_dir(tmp_path / "data", drop=["metamathqa/*.jsonl", "gsm8kinstruct_question/bn.jsonl",
+                                                  "gsm8kinstruct_question/th.jsonl", "gsm8kinstruct/[!e]*.jsonl",
+                                                  "gsm8kinstruct/es.jsonl"])
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(root))
+    _check_paper_plan_on_the_offline_snapshot()
+
+
+def test_real_dry_run_plan_skips_what_the_snapshot_lacks(real_data):
+    _check_paper_plan_on_the_offline_snapshot()
+
+
+def _check_paper_plan_on_the_offline_snapshot():
+    s = studies.load("paper", size="7b")
+    need = studies.requirements(s)
+    assert need["metamathqa"] == ["en"] and "gsm8k:train" not in need and "en" in need["gsm8kinstruct"] and "te" in need["mgsm"] and "te" not in need["msvamp"]
+    steps = {st.name: st for st in runner.plan(s)}
+    assert steps["monoreason"].status == "skip" and "metamathqa [en]" in steps["monoreason"].reason
+    assert steps["sft"].status == "todo"  # the reference's SFT data (gsm8kinstruct_en) is present: not skipped
+    assert s.runs["sft"].tasks == ["gsm8kinstruct"] and s.runs["sft"].langs == ["en"]
+    # the released checkpoints behind the paper's numbers are rows of the study, evaluated by Hub id
+    assert steps["MetaMath-7B-V1.0 (released)"].params["model"] == "meta-math/MetaMath-7B-V1.0"
+    assert "MetaMath-7B-V1.0 (released)" in s.groups["main"] and "MetaMath-7B-V1.0 (released)" in s.groups["released"]
+    assert steps["s1-x2en_question"].status == "skip" and "gsm8kinstruct_question [bn]" in steps["s1-x2en_question"].reason
+    assert steps["qalign-mixed"].reason == "depends on qalign-gsm8kinstruct, which is skipped"
+    assert steps["MonoReason"].status == "skip" and steps["Base"].status == "todo"
+    assert steps["multireason"].status == "skip" and "gsm8kinstruct [bn]" in steps["multireason"].reason
+    assert steps["s1-flores_x2en"].status == "todo" and steps["report"].status == "todo"
+    assert steps["MonoReason"].reason == "its run monoreason is skipped"
+
+
+@pytest.mark.train
+def test_plan_follows_what_the_stages_trained(synthetic_data, tiny_model):
+    """The planner decides exactly as the stages do: a run finished with the same inputs is done; changed inputs
+    make it, and everything downstream of it, todo again."""
+    small = dict(model=tiny_model, stage1_limit=2, batch_size=8, per_device_batch_size=8, report_to="none")
+    s = studies.load("tiny", **small)
+    steps = {st.name: st for st in runner.plan(s)}
+    assert [steps[n].status for n in ("s1-x2en_question", "monoreason", "qalign-monoreason")] == ["todo"] * 3
+    assert steps["qalign-monoreason"].reason.startswith("after s1-x2en_question")
+    run = s.runs["s1-x2en_question"]
+    stages.stage1(s.cfg, run.tasks[0], run.langs, name=run.name)
+    steps = {st.name: st for st in runner.plan(s)}
+    assert steps["s1-x2en_question"].status == "done" and steps["s1-x2en_question"].reason == "finished with the same inputs"
+    assert steps["qalign-monoreason"].status == "todo" and steps["monoreason"].status == "todo"
+    assert steps["Base"].status == "todo" and steps["QAlign+MonoReason"].reason == "after training qalign-monoreason"
+    # a learned parameter changed: retrain it and what starts from it; a speed parameter changed: nothing to do
+    steps = {st.name: st for st in runner.plan(studies.load("tiny", **small, lr=1e-4))}
+    assert steps["s1-x2en_question"].status == "todo" and steps["s1-x2en_question"].reason == "inputs changed since it was trained"
+    assert steps["qalign-monoreason"].reason.startswith("after s1-x2en_question")
+    steps = {st.name: st for st in runner.plan(studies.load("tiny", **small, gradient_checkpointing=True, save_steps=7))}
+    assert steps["s1-x2en_question"].status == "done"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analyses, locks, dead kernels, missing benchmark data
+
+
+def test_plan_has_analyze_steps_after_training(params_copy, synthetic_data):
+    write_study(params_copy, BASE_STUDY)
+    steps = runner.plan(studies.load("x"))
+    analyze = [st for st in steps if st.kind == "analyze"]
+    assert [(st.name, st.params, st.status) for st in analyze] == [
+        ("Base", {"size": "tiny", "run": "base"}, "todo"), ("Stage 1: s1", {"size": "tiny", "run": "s1"}, "todo")]
+    assert analyze[1].reason == "after training s1"
+    assert [st.kind for st in steps][-1] == "report" and steps[-1].status == "todo"
+
+
+@pytest.mark.timeout(300)
+def test_study_holds_the_size_lock(tiny_params, capsys, monkeypatch):
+    monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: pytest.fail("a notebook ran while another study holds the lock"))
+    with held_lock(layout.study_lock("tiny")) as holder:
+        rc, err = cli(["study", "--study", "tiny", "--no-report"], capsys)
+        assert rc == 1 and str(holder.pid) in one_line_error(err)
+
+
+def test_dead_kernel_during_study_is_a_study_error(tmp_path, monkeypatch):
+    from nbclient.exceptions import DeadKernelError
+
+    def dead(*a, **k):
+        raise DeadKernelError("Kernel died")
+
+    monkeypatch.setattr(pm, "execute_notebook", dead)
+    step = runner.Step("train", "s1-x2en_question", "stage1", {"size": "tiny", "run_name": "s1-x2en_question"}, "todo")
+    with pytest.raises(StudyError) as e:
+        runner.execute(step, tmp_path / "notebooks", 1)
+    message = str(e.value)
+    assert "the kernel died (out of memory?)" in message and "rerun" in message and "s1-x2en_question" in message
+
+
+def test_dry_run_without_benchmark_data_skips_evaluation_and_report(tiny_params, tmp_path, monkeypatch, capsys):
+    data = make_data_dir(tmp_path / "data", drop=["mgsm/*.jsonl", "msvamp/*.jsonl"])
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(data))
+    steps = runner.plan(studies.load("tiny"))
+    evaluate = [st for st in steps if st.kind == "evaluate"]
+    assert {st.name for st in evaluate} == {"Base", "MonoReason", "QAlign+MonoReason"}
+    for st in evaluate:
+        assert st.status == "skip" and "mgsm" in st.reason, (st.name, st.status, st.reason)
+    report = [st for st in steps if st.kind == "report"]
+    assert [st.status for st in report] == ["skip"] and "benchmark" in report[0].reason, report
+    assert all(st.status == "todo" for st in steps if st.kind == "train")  # training data is all there
+    rc, _ = cli(["study", "--study", "tiny", "--dry-run"], capsys)
+    assert rc == 0

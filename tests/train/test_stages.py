@@ -1,0 +1,75 @@
+"""The stage entries (qalign_lib.train.stages): arguments and run names checked before any work (no traversal, no
+absolute path, no reserved name; the victim of a traversal untouched), the run's lock, the chain of stage 2."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qalign_lib.core import config, layout
+from qalign_lib.core.errors import ConfigError, ModelError, RunError
+from qalign_lib.train import stages
+from tests.helpers import held_lock, nothing_under, train_cfg
+
+
+def test_stage2_chain_needs_finished_init(synthetic_data, tiny_model):
+    with pytest.raises(RunError, match="run 'nope' .* not finished"):
+        stages.stage2(train_cfg(tiny_model), init="nope", data_seq=["gsm8k"])
+
+
+def test_stage_entries_validate_their_arguments(synthetic_data, tiny_model):
+    cfg = train_cfg(tiny_model)
+    with pytest.raises(ConfigError, match="stage-1 task 'x2en_answers'"):
+        stages.stage1(cfg, "x2en_answers")
+    with pytest.raises(ConfigError, match="stage-2 data .*'wiki'"):
+        stages.stage2(cfg, data_seq="gsm8k,wiki")
+    with pytest.raises(ConfigError, match="run_name='../x'"):
+        stages.stage1(cfg, name="../x")
+    assert stages.phases(cfg, "s1", "gsm8kinstruct,metamathqa", "mixed") == [
+        ("mixed.phase1-gsm8kinstruct", "gsm8kinstruct", "s1"), ("mixed", "metamathqa", "mixed.phase1-gsm8kinstruct")]
+    assert stages.phases(cfg) == [("base__gsm8k", "gsm8k", "base")]  # the size's stage2_data
+
+
+def test_big_size_without_gpu_stops_early():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelError, match="needs a CUDA GPU"):
+        stages.stage1(config.resolve("13b"))
+
+
+def test_run_name_with_traversal_is_refused_and_the_victim_untouched(synthetic_data, tiny_model, tmp_path):
+    victim = tmp_path / "victim"  # runs/tiny/../../victim
+    (victim / "model").mkdir(parents=True)
+    (victim / "model" / "weights.bin").write_bytes(b"precious")
+    cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, report_to="none")
+    with pytest.raises(ConfigError, match="victim"):
+        stages.stage1(cfg, "x2en_question", "de", name="../../victim")
+    assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == ["model", "model/weights.bin"]
+    assert (victim / "model" / "weights.bin").read_bytes() == b"precious"
+    assert nothing_under(layout.runs_dir())
+
+
+def test_absolute_run_name_is_refused(synthetic_data, tiny_model, tmp_path):
+    target = tmp_path / "elsewhere"
+    cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, report_to="none")
+    with pytest.raises(ConfigError, match="elsewhere"):
+        stages.stage1(cfg, "x2en_question", "de", name=str(target))
+    assert not target.exists() and nothing_under(layout.runs_dir())
+
+
+def test_base_is_a_reserved_run_name(synthetic_data, tiny_model):
+    cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, report_to="none")
+    with pytest.raises(ConfigError, match="reserved"):
+        stages.stage1(cfg, "x2en_question", "de", name="base")
+    assert nothing_under(layout.runs_dir())
+
+
+@pytest.mark.timeout(180)
+def test_training_holds_the_run_lock(synthetic_data, tiny_model):
+    cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, batch_size=4, per_device_batch_size=4,
+                         report_to="none")
+    run = layout.run("tiny", "x")
+    with held_lock(run.lock_file) as holder:
+        with pytest.raises(RunError) as e:
+            stages.stage1(cfg, "x2en_question", "de", name="x")
+        assert str(holder.pid) in str(e.value)
+    assert not run.train_log.exists() and not run.model.exists() and not run.done_marker.exists()
