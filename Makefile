@@ -29,15 +29,16 @@ study: venv            ## the tiny study: train, evaluate, report -> figures/tin
 	$(VENV)/bin/qalign data check --study tiny
 	$(VENV)/bin/qalign study --study tiny
 
-test: venv             ## the whole test suite on CPU: fast unit tests, then the slow integration tier (the vLLM tier: make test-vllm)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not vllm"
+test: venv             ## the whole test suite on CPU: unit tests, tests that train the tiny LLaMA, then the slow integration tier (the vLLM tier: make test-vllm)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not train and not vllm"
+	$(PY) -m pytest -q -p no:cacheprovider -m "train and not slow and not vllm"
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow and not vllm"
 
-test-fast: venv        ## the inner loop: unit tests only (synthetic data, tiny random LLaMA; no shared data needed)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not vllm"
+test-fast: venv        ## the inner loop: unit tests only (synthetic data, tiny random LLaMA, no training; no shared data needed)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not train and not vllm"
 
 test-vllm: venv        ## the vLLM tier (CPU build, in .venv): engine=vllm against engine=hf on the embedded model
-	$(PY) -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm.py
+	$(PY) -m pytest -q -p no:cacheprovider -m vllm tests/models/test_engines_vllm.py
 
 notebooks-clean: venv  ## strip outputs and execution counts after editing notebooks in JupyterLab (tests check it)
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb

@@ -242,7 +242,7 @@ BASE_STUDY = """size: tiny
 benchmarks: [mgsm]
 runs:
   s1: {stage: 1, task: x2en_question, langs: [de, fr]}
-  final: {stage: 2, init: s1, data: [gsm8k]}
+  final: {stage: 2, init: s1, stage2_data: [gsm8k]}
 systems: {Base: base, Final: final}
 """
 

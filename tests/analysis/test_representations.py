@@ -23,7 +23,7 @@ def _states():
 
 
 def test_similarity_by_hand():
-    pq = representations.similarity(_states(), ids=[10, 11, 12])
+    pq = representations.per_question_similarity(_states(), ids=[10, 11, 12])
     assert list(pq.columns) == ["lang", "layer", "id", "cosine", "centred_cosine", "retrieval_top1", "retrieval_top1_centred"]
     for layer in (0, 1):
         at = pq[pq["layer"] == layer].set_index("id")
@@ -39,13 +39,13 @@ def test_similarity_by_hand():
 def test_similarity_table_values_cis_and_average():
     states = _states()
     states["fr"] = states["en"].copy()  # a perfect translation: cosine 1, retrieval 1
-    table = representations.similarity_table(representations.similarity(states, ids=[0, 1, 2]), n_boot=200)
+    table = representations.similarity_table(representations.per_question_similarity(states, ids=[0, 1, 2]), n_boot=200)
     row = table[(table["lang"] == "de") & (table["layer"] == 0)].iloc[0]
     assert row["cosine"] == pytest.approx((1 + 2 / math.sqrt(2)) / 3)
     assert row["retrieval_top1"] == pytest.approx(1 / 3) and row["chance"] == pytest.approx(1 / 3) and row["n"] == 3
     fr = table[(table["lang"] == "fr") & (table["layer"] == 0)].iloc[0]
     assert fr["cosine"] == pytest.approx(1) and fr["retrieval_top1"] == 1 and fr["retrieval_top1_lo"] == 1
-    avg = table[(table["lang"] == "avg") & (table["layer"] == 0)].iloc[0]
+    avg = table[(table["lang"] == "Avg") & (table["layer"] == 0)].iloc[0]
     assert avg["cosine"] == pytest.approx((row["cosine"] + fr["cosine"]) / 2)
     for m in representations.MEASURES:
         assert (table[f"{m}_lo"] <= table[m] + 1e-12).all() and (table[m] <= table[f"{m}_hi"] + 1e-12).all(), m

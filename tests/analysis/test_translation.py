@@ -17,7 +17,7 @@ def test_translation_metrics_average_and_cis():
     m = translation.translation_metrics(rows, n_boot=300)
     assert m["chrf"]["de"] == pytest.approx(mt_metrics.corpus_score("chrf", HYPS, REFS))
     assert m["chrf"]["fr"] > m["chrf"]["de"]
-    assert m["chrf"]["avg"] == pytest.approx((m["chrf"]["de"] + m["chrf"]["fr"]) / 2)
+    assert m["chrf"]["Avg"] == pytest.approx((m["chrf"]["de"] + m["chrf"]["fr"]) / 2)
     for metric in ("chrf", "bleu"):
         for lang, (lo, hi) in m["ci"][metric].items():
             assert lo <= m[metric][lang] <= hi, (metric, lang)
@@ -45,7 +45,7 @@ def test_translate_writes_rows_resumes_and_moves_changed_settings_aside(syntheti
     assert engine.asked[0] == prompts.alpaca(prompts.translate(inputs.parallel_questions("mgsm", ["de"], 1)[1]["de"][0], "de", "en"))
     row = json.loads(out.hypotheses("de").read_text().splitlines()[0])
     assert {"id", "source", "hypothesis", "reference"} <= set(row) and row["hypothesis"] == "Tom has apples."
-    assert set(json.loads(out.metrics.read_text())["chrf"]) == {"de", "zh", "avg"}
+    assert set(json.loads(out.metrics.read_text())["chrf"]) == {"de", "zh", "Avg"}
     again = EchoEngine()
     translation.translate(again, out, "mgsm", ["de", "zh"], 6, 16, 3, settings=settings)
     assert len(again.asked) == 4  # only ids 4 and 5 of each language were missing

@@ -26,14 +26,14 @@ def rows(path) -> list[dict]:
 
 
 def test_data_parallel_size_defaults_to_one_engine_per_gpu_group():
-    assert sharding.size(None, 1, n_gpus=0) == 1
-    assert sharding.size(None, 1, n_gpus=8) == 8
-    assert sharding.size(None, 2, n_gpus=8) == 4
-    assert sharding.size(None, 4, n_gpus=2) == 1
-    assert sharding.size(3, 1, n_gpus=0) == 3      # CPU processes, as the tests run them
-    assert sharding.size(2, 2, n_gpus=4) == 2
+    assert sharding.n_engines(None, 1, n_gpus=0) == 1
+    assert sharding.n_engines(None, 1, n_gpus=8) == 8
+    assert sharding.n_engines(None, 2, n_gpus=8) == 4
+    assert sharding.n_engines(None, 4, n_gpus=2) == 1
+    assert sharding.n_engines(3, 1, n_gpus=0) == 3      # CPU processes, as the tests run them
+    assert sharding.n_engines(2, 2, n_gpus=4) == 2
     with pytest.raises(ConfigError, match="needs 6 GPUs; 4 are visible"):
-        sharding.size(3, 2, n_gpus=4)
+        sharding.n_engines(3, 2, n_gpus=4)
 
 
 def test_each_vllm_engine_gets_its_own_group_of_the_visible_gpus():

@@ -45,17 +45,17 @@ def test_our_greedy_loop_gives_what_transformers_generate_gives(tiny_model):
         return {i: (t, n) for results in generation.generate(model, tok, prompts, 20, batch_size, loop=loop)
                 for i, t, n in results}
 
-    plain = run("hf")
-    assert run("ours") == plain and run("ours", batch_size=1) == plain
+    plain = run("transformers")
+    assert run("greedy") == plain and run("greedy", batch_size=1) == plain
     tokens = []  # each prompt's 20 greedy tokens, with no EOS at all
     for prompt in prompts:
         ids = torch.tensor([tok(prompt)["input_ids"]])
         tokens += generation.greedy(model, ids, torch.ones_like(ids), 20, eos_token_id=-1)
     common = max(set(t for row in tokens for t in row[2:12]), key=lambda t: sum(t in row[2:12] for row in tokens))
     tok.eos_token_id = common  # stop where that token comes: rows finish at different steps
-    early = run("hf")
+    early = run("transformers")
     assert len({n for _, n in early.values()}) > 1 and min(n for _, n in early.values()) < 20  # the test bites
-    assert run("ours") == early
+    assert run("greedy") == early
 
 
 def test_a_checkpoints_generation_config_never_leaks_into_the_evaluation(tiny_model, tmp_path):

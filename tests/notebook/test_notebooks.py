@@ -22,7 +22,7 @@ from tests.helpers import ROOT, fake_system, nothing_under
 # each notebook's own parameters (the rest of its parameters cell are config overrides, listed in OVERRIDES)
 OWN = {
     "stage1": {"size", "task", "langs", "run_name"},
-    "stage2": {"size", "init", "data", "langs", "run_name"},
+    "stage2": {"size", "init", "stage2_data", "langs", "run_name"},
     "evaluate": {"size", "run", "model", "benchmarks", "examples_per_lang"},
     "report": {"size", "study", "extra_models", "n_boot", "log_level"},
     "analyze": {"size", "run", "model", "examples_per_lang"},
@@ -94,9 +94,9 @@ def test_stage_notebooks_through_papermill(tiny_params, tmp_path):
     nb = run_nb("stage1", tmp_path, size="tiny", task="x2en_question", langs="sw,de", epochs=2)
     out = _outputs(nb)
     assert "last loss" in out and "masked" in out and "image/png" in out  # summary, the example's mask, the loss curve
-    run = layout.run("tiny", "stage1-x2en_question")
+    run = layout.run("tiny", "s1-x2en_question")
     assert json.loads(run.run_json.read_text())["config"]["epochs"] == 2  # the papermill override reached the run
-    run_nb("stage2", tmp_path, size="tiny", init="stage1-x2en_question", data="gsm8k", run_name="qalign")
+    run_nb("stage2", tmp_path, size="tiny", init="s1-x2en_question", stage2_data="gsm8k", run_name="qalign")
     assert (layout.run("tiny", "qalign").model / "model.safetensors").is_file()
     nb = run_nb("evaluate", tmp_path, size="tiny", run="qalign", benchmarks="mgsm", eval_limit=1)
     metrics = json.loads(layout.run("tiny", "qalign").eval.metrics.read_text())

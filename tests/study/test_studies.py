@@ -28,9 +28,9 @@ def test_bad_study_files_are_clear_errors(params_copy):
     cases = {
         "runs: {a: {stage: 3}}": "needs 'stage: 1' or 'stage: 2'",
         "runs: {a: {stage: 1, task: nope}}": "unknown stage-1 task 'nope'",
-        "runs: {a: {stage: 2, init: b, data: [gsm8k]}}": "starts from unknown run 'b'",
-        "runs: {a: {stage: 2, init: b, data: [gsm8k]}, b: {stage: 2, init: a, data: [gsm8k]}}": "cycle",
-        "runs: {a: {stage: 2, data: [wiki]}}": "unknown stage-2 data",
+        "runs: {a: {stage: 2, init: b, stage2_data: [gsm8k]}}": "starts from unknown run 'b'",
+        "runs: {a: {stage: 2, init: b, stage2_data: [gsm8k]}, b: {stage: 2, init: a, stage2_data: [gsm8k]}}": "cycle",
+        "runs: {a: {stage: 2, stage2_data: [wiki]}}": "unknown stage-2 data",
         "runs: {}\nsystems: {X: nope}": "system 'X' names unknown run 'nope'",
     }
     for text, message in cases.items():

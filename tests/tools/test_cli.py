@@ -154,7 +154,7 @@ def test_cli_representations_and_translation_on_the_tiny_llama(synthetic_data, t
     assert main(["analyze", "representations", "--model", path, "--langs", "de,zh", "--limit", "4", "--out", str(out)]) == 0
     table = pd.read_csv(layout.RepresentationDir(out).similarity)
     assert {"lang", "layer", "cosine", "retrieval_top1", "centred_cosine", "cosine_lo", "cosine_hi"} <= set(table.columns)
-    assert set(table["lang"]) == {"de", "zh", "avg"} and table["layer"].nunique() == 3  # 2 layers + embeddings
+    assert set(table["lang"]) == {"de", "zh", "Avg"} and table["layer"].nunique() == 3  # 2 layers + embeddings
     assert ((table["cosine"] >= -1 - 1e-9) & (table["cosine"] <= 1 + 1e-9)).all()
     out = tmp_path / "tr"
     assert main(["analyze", "translation", "--model", path, "--langs", "de", "--limit", "2", "--max-new-tokens", "4",

@@ -13,7 +13,7 @@ from tests.helpers import held_lock, nothing_under, train_cfg
 
 def test_stage2_chain_needs_finished_init(synthetic_data, tiny_model):
     with pytest.raises(RunError, match="run 'nope' .* not finished"):
-        stages.stage2(train_cfg(tiny_model), init="nope", data_seq=["gsm8k"])
+        stages.stage2(train_cfg(tiny_model), init="nope", stage2_data=["gsm8k"])
 
 
 def test_stage_entries_validate_their_arguments(synthetic_data, tiny_model):
@@ -21,7 +21,7 @@ def test_stage_entries_validate_their_arguments(synthetic_data, tiny_model):
     with pytest.raises(ConfigError, match="stage-1 task 'x2en_answers'"):
         stages.stage1(cfg, "x2en_answers")
     with pytest.raises(ConfigError, match="stage-2 data .*'wiki'"):
-        stages.stage2(cfg, data_seq="gsm8k,wiki")
+        stages.stage2(cfg, stage2_data="gsm8k,wiki")
     with pytest.raises(ConfigError, match="run_name='../x'"):
         stages.stage1(cfg, name="../x")
     assert stages.phases(cfg, "s1", "gsm8kinstruct,metamathqa", "mixed") == [
