@@ -550,7 +550,7 @@ def table(results: dict) -> str:
                  "round can be off by tens of percent. MFU = (6 N T + 12 layers hidden sum L_i^2) / seconds / peak, "
                  "real tokens only. Generation share of roofline = useful FLOPs (2 N_body (P + G) + 2 N_head G + "
                  "4 layers hidden sum of context lengths; prompts included, padding excluded) / seconds / peak "
-                 "(qalign_lib/benchmark.py). Higher is better for every metric except memory.")
+                 "(qalign_lib/tools/speed.py). Higher is better for every metric except memory.")
     return "\n".join(lines) + "\n"
 
 

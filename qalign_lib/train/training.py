@@ -1,13 +1,13 @@
 """Supervised fine-tuning of one run: TRL's SFTTrainer on prompt-completion examples, loss on the completion only.
 
-:func:`prepare` writes a run's inputs (``run.json``, ``train.jsonl``; where: :mod:`qalign_lib.layout`) and decides
+:func:`prepare` writes a run's inputs (``run.json``, ``train.jsonl``; where: :mod:`qalign_lib.core.layout`) and decides
 whether it must train: a finished run with the same fingerprint is skipped, a finished or started run whose inputs
 changed is moved aside. :func:`fit` trains a prepared run in this process, resuming from its last complete
-checkpoint. ``python -m qalign_lib.training RUN_DIR`` is the worker entry point of ``accelerate launch``
-(:mod:`qalign_lib.launch`); the stages themselves are in :mod:`qalign_lib.stages`. :func:`build_trainer` builds the
+checkpoint. ``python -m qalign_lib.train.training RUN_DIR`` is the worker entry point of ``accelerate launch``
+(:mod:`qalign_lib.train.launch`); the stages themselves are in :mod:`qalign_lib.train.stages`. :func:`build_trainer` builds the
 one trainer that every training path trains with: the stages' runs, the speed benchmark, the doctor's smoke.
 
-The fingerprint is derived from the declaration in :mod:`qalign_lib.config`: every parameter declared as
+The fingerprint is derived from the declaration in :mod:`qalign_lib.core.config`: every parameter declared as
 ``learned``, the tasks and languages, the examples themselves, and the fingerprint of the model the run starts from.
 """
 from __future__ import annotations
