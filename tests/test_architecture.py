@@ -313,3 +313,21 @@ def test_error_classes_only_in_errors():
 @pytest.mark.parametrize("module", modules())
 def test_every_module_imports(module):
     importlib.import_module(f"{PACKAGE}.{module}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a worker entry (`python -m qalign_lib.x.y`) runs the whole module first: its __main__ block must come last, or it
+# calls code defined below it (a worker once died saving its loss curve, defined after the block)
+
+
+def main_block_not_last(t: ast.Module) -> bool:
+    blocks = [i for i, node in enumerate(t.body)
+              if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)]
+    return any(i != len(t.body) - 1 for i in blocks)
+
+
+def test_main_blocks_come_last():
+    assert main_block_not_last(ast.parse("if __name__ == '__main__':\n    f()\n\ndef f():\n    pass\n"))
+    assert not main_block_not_last(ast.parse("def f():\n    pass\n\nif __name__ == '__main__':\n    f()\n"))
+    offenders = [m for m in modules() if main_block_not_last(tree(m))]
+    assert not offenders, f"an `if __name__ == '__main__'` block that is not the module's last statement: {offenders}"
