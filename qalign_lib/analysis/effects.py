@@ -80,7 +80,7 @@ def translation_table(found: dict, systems: list[str], benchmark: str, n_boot: i
 
 
 def representation_table(found: dict, systems: list[str], benchmark: str, n_boot: int = 1000) -> pd.DataFrame:
-    """Every system's similarity table (per language, ``avg`` and layer) with a system column."""
+    """Every system's similarity table (per language, ``Avg`` and layer) with a system column."""
     frames = []
     for system in systems:
         pq = (found.get(system, {}).get(benchmark) or {}).get("representations")
@@ -111,7 +111,7 @@ def _representation_groups(pq: pd.DataFrame, measure: str, ids: list, langs: lis
 
 def effects(found: dict, pairs, benchmark: str, n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """The difference b - a of each pair (a, b) of systems on the same questions, per language and averaged over
-    languages (lang ``avg``): chrF and BLEU (corpus scores), and each representation measure averaged over every
+    languages (lang ``Avg``, languages.AVG): chrF and BLEU (corpus scores), and each representation measure averaged over every
     layer (embeddings included), with 95% paired-bootstrap CIs and p-values over question ids. Only the languages
     and ids both systems have take part. Columns: a, b, measure, lang, n, value a, value b, diff, lo, hi, p,
     excludes zero."""

@@ -123,7 +123,7 @@ def _stats_by_lang(per_question: pd.DataFrame, measure: str, layer: int) -> dict
 
 
 def similarity_table(per_question: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per language (and ``avg``, the mean over languages, resampling the same ids in each) and layer: every
+    """Per language (and ``Avg``, languages.AVG, the mean over languages, resampling the same ids in each) and layer: every
     measure with its 95% bootstrap CI (``<measure>_lo``, ``<measure>_hi``), n and the chance level of retrieval."""
     rows = []
     for layer in sorted(per_question["layer"].unique()):

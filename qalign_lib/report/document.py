@@ -284,7 +284,8 @@ ITEMS: tuple[Item, ...] = (
     Item("translation_{bench}", None, _translation,
          "**Stage-1 translation quality, {display}**: each non-English question translated into English with the "
          "stage-1 prompt (greedy), scored against the English question of the same id: sacrebleu chrF and BLEU "
-         "(default settings), per language and averaged over languages (`avg`), with 95% bootstrap CIs over questions.",
+         "(default settings), per language and averaged over languages (`" + AVG + "`), with 95% bootstrap CIs over "
+         "questions.",
          keep_empty=False, over="analysis",
          figure=Figure("translation_{bench}", lambda t, title: figures.translation_bars(t.reset_index(), title),
                        "Translation into English (chrF, 95% CI), {display} questions — size {size}")),
@@ -307,7 +308,7 @@ ITEMS: tuple[Item, ...] = (
     Item("stage1_effects_{bench}", None, _effects,
          "**What stage 1 did, {display}**: each declared effect b - a (the study's `analysis: effects`) on the same "
          "questions: chrF and BLEU of the translations into English, and the representation measures averaged over "
-         "every layer; per language and averaged over languages (`avg`), with 95% paired-bootstrap CIs and p-values "
+         "every layer; per language and averaged over languages (`" + AVG + "`), with 95% paired-bootstrap CIs and p-values "
          "over question ids.", digits=3, keep_empty=False, over="analysis",
          figure=Figure("stage1_effects_{bench}", lambda t, title: figures.effects_forest(t.reset_index(), title),
                        "What stage 1 did: paired differences b - a, mean over languages (95% CI), {display} — size {size}")),

@@ -145,7 +145,7 @@ def representation_grid(table, title: str, measures=("centred_cosine", "retrieva
 def effects_forest(table, title: str):
     """The paired differences b - a of each pair of systems (rows) on each measure (panels), averaged over
     languages, with their 95% paired-bootstrap CIs; the dashed line is no effect. ``table``: analysis.effects rows
-    (those with lang ``avg`` are drawn)."""
+    (those with lang ``Avg``, languages.AVG, are drawn)."""
     import matplotlib.pyplot as plt
 
     frame = table.reset_index() if "measure" not in table.columns else table

@@ -37,12 +37,17 @@ def notebook_path(name: str) -> Path:
     return config.PROJECT_ROOT / "notebooks" / f"{name}.ipynb"
 
 
+def _target_params(ref: str) -> dict[str, str]:
+    """The notebook parameter that names a system's model: ``run`` (a run or ``base``) or ``model`` (``model:<id>``)."""
+    return {k: v for k, v in layout.target_of(ref).items() if v is not None}
+
+
 def _train_status(s: studies.Study, run: studies.Run, todo: dict[str, str]) -> tuple[str, str]:
     """(status, reason) of one run of the study: compares fingerprints exactly as the stage notebook will."""
     if run.init in todo:
         return "todo", f"after {run.init} ({todo[run.init]})"
     if run.stage == 1:
-        phases = [(run.name, [run.task], run.init)]
+        phases = [(run.name, run.trained_on(), run.init)]
     else:
         phases = [(name, [dataset], init) for name, dataset, init in stages.phases(s.cfg, run.init, run.stage2_data, run.name)]
     for name, tasks, init in phases:
@@ -86,7 +91,7 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
     for system in targets:
         run = s.systems[system]
         params = {"size": s.size, "benchmarks": ",".join(s.benchmarks)}
-        params.update({k: v for k, v in layout.target_of(run).items() if v is not None})
+        params.update(_target_params(run))
         if no_bench:
             steps.append(Step("evaluate", system, "evaluate", params, "skip", "missing benchmark data: " + "; ".join(no_bench[:3])
                               + (" ..." if len(no_bench) > 3 else "")))
@@ -103,7 +108,7 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
     for system, ref in s.analyses.items():  # what stage 1 did to each model: translation and representations
         if only and not (system in only or ref in only or ref in studies.order(s, only)):
             continue
-        params = {"size": s.size, **{k: v for k, v in layout.target_of(ref).items() if v is not None}}
+        params = {"size": s.size, **_target_params(ref)}
         if no_data:
             status, reason = "skip", "missing benchmark data: " + "; ".join(no_data[:3]) + (" ..." if len(no_data) > 3 else "")
         elif ref in blocked:
