@@ -7,6 +7,7 @@
                 alters them retrains
 * ``generated`` changes what evaluation generates: part of the generation settings (a change moves old generations aside)
 * ``selection`` which questions or languages are evaluated (a change generates only what is missing)
+* ``measured``  how stored outputs are scored (recorded with the scores; a change rescores, nothing is regenerated)
 * ``speed``     how fast, not what (batching, kernels, checkpointing): never in a fingerprint
 * ``runtime``   where and how a job runs (processes, logging, checkpoint frequency): never in a fingerprint
 
@@ -33,7 +34,7 @@ import yaml
 from qalign_lib.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # qalign_lib/core/config.py -> the project
-AFFECTS = ("learned", "data", "generated", "selection", "speed", "runtime")
+AFFECTS = ("learned", "data", "generated", "selection", "measured", "speed", "runtime")
 
 
 def param(default, help: str, affects: str, group: str, min: float | None = None, max: float | None = None,
@@ -135,6 +136,10 @@ class Config:
                                           "(null = all)", "selection", "analysis", min=1)
     translation_max_new_tokens: int = param(256, "generation length of a translation (the English mGSM questions are at "
                                             "most ~200 LLaMA tokens)", "generated", "analysis", min=1)
+    translation_length_cap: float = param(2.0, "the scored translation is the output's first line, cut at this many "
+                                          "times its English reference's length in characters (a looping output is not "
+                                          "scored on its whole length; the raw output is kept)", "measured", "analysis",
+                                          min=0, min_exclusive=True)
     representation_limit: int | None = param(None, "parallel questions per language whose hidden states are compared "
                                              "(the first N ids; retrieval chooses among as many English questions; "
                                              "null = all)", "selection", "analysis", min=2)
