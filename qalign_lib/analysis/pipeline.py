@@ -13,6 +13,7 @@ from qalign_lib.analysis.representations import (
     representation_settings,
 )
 from qalign_lib.analysis.translation import (
+    scoring_settings,
     translate,
     translation_rows,
     translation_settings,
@@ -69,7 +70,10 @@ def is_complete(cfg: Config, run: str | None = None, model: str | None = None) -
         ids, questions = parallel_questions(benchmark, _langs(cfg, benchmark), cfg.translation_limit)
         if any(len(translation_rows(out, lang, ids)) < len(ids) for lang in questions if lang != REF):
             return False
-        if files.read_json(out.metrics).get("n") != {lang: len(ids) for lang in questions if lang != REF}:
+        metrics = files.read_json(out.metrics)
+        if metrics.get("n") != {lang: len(ids) for lang in questions if lang != REF}:
+            return False
+        if metrics.get("scoring") != scoring_settings(cfg.translation_length_cap):  # rescored, not regenerated
             return False
     return True
 
@@ -106,7 +110,7 @@ def analyze(cfg: Config, run: str | None = None, model: str | None = None) -> di
                     engine = engines.for_config(cfg, root.model)  # tensor parallel etc. as evaluation
             out[name]["translation"] = translate(engine, tdir, name, _langs(cfg, name), cfg.translation_limit,
                                                  cfg.translation_max_new_tokens, cfg.analysis_batch_size,
-                                                 cfg.eval_token_budget, want)
+                                                 cfg.eval_token_budget, want, length_cap=cfg.translation_length_cap)
     return out
 
 
