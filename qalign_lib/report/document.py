@@ -34,6 +34,7 @@ from typing import Callable
 import pandas as pd
 
 from qalign_lib.analysis import effects
+from qalign_lib.analysis.mt_metrics import signature
 from qalign_lib.core import benchmarks as registry
 from qalign_lib.core import files, layout, log
 from qalign_lib.core.errors import RunError
@@ -285,7 +286,8 @@ ITEMS: tuple[Item, ...] = (
          "**Stage-1 translation quality, {display}**: each non-English question translated into English with the "
          "stage-1 prompt (greedy), scored against the English question of the same id: sacrebleu chrF and BLEU "
          "(default settings), per language and averaged over languages (`" + AVG + "`), with 95% bootstrap CIs over "
-         "questions.",
+         "questions. Scored: each output's first line, cut at `translation_length_cap` x its reference's characters; "
+         "sacrebleu signatures chrF `" + signature("chrf") + "`, BLEU `" + signature("bleu") + "`.",
          keep_empty=False, over="analysis",
          figure=Figure("translation_{bench}", lambda t, title: figures.translation_bars(t.reset_index(), title),
                        "Translation into English (chrF, 95% CI), {display} questions — size {size}")),
