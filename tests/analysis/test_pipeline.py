@@ -61,3 +61,9 @@ def test_analysis_frees_the_hf_model_and_the_cuda_cache_before_vllm_starts(synth
     out = pipeline.analyze(cfg, model=tiny_model)
     assert len(models) == 1 and len(started) == 1
     assert set(out["mgsm"]) == {"representations", "translation"}
+    assert pipeline.is_complete(cfg, model=tiny_model)
+    capped = cfg.replace(translation_length_cap=0.5)  # another scoring: incomplete, rescored without generating
+    assert not pipeline.is_complete(capped, model=tiny_model)
+    again = pipeline.analyze(capped, model=tiny_model)
+    assert len(models) == 1 and len(started) == 1 and again["mgsm"]["translation"]["scoring"]["length_cap"] == 0.5
+    assert pipeline.is_complete(capped, model=tiny_model)
