@@ -3,6 +3,7 @@ checkpoints as rows, the analyses first, the versions the jobs ran with (through
 tests/notebook/test_notebooks.py)."""
 import pandas as pd
 
+from qalign_lib.analysis import effects as analysis_effects
 from qalign_lib.analysis import mt_metrics, representations
 from qalign_lib.core import benchmarks, layout
 from qalign_lib.core.files import write_json
@@ -43,15 +44,22 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     written = document.write_report(s, out, n_boot=200, collected=({}, {}), analyses=(found, {}))
     for name in ("translation_mgsm", "representations_mgsm", "representations_mgsm_langs", "stage1_effects_mgsm",
                  "translation_mgsm_png", "representations_mgsm_png", "representations_mgsm_langs_png",
-                 "stage1_effects_mgsm_png"):
+                 "stage1_effects_mgsm_png", "stage1_layers_mgsm", "stage1_layers_mgsm_png"):
         assert name in written and written[name].is_file(), name
     readme = (out / "README.md").read_text().splitlines()
     first = next(line for line in readme[1:] if line.strip())
-    assert first.startswith("**What stage 1 did**") and "**S1 - Base**: chrF +" in first and "CI excludes zero" in first
+    assert first.startswith("**What stage 1 did**") and "**S1 - Base**: chrF +" in first and "excludes zero" not in first
+    m = 2 + len(analysis_effects.PRIMARY)  # one pair x the primary measures
+    assert f"Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m})" in first and "one training run per system" in first
     top = "\n".join(readme[:8])
     assert "![Translation of mGSM questions" in top and "translation_mgsm.png" in top and "stage1_effects_mgsm.png" in top
     effects = pd.read_csv(out / "stage1_effects_mgsm.csv")
     assert set(effects["measure"]) == set(mt_metrics.METRICS) | set(representations.MEASURES)
+    assert {"p", "p_adj", "family", "mde", "verdict"} <= set(effects.columns)
+    caption = (out / "stage1_effects_mgsm.md").read_text().split("\n")[0]
+    assert f"= {m} tests, Holm-adjusted" in caption and "Size tiny: one training run per system" in caption
+    layers = pd.read_csv(out / "stage1_layers_mgsm.csv")
+    assert sorted(set(layers["layer"])) == [1, 2] and set(layers["measure"]) == set(analysis_effects.PRIMARY)
 
 
 def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
