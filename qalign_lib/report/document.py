@@ -364,7 +364,7 @@ ITEMS: tuple[Item, ...] = (
          "**What stage 1 did per layer, {display}**: each declared effect b - a on the primary representation "
          "measures, per layer (1..L), averaged over languages, with 95% paired-bootstrap CIs, the paired permutation "
          "p and `p_adj`, Holm across the layers within each pair and measure (family `layers: ...`); exploratory, "
-         "the primary test is the average over layers in `stage1_effects_{bench}`. {seeds}.", digits=4,
+         "the primary test is the average over layers in `stage1_effects_{bench}`. Size {size}: {seeds}.", digits=4,
          keep_empty=False, over="analysis",
          figure=Figure("stage1_layers_{bench}", lambda t, title: figures.layer_effects_lines(t.reset_index(), title),
                        "What stage 1 did per layer: b - a, mean over languages (95% CI; filled: Holm p < 0.05 across "

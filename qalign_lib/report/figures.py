@@ -149,34 +149,44 @@ def representation_grid(table, title: str, measures=("centred_cosine", "retrieva
     return fig
 
 
-SIGNIFICANT_COLOR, NOT_SIGNIFICANT_COLOR = "tab:blue", "0.55"
+SIGNIFICANT_COLOR, EXPLORATORY_COLOR, NOT_SIGNIFICANT_COLOR = "tab:blue", "#9ecae1", "0.55"
 
 
 def _verdict_legend(ax):
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", ls="", color=SIGNIFICANT_COLOR, label="Holm-adjusted p < 0.05"),
+    handles = [Line2D([], [], marker="o", ls="", color=SIGNIFICANT_COLOR, label="Holm-adjusted p < 0.05 (primary family)"),
+               Line2D([], [], marker="o", ls="", color=EXPLORATORY_COLOR,
+                      label="Holm-adjusted p < 0.05 within an\nexploratory family (not a claim)"),
                Line2D([], [], marker="o", ls="", mfc="white", color=NOT_SIGNIFICANT_COLOR, label="not significant (Holm)")]
     ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def _significant(r) -> bool:
-    return bool(r["p_adj"] < 0.05) if "p_adj" in r else bool(r["lo"] > 0 or r["hi"] < 0)
+    return bool(r["p_adj"] < 0.05)
+
+
+def _color(r) -> str:
+    if not _significant(r):
+        return NOT_SIGNIFICANT_COLOR
+    return SIGNIFICANT_COLOR if r.get("family", "primary") == "primary" else EXPLORATORY_COLOR
 
 
 def effects_forest(table, title: str, translation=("chrf", "bleu")):
     """The paired differences b - a of each pair of systems, averaged over languages (rows with lang ``Avg``), with
     their 95% CIs; the dashed line is no effect. Panels share a scale where the quantities are comparable: chrF and
     BLEU (points, 0-100) on one axis, each representation measure on its own axis shared by every pair. A point is
-    filled and coloured when its Holm-adjusted p (``p_adj``, over its declared family) is below 0.05, hollow and
-    grey otherwise; a panel of a measure outside the primary family says "exploratory". ``table``: analysis.effects
-    rows."""
+    filled when its Holm-adjusted p (``p_adj``, over its declared family) is below 0.05 (dark blue in the primary
+    family, light blue in an exploratory one), hollow and grey otherwise; the primary measures' panels come first, a
+    panel of a measure outside the primary family says "exploratory". ``table``: analysis.effects rows."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     frame = table.reset_index() if "measure" not in table.columns else table
     frame = frame[frame["lang"] == AVG] if (frame["lang"] == AVG).any() else frame
     pairs = list(dict.fromkeys(zip(frame["a"], frame["b"])))
-    present = list(dict.fromkeys(frame["measure"]))
+    primary = set(frame.loc[frame["family"] == "primary", "measure"])
+    present = sorted(dict.fromkeys(frame["measure"]), key=lambda m: m not in primary)  # stable: primary first
     panels = ([("translation into English: " + ", ".join(_label(m) for m in translation if m in present),
                 [m for m in translation if m in present])] if any(m in present for m in translation) else [])
     panels += [(_label(m), [m]) for m in present if m not in translation]
@@ -197,7 +207,7 @@ def effects_forest(table, title: str, translation=("chrf", "bleu")):
                     continue
                 r = row.iloc[0]
                 exploratory |= "family" in r and r["family"] != "primary"
-                color = SIGNIFICANT_COLOR if _significant(r) else NOT_SIGNIFICANT_COLOR
+                color = _color(r)
                 ax.errorbar([r["diff"]], [k + offset], xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]],
                             fmt=markers[j % len(markers)], color=color, mfc=color if _significant(r) else "white",
                             capsize=3, ms=4.5)
@@ -206,6 +216,7 @@ def effects_forest(table, title: str, translation=("chrf", "bleu")):
         if len(measures) > 1:
             ax.legend(fontsize=7, frameon=False, loc="lower right")
         ax.axvline(0, color="k", ls="--", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.set_title(label + (" (exploratory)" if exploratory else ""), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     for row in axes:

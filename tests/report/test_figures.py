@@ -39,7 +39,7 @@ def test_effects_forest_shares_the_translation_axis_and_colours_by_holm():
     # B - A (p = 2/4096 per row, Holm over 8: significant) filled blue twice; C - A (p = 1) hollow twice
     assert faces.count(to_rgba(figures.SIGNIFICANT_COLOR)) == 2 and faces.count(to_rgba("white")) == 2
     legend = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
-    assert legend == ["Holm-adjusted p < 0.05", "not significant (Holm)"]
+    assert legend[0] == "Holm-adjusted p < 0.05 (primary family)" and legend[-1] == "not significant (Holm)"
 
 
 def test_layer_effects_lines_mark_the_holm_significant_layers():
