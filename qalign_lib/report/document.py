@@ -268,6 +268,21 @@ def family_note(table: pd.DataFrame) -> str:
             "representation measures are exploratory, Holm within each pair and measure across its rows")
 
 
+def attainable_note(table: pd.DataFrame, n_resamples: int = 10_000) -> str:
+    """Where a primary test is exact on so few questions that its smallest attainable p (2 / 2^n, two-sided) cannot
+    pass Holm's first step (0.05 / m), a sentence saying so; else ''."""
+    primary = table[table["family"] == effects.PRIMARY_FAMILY] if len(table) else table
+    if not len(primary):
+        return ""
+    m, n = len(primary), int(primary["n"].min())
+    smallest = 2.0 / 2 ** n
+    if 2 ** n > n_resamples or smallest <= effects.ALPHA / m:
+        return ""
+    return (f" With {n} questions the exact permutation test's smallest attainable p is 2 / 2^{n} = {smallest:.3f}, "
+            f"above 0.05 / {m}: no primary effect on them can be significant after Holm, whatever its size; this "
+            "size shows direction, not a verdict.")
+
+
 def _effects(ctx: Context, b: str) -> pd.DataFrame | None:
     if not ctx.analyses or not ctx.study.effects:
         return None
@@ -449,7 +464,7 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
                   f"questions per language, {sizes}; differences b - a averaged over languages with 95% "
                   "paired-bootstrap CIs over question ids; p from a paired permutation test over question ids, "
                   f"Holm-adjusted; MDE at 80% power; {family_note(table)}; representation measures averaged over "
-                  f"layers 1..L; {seeds_note(ctx, b)}): " + " ".join(parts), ""]
+                  f"layers 1..L; {seeds_note(ctx, b)}): " + " ".join(parts) + attainable_note(table), ""]
         alt = {"translation": f"Translation of {display} questions into English, chrF per language with 95% CIs",
                "stage1_effects": "What stage 1 did: paired differences with 95% CIs"}
         for name in MAIN_FIGURES:

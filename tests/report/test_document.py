@@ -81,3 +81,18 @@ def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
     index = (layout.report_dir(s.size) / "README.md").read_text()
     assert "## Software" in index and table in index
     assert "_no versions recorded" in document.versions_table({})
+
+
+def test_seeds_and_attainable_notes():
+    from types import SimpleNamespace
+
+    def part(k):
+        return {"translation": {}, "replicates": [{}] * k}
+    ctx = SimpleNamespace(analyses={"A": {"mgsm": part(1)}, "B": {"mgsm": part(1)}}, study=SimpleNamespace(effects=[("A", "B")]))
+    assert document.seeds_note(ctx, "mgsm").startswith("one training run per system (no seeds)")
+    ctx.analyses["B"]["mgsm"] = part(3)
+    assert document.seeds_note(ctx, "mgsm").startswith("training runs per system: A 1, B 3;")
+    table = pd.DataFrame({"family": ["primary"] * 8, "n": [6] * 4 + [20] * 4})
+    assert "smallest attainable p is 2 / 2^6 = 0.031, above 0.05 / 8" in document.attainable_note(table)
+    assert document.attainable_note(table.assign(n=20)) == ""  # 2^20 swaps: Monte Carlo, p can reach 1e-4
+    assert document.attainable_note(table.assign(n=12)) == ""  # 2 / 4096 < 0.05 / 8
