@@ -237,7 +237,8 @@ def _representations_langs(ctx: Context, b: str) -> pd.DataFrame | None:
     if not len(full):
         return None if not ctx.analyses else full
     per = full[full["lang"] != AVG]
-    table = per.groupby(["system", "lang"], sort=False).agg(
+    summary = per[per["layer"].isin(effects.summary_layers(int(per["layer"].max())))]  # layers 1..L, as the effects
+    table = summary.groupby(["system", "lang"], sort=False).agg(
         n=("n", "first"), layers=("layer", "nunique"), cosine=("cosine", "mean"), centred_cosine=("centred_cosine", "mean"),
         retrieval_top1=("retrieval_top1", "mean"), retrieval_top1_centred=("retrieval_top1_centred", "mean"),
         best_retrieval_top1=("retrieval_top1", "max"), chance=("chance", "first"))
@@ -355,8 +356,9 @@ ITEMS: tuple[Item, ...] = (
          figure=Figure("representations_{bench}", lambda t, title: figures.representation_lines(t.reset_index(), title),
                        "Representation alignment with English (mean over languages, 95% CI), {display} — size {size}")),
     Item("representations_{bench}_langs", None, _representations_langs,
-         "**Representation alignment with English per language, {display}**: each measure averaged over every "
-         "layer, and the best layer's retrieval top-1 (chance = 1 / n). The figure shows the per-layer values with "
+         "**Representation alignment with English per language, {display}**: each measure averaged over layers "
+         "1..L (the embeddings, layer 0, left out, as in the effects), and the best of those layers' retrieval top-1 "
+         "(chance = 1 / n). The figure shows the per-layer values with "
          "their 95% CI bands; each system's `similarity.csv` (its analysis folder) holds them.", digits=3,
          keep_empty=False, over="analysis",
          figure=Figure("representations_{bench}_langs",

@@ -58,6 +58,8 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     assert {"p", "p_adj", "family", "mde", "verdict"} <= set(effects.columns)
     caption = (out / "stage1_effects_mgsm.md").read_text().split("\n")[0]
     assert f"= {m} tests, Holm-adjusted" in caption and "Size tiny: one training run per system" in caption
+    langs = pd.read_csv(out / "representations_mgsm_langs.csv")
+    assert set(langs["layers"]) == {2}  # layers 1..2 of the fixture's 0..2: the embeddings left out
     layers = pd.read_csv(out / "stage1_layers_mgsm.csv")
     assert sorted(set(layers["layer"])) == [1, 2] and set(layers["measure"]) == set(analysis_effects.PRIMARY)
 
