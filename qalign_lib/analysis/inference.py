@@ -1,4 +1,4 @@
-"""Uncertainty and significance for per-question results (pure numpy + stdlib).
+"""Uncertainty and significance for per-question results (numpy; scipy.stats and statsmodels for the tests).
 
 Every per-question input is a dict ``question id -> value``; two systems or two languages are
 always paired by id, never by position. Ids are put in a fixed sorted order before any
@@ -6,13 +6,26 @@ resampling, so results depend only on the data and the seed, not on dict inserti
 Accuracies and differences are percentages (0-100).
 
 The benchmarks are parallel: id k is the same problem in every language of mGSM / mSVAMP.
+
+Tested implementations where they fit: the paired permutation (sign-flip) test is
+``scipy.stats.permutation_test(permutation_type="samples")`` (:func:`permutation_test`), Holm is statsmodels'
+``multipletests(method="holm")`` (:func:`holm`), power is statsmodels' ``TTestPower`` (:func:`mde`,
+:func:`power_plan`). The bootstrap CIs stay the multinomial-count implementation below rather than
+``scipy.stats.bootstrap``: one (n_boot, n) count matrix is shared by both systems of a pair, every language of the
+average and every seed of a system (which scipy's bootstrap cannot resample within systems jointly with question
+ids), and for 0/1 data drawing counts of the distinct rows is exact and much faster; it is the same percentile
+bootstrap.
 """
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _scipy_stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -171,16 +184,19 @@ def mcnemar(a: dict, b: dict, require_same_ids: bool = True) -> dict:
 
 
 def holm(p_values: dict) -> dict:
-    """Holm-Bonferroni adjusted p-values, same keys and order: the i-th smallest of m p-values
-    becomes max over j <= i of min(1, (m - j + 1) * p_(j))."""
+    """Holm-Bonferroni adjusted p-values, same keys and order (statsmodels ``multipletests(method="holm")``): the
+    i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) * p_(j)). Empty in, empty out."""
     keys = list(p_values)
     p = np.array([p_values[k] for k in keys], dtype=float)
     if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
         raise ValueError(f"holm: p-values must be in [0, 1], got {p_values}")
-    order = np.argsort(p, kind="stable")
-    m = len(p)
-    adj = np.empty(m)
-    adj[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    if not keys:
+        return {}
+    gc.freeze()  # statsmodels' Holm ends with gc.collect(): with torch loaded that is ~0.4 s a call; frozen, ~0
+    try:
+        adj = multipletests(p, alpha=0.05, method="holm")[1]
+    finally:
+        gc.unfreeze()
     return {k: float(v) for k, v in zip(keys, adj)}
 
 
@@ -299,3 +315,138 @@ def mean_stats(values) -> np.ndarray:
 def mean_score(summed: np.ndarray) -> np.ndarray:
     """The mean from summed :func:`mean_stats`."""
     return summed[:, 0] / summed[:, 1]
+
+
+# ----------------------------------------------------------------------------- permutation test, effects with seeds, power
+
+def _aligned(a, b, what: str) -> tuple[dict, dict]:
+    ga, gb = _groups(a), _groups(b)
+    if list(ga) != list(gb) or len(next(iter(ga.values()))) != len(next(iter(gb.values()))):
+        raise ValueError(f"{what}: a and b must hold the same groups and items; got {list(ga)} and {list(gb)}")
+    return ga, gb
+
+
+def permutation_test(a, b, score, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Paired permutation (sign-flip) test of score(b) - score(a) over items: ``scipy.stats.permutation_test`` with
+    ``permutation_type="samples"``, two-sided. ``a`` and ``b`` are per-item statistics as in :func:`score_ci` (a
+    dict of groups sharing their items: the languages of a parallel benchmark). Under the null a and b are
+    exchangeable within an item; a permutation swaps a and b for a set of items, in every group at once (the item,
+    a question, is the unit). The statistic is the score of the summed statistics, averaged over groups, so corpus
+    scores (chrF, BLEU) and means (:func:`mean_stats`) are tested alike. Exact (all 2^n swaps) when
+    2^n <= ``n_resamples``, else ``n_resamples`` random swaps from ``seed`` (scipy's p then counts the observed
+    statistic too, so it is never 0). Identical a and b give p = 1. Returns dict(diff, p_value, n, exact)."""
+    ga, gb = _aligned(a, b, "permutation_test")
+    n = len(next(iter(ga.values())))
+    names = list(ga)
+    A = {g: ga[g] for g in names}
+    D = {g: gb[g] - ga[g] for g in names}
+    total_a = {g: A[g].sum(0) for g in names}
+    total_b = {g: gb[g].sum(0) for g in names}
+
+    def statistic(x, y, axis=-1):
+        swapped = (np.atleast_2d(np.moveaxis(np.asarray(x), axis, -1)) >= n).astype(float)  # (m, n): item i swapped
+        out = 0.0
+        for g in names:
+            moved = swapped @ D[g]  # what the swaps move from the b side to the a side
+            out = out + score(total_b[g] - moved) - score(total_a[g] + moved)
+        out = out / len(names)
+        return out if np.ndim(x) > 1 else out[0]
+
+    idx = np.arange(n)
+    res = _scipy_stats.permutation_test((idx, idx + n), statistic, permutation_type="samples", vectorized=True,
+                                        n_resamples=int(n_resamples), alternative="two-sided",
+                                        random_state=np.random.default_rng(seed))
+    exact = 2.0 ** n <= n_resamples
+    return dict(diff=float(res.statistic), p_value=float(min(1.0, res.pvalue)), n=n, exact=bool(exact))
+
+
+def pseudo_values(a, b, score) -> np.ndarray:
+    """Jackknife pseudo-values of score(b) - score(a) (averaged over groups), one per item: n * D - (n - 1) * D_(-i).
+    For a mean they are exactly the per-item differences b_i - a_i; for a corpus score they are its per-item
+    linearisation. Their SD is the "SD of the per-question differences" that :func:`mde` takes."""
+    ga, gb = _aligned(a, b, "pseudo_values")
+    n = len(next(iter(ga.values())))
+    if n < 2:
+        raise ValueError("pseudo_values: need at least 2 items")
+    full, loo = 0.0, np.zeros(n)
+    for g in ga:
+        sa, sb = ga[g], gb[g]
+        full += score(sb.sum(0, keepdims=True))[0] - score(sa.sum(0, keepdims=True))[0]
+        loo += score(sb.sum(0) - sb) - score(sa.sum(0) - sa)
+    full, loo = full / len(ga), loo / len(ga)
+    return n * full - (n - 1) * loo
+
+
+def mde(sd: float, n: int, alpha: float = 0.05, family_size: int = 1, power: float = 0.8) -> float:
+    """Minimum detectable effect (in the units of ``sd``): the smallest true mean difference a two-sided paired t-test
+    on ``n`` items detects with probability ``power`` at level alpha / family_size (the first step of Holm over a
+    family of that size), given the SD of the per-item differences; statsmodels ``TTestPower().solve_power``.
+    nan when n < 2 or sd is not finite; 0 when sd is 0."""
+    if not 0 < alpha < 1 or not 0 < power < 1 or int(family_size) < 1:
+        raise ValueError(f"mde: need 0 < alpha < 1, 0 < power < 1, family_size >= 1; got {alpha}, {power}, {family_size}")
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    d = TTestPower().solve_power(effect_size=None, nobs=int(n), alpha=alpha / int(family_size), power=power,
+                                 alternative="two-sided")
+    return float(np.asarray(d).item() * sd)
+
+
+def power_plan(sd: float, n_values, alpha: float = 0.05, family_size: int = 1, power: float = 0.8) -> pd.DataFrame:
+    """The design table: for each number of questions n in ``n_values``, the :func:`mde` (same units as ``sd``, the SD
+    of the per-question differences) at ``power``, two-sided, level alpha / family_size. Columns n, mde."""
+    ns = [int(n) for n in n_values]
+    return pd.DataFrame({"n": ns, "mde": [mde(sd, n, alpha, family_size, power) for n in ns]}, columns=["n", "mde"])
+
+
+def _replicates(x) -> list[dict]:
+    """One system's statistics as a list of replicates (seeds), each a dict of groups."""
+    reps = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not reps:
+        raise ValueError("no replicate given")
+    return [_groups(r) for r in reps]
+
+
+def _seed_average(reps: list[dict]) -> dict:
+    return {g: np.mean([r[g] for r in reps], axis=0) for g in reps[0]}
+
+
+def paired_effect(a, b, score, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0,
+                  n_resamples: int = 10_000) -> dict:
+    """score(b) - score(a) on the same items, where each system is one replicate (statistics as in :func:`score_ci`) or
+    a list of replicates (training seeds; every replicate with the same groups and items).
+
+    - Point estimate: the mean over a system's replicates of its score (groups averaged), b minus a.
+    - CI: percentile bootstrap over items and seeds: each resample draws the items (the same counts in every group,
+      both systems and every seed) and, for a system with several replicates, that many replicates with replacement.
+    - p: :func:`permutation_test` on the seed-averaged per-item statistics. With several seeds its conclusion is
+      conditional on these seeds (the items are the random unit; the seeds are averaged, not resampled).
+    - sd: SD of the :func:`pseudo_values` (per-item differences) of the seed-averaged statistics, for :func:`mde`.
+    Returns dict(diff, lo, hi, p_value, n, a, b, sd, seeds_a, seeds_b, exact)."""
+    _check(n_boot, alpha)
+    ra, rb = _replicates(a), _replicates(b)
+    for r in ra[1:] + rb:
+        _aligned(ra[0], r, "paired_effect")
+    n = len(next(iter(ra[0].values())))
+    counts = resample_counts(n, n_boot, seed)
+    rng = np.random.default_rng([seed, 1])
+
+    def side(reps):
+        values, boots = zip(*(_group_scores(r, score, counts) for r in reps))
+        boots = np.stack(boots)  # (seeds, n_boot)
+        if len(reps) > 1:
+            pick = rng.integers(len(reps), size=(n_boot, len(reps)))
+            boot = boots[pick, np.arange(n_boot)[:, None]].mean(1)
+        else:
+            boot = boots[0]
+        return float(np.mean(values)), boot
+
+    va, ba = side(ra)
+    vb, bb = side(rb)
+    ma, mb = _seed_average(ra), _seed_average(rb)
+    perm = permutation_test(ma, mb, score, n_resamples, seed)
+    sd = float(np.std(pseudo_values(ma, mb, score), ddof=1)) if n > 1 else float("nan")
+    lo, hi = _interval(bb - ba, alpha)
+    return dict(diff=vb - va, lo=lo, hi=hi, p_value=perm["p_value"], n=n, a=va, b=vb, sd=sd,
+                seeds_a=len(ra), seeds_b=len(rb), exact=perm["exact"])

@@ -22,8 +22,10 @@ What stage 1 did, for the systems of the study's ``analysis`` section (:mod:`qal
 * ``translation_<bench>.{csv,md,png}``  chrF and BLEU of the translations into English, per language, 95% CIs
 * ``representations_<bench>.{csv,md,png}``  cosine with English and retrieval top-1 against layer (mean over languages)
 * ``representations_<bench>_langs.{csv,md,png}``  the same per language (the table: means over layers)
-* ``stage1_effects_<bench>.{csv,md,png}``  the declared effects b - a with 95% paired-bootstrap CIs; the index
-  README.md opens with them and shows their figure
+* ``stage1_effects_<bench>.{csv,md,png}``  the declared effects b - a with 95% paired-bootstrap CIs, paired
+  permutation p, Holm-adjusted p over the declared family, MDE and verdict (:mod:`qalign_lib.analysis.effects`); the
+  index README.md opens with them and shows their figure
+* ``stage1_layers_<bench>.{csv,md,png}``  the primary representation effects per layer, Holm across layers
 """
 from __future__ import annotations
 
@@ -106,6 +108,12 @@ class Context:
         key = ("effects", benchmark)
         if key not in self._cache:
             self._cache[key] = effects.effects(self.analyses, self.study.effects, benchmark, self.n_boot)
+        return self._cache[key]
+
+    def layer_effects(self, benchmark: str) -> pd.DataFrame:
+        key = ("layer_effects", benchmark)
+        if key not in self._cache:
+            self._cache[key] = effects.layer_effects(self.analyses, self.study.effects, benchmark, self.n_boot)
         return self._cache[key]
 
     def __post_init__(self):
@@ -230,7 +238,8 @@ def _representations_langs(ctx: Context, b: str) -> pd.DataFrame | None:
     if not len(full):
         return None if not ctx.analyses else full
     per = full[full["lang"] != AVG]
-    table = per.groupby(["system", "lang"], sort=False).agg(
+    summary = per[per["layer"].isin(effects.summary_layers(int(per["layer"].max())))]  # layers 1..L, as the effects
+    table = summary.groupby(["system", "lang"], sort=False).agg(
         n=("n", "first"), layers=("layer", "nunique"), cosine=("cosine", "mean"), centred_cosine=("centred_cosine", "mean"),
         retrieval_top1=("retrieval_top1", "mean"), retrieval_top1_centred=("retrieval_top1_centred", "mean"),
         best_retrieval_top1=("retrieval_top1", "max"), chance=("chance", "first"))
@@ -238,11 +247,60 @@ def _representations_langs(ctx: Context, b: str) -> pd.DataFrame | None:
     return table
 
 
+def seeds_note(ctx: Context, b: str) -> str:
+    """How many training runs (seeds) stand behind each analysed system, for the effects' captions."""
+    counts = {system: len(effects.replicates((ctx.analyses.get(system) or {}).get(b)))
+              for system in dict.fromkeys(x for pair in ctx.study.effects for x in pair)}
+    counts = {k: v for k, v in counts.items() if v}
+    if not counts or set(counts.values()) == {1}:
+        return ("one training run per system (no seeds): the CIs and tests cover the sampling of questions, not "
+                "the variation between training runs")
+    return ("training runs per system: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "; with several "
+            "seeds the estimate is the mean over seeds, the CI resamples seeds and questions, and the permutation "
+            "test runs on seed-averaged per-question statistics (conditional on these seeds)")
+
+
+def family_note(table: pd.DataFrame) -> str:
+    """The declared families and their correction, for the report."""
+    m = int((table["family"] == effects.PRIMARY_FAMILY).sum()) if len(table) else 0
+    pairs = len(dict.fromkeys(zip(table["a"], table["b"]))) if len(table) else 0
+    primary = ", ".join(effects.measure_info(x)["label"] for x in effects.primary_measures())
+    return (f"primary family: {pairs} declared pair(s) x {len(effects.primary_measures())} primary measures "
+            f"({primary}) on the language average = {m} tests, Holm-adjusted; per-language rows and the descriptive "
+            "representation measures are exploratory, Holm within each pair and measure across its rows")
+
+
+def attainable_note(table: pd.DataFrame, n_resamples: int = 10_000) -> str:
+    """Where a primary test is exact on so few questions that its smallest attainable p (2 / 2^n, two-sided) cannot
+    pass Holm's first step (0.05 / m), a sentence saying so; else ''."""
+    primary = table[table["family"] == effects.PRIMARY_FAMILY] if len(table) else table
+    if not len(primary):
+        return ""
+    m, n = len(primary), int(primary["n"].min())
+    smallest = 2.0 / 2 ** n
+    if 2 ** n > n_resamples or smallest <= effects.ALPHA / m:
+        return ""
+    return (f" With {n} questions the exact permutation test's smallest attainable p is 2 / 2^{n} = {smallest:.3f}, "
+            f"above 0.05 / {m}: no primary effect on them can be significant after Holm, whatever its size; this "
+            "size shows direction, not a verdict.")
+
+
 def _effects(ctx: Context, b: str) -> pd.DataFrame | None:
     if not ctx.analyses or not ctx.study.effects:
         return None
     table = ctx.effects(b)
-    return table.set_index(["a", "b", "measure", "lang"]) if len(table) else table
+    out = table.set_index(["a", "b", "measure", "lang"]) if len(table) else table
+    out.attrs.update(families=family_note(table), seeds=seeds_note(ctx, b), size=ctx.study.size)
+    return out
+
+
+def _layer_effects(ctx: Context, b: str) -> pd.DataFrame | None:
+    if not ctx.analyses or not ctx.study.effects:
+        return None
+    table = ctx.layer_effects(b)
+    out = table.set_index(["a", "b", "measure", "layer"]) if len(table) else table
+    out.attrs.update(seeds=seeds_note(ctx, b))
+    return out
 
 
 def _bars_per_language(table: pd.DataFrame, title: str):
@@ -300,8 +358,9 @@ ITEMS: tuple[Item, ...] = (
          figure=Figure("representations_{bench}", lambda t, title: figures.representation_lines(t.reset_index(), title),
                        "Representation alignment with English (mean over languages, 95% CI), {display} — size {size}")),
     Item("representations_{bench}_langs", None, _representations_langs,
-         "**Representation alignment with English per language, {display}**: each measure averaged over every "
-         "layer, and the best layer's retrieval top-1 (chance = 1 / n). The figure shows the per-layer values with "
+         "**Representation alignment with English per language, {display}**: each measure averaged over layers "
+         "1..L (the embeddings, layer 0, left out, as in the effects), and the best of those layers' retrieval top-1 "
+         "(chance = 1 / n). The figure shows the per-layer values with "
          "their 95% CI bands; each system's `similarity.csv` (its analysis folder) holds them.", digits=3,
          keep_empty=False, over="analysis",
          figure=Figure("representations_{bench}_langs",
@@ -310,10 +369,25 @@ ITEMS: tuple[Item, ...] = (
     Item("stage1_effects_{bench}", None, _effects,
          "**What stage 1 did, {display}**: each declared effect b - a (the study's `analysis: effects`) on the same "
          "questions: chrF and BLEU of the translations into English, and the representation measures averaged over "
-         "every layer; per language and averaged over languages (`" + AVG + "`), with 95% paired-bootstrap CIs and p-values "
-         "over question ids.", digits=3, keep_empty=False, over="analysis",
+         "layers 1..L (the embeddings, which stage 1 does not change, left out); per language and averaged over "
+         "languages (`" + AVG + "`). `lo`, `hi`: 95% paired-bootstrap CI over question ids (the same ids in every "
+         "language); `p`: two-sided paired permutation test over question ids (a and b swapped for a question in "
+         "every language at once; exact when 2^n <= 10,000, else 10,000 random swaps); `p_adj`: Holm over the row's "
+         "`family`; `verdict` from `p_adj` at 0.05; `mde`: the difference detectable with 80% power at 0.05 / m (the "
+         "family's first Holm step), from the SD of the per-question differences (paired t). Declared before the "
+         "data: {families}. Size {size}: {seeds}.", digits=4, keep_empty=False, over="analysis",
          figure=Figure("stage1_effects_{bench}", lambda t, title: figures.effects_forest(t.reset_index(), title),
-                       "What stage 1 did: paired differences b - a, mean over languages (95% CI), {display} — size {size}")),
+                       "What stage 1 did: paired differences b - a, mean over languages (95% CI; filled: Holm p < 0.05)"
+                       ", {display} — size {size}")),
+    Item("stage1_layers_{bench}", None, _layer_effects,
+         "**What stage 1 did per layer, {display}**: each declared effect b - a on the primary representation "
+         "measures, per layer (1..L), averaged over languages, with 95% paired-bootstrap CIs, the paired permutation "
+         "p and `p_adj`, Holm across the layers within each pair and measure (family `layers: ...`); exploratory, "
+         "the primary test is the average over layers in `stage1_effects_{bench}`. Size {size}: {seeds}.", digits=4,
+         keep_empty=False, over="analysis",
+         figure=Figure("stage1_layers_{bench}", lambda t, title: figures.layer_effects_lines(t.reset_index(), title),
+                       "What stage 1 did per layer: b - a, mean over languages (95% CI; filled: Holm p < 0.05 across "
+                       "layers), {display} — size {size}")),
 )
 MAIN_FIGURES = ("translation_{bench}", "stage1_effects_{bench}")  # the index README's figures, below its first paragraph
 
@@ -388,10 +462,13 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
         n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == AVG].groupby("measure")}
         langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG]
         parts = [f"**{bb} - {a}**: {effects.summary(table, a, bb)}." for a, bb in pairs]
-        sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", n.get("cosine"))) if v)
-        lines += [f"**What stage 1 did** ({display}, {len(langs)} languages: {' '.join(langs)}; questions per language, "
-                  f"{sizes}; differences b - a with 95% paired-bootstrap CIs over question ids, averaged over languages; "
-                  "representation measures averaged over every layer): " + " ".join(parts), ""]
+        rep_n = next((n[m] for m in effects.PRIMARY if m in n), None)
+        sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", rep_n)) if v)
+        lines += [f"**What stage 1 did** ({display}, size {study.size}, {len(langs)} languages: {' '.join(langs)}; "
+                  f"questions per language, {sizes}; differences b - a averaged over languages with 95% "
+                  "paired-bootstrap CIs over question ids; p from a paired permutation test over question ids, "
+                  f"Holm-adjusted; MDE at 80% power; {family_note(table)}; representation measures averaged over "
+                  f"layers 1..L; {seeds_note(ctx, b)}): " + " ".join(parts) + attainable_note(table), ""]
         alt = {"translation": f"Translation of {display} questions into English, chrF per language with 95% CIs",
                "stage1_effects": "What stage 1 did: paired differences with 95% CIs"}
         for name in MAIN_FIGURES:

@@ -79,6 +79,13 @@ MEASURE_LABELS = {"cosine": "cosine with English", "centred_cosine": "mean-centr
                   "chrf": "chrF", "bleu": "BLEU"}
 
 
+def _label(measure: str) -> str:
+    """A measure's label: :data:`MEASURE_LABELS`, else representations.MEASURE_INFO's (analysis.effects.measure_info)."""
+    from qalign_lib.analysis.effects import measure_info
+
+    return MEASURE_LABELS.get(measure) or measure_info(measure)["label"]
+
+
 def translation_bars(table, title: str, metric: str = "chrf"):
     """Stage-1 translation quality per language (and the average), one bar per system, 95% CI whiskers. ``table``
     has columns system, lang, metric, score, lo, hi (analysis.translation_table)."""
@@ -142,37 +149,114 @@ def representation_grid(table, title: str, measures=("centred_cosine", "retrieva
     return fig
 
 
-def effects_forest(table, title: str):
-    """The paired differences b - a of each pair of systems (rows) on each measure (panels), averaged over
-    languages, with their 95% paired-bootstrap CIs; the dashed line is no effect. ``table``: analysis.effects rows
-    (those with lang ``Avg``, languages.AVG, are drawn)."""
+SIGNIFICANT_COLOR, EXPLORATORY_COLOR, NOT_SIGNIFICANT_COLOR = "tab:blue", "#9ecae1", "0.55"
+
+
+def _verdict_legend(ax):
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=SIGNIFICANT_COLOR, label="Holm-adjusted p < 0.05 (primary family)"),
+               Line2D([], [], marker="o", ls="", color=EXPLORATORY_COLOR,
+                      label="Holm-adjusted p < 0.05 within an\nexploratory family (not a claim)"),
+               Line2D([], [], marker="o", ls="", mfc="white", color=NOT_SIGNIFICANT_COLOR, label="not significant (Holm)")]
+    ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _significant(r) -> bool:
+    return bool(r["p_adj"] < 0.05)
+
+
+def _color(r) -> str:
+    if not _significant(r):
+        return NOT_SIGNIFICANT_COLOR
+    return SIGNIFICANT_COLOR if r.get("family", "primary") == "primary" else EXPLORATORY_COLOR
+
+
+def effects_forest(table, title: str, translation=("chrf", "bleu")):
+    """The paired differences b - a of each pair of systems, averaged over languages (rows with lang ``Avg``), with
+    their 95% CIs; the dashed line is no effect. Panels share a scale where the quantities are comparable: chrF and
+    BLEU (points, 0-100) on one axis, each representation measure on its own axis shared by every pair. A point is
+    filled when its Holm-adjusted p (``p_adj``, over its declared family) is below 0.05 (dark blue in the primary
+    family, light blue in an exploratory one), hollow and grey otherwise; the primary measures' panels come first, a
+    panel of a measure outside the primary family says "exploratory". ``table``: analysis.effects rows."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     frame = table.reset_index() if "measure" not in table.columns else table
     frame = frame[frame["lang"] == AVG] if (frame["lang"] == AVG).any() else frame
-    measures = list(dict.fromkeys(frame["measure"]))
     pairs = list(dict.fromkeys(zip(frame["a"], frame["b"])))
-    cols = min(3, len(measures))
-    rows = -(-len(measures) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols + 2.5, rows * (0.5 * len(pairs) + 1.4)), squeeze=False,
+    primary = set(frame.loc[frame["family"] == "primary", "measure"])
+    present = sorted(dict.fromkeys(frame["measure"]), key=lambda m: m not in primary)  # stable: primary first
+    panels = ([("translation into English: " + ", ".join(_label(m) for m in translation if m in present),
+                [m for m in translation if m in present])] if any(m in present for m in translation) else [])
+    panels += [(_label(m), [m]) for m in present if m not in translation]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 3.0, rows * (0.55 * len(pairs) + 1.5)), squeeze=False,
                              sharey=True)
-    for ax in axes.flat[len(measures):]:
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, measure in zip(axes.flat, measures):
-        for k, (a, b) in enumerate(pairs):
-            row = frame[(frame["measure"] == measure) & (frame["a"] == a) & (frame["b"] == b)]
-            if not len(row):
-                continue
-            r = row.iloc[0]
-            color = "tab:green" if r["lo"] > 0 else "tab:red" if r["hi"] < 0 else "0.4"
-            ax.errorbar([r["diff"]], [k], xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o", color=color,
-                        capsize=3, ms=4)
+    markers = ("o", "s", "D", "^")
+    for ax, (label, measures) in zip(axes.flat, panels):
+        exploratory = False
+        for j, measure in enumerate(measures):
+            offset = (j - (len(measures) - 1) / 2) * 0.22
+            for k, (a, b) in enumerate(pairs):
+                row = frame[(frame["measure"] == measure) & (frame["a"] == a) & (frame["b"] == b)]
+                if not len(row):
+                    continue
+                r = row.iloc[0]
+                exploratory |= "family" in r and r["family"] != "primary"
+                color = _color(r)
+                ax.errorbar([r["diff"]], [k + offset], xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]],
+                            fmt=markers[j % len(markers)], color=color, mfc=color if _significant(r) else "white",
+                            capsize=3, ms=4.5)
+            if len(measures) > 1:
+                ax.plot([], [], markers[j % len(markers)], color="k", mfc="white", label=_label(measure))
+        if len(measures) > 1:
+            ax.legend(fontsize=7, frameon=False, loc="lower right")
         ax.axvline(0, color="k", ls="--", lw=0.8)
-        ax.set_title(MEASURE_LABELS.get(measure, measure), fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.set_title(label + (" (exploratory)" if exploratory else ""), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     for row in axes:
         row[0].set_yticks(range(len(pairs)), [f"{b}\n  - {a}" for a, b in pairs], fontsize=7)
     axes[0][0].invert_yaxis()
+    _verdict_legend(axes[0][min(cols, len(panels)) - 1])
+    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+    fig.tight_layout()
+    return fig
+
+
+def layer_effects_lines(table, title: str):
+    """Per-layer differences b - a (``analysis.layer_effects`` rows): one panel per measure, one line per pair with
+    its 95% CI band; layers whose Holm-adjusted p (across the layers of that pair and measure) is below 0.05 are
+    filled markers, the others hollow; the dashed line is no effect."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    frame = table.reset_index() if "measure" not in table.columns else table
+    measures = list(dict.fromkeys(frame["measure"]))
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.4 * len(measures) + 1.5, 3.3), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        for (a, b), g in frame[frame["measure"] == measure].groupby(["a", "b"], sort=False):
+            g = g.sort_values("layer")
+            line, = ax.plot(g["layer"], g["diff"], lw=1.3, label=f"{b} - {a}")
+            ax.fill_between(g["layer"], g["lo"], g["hi"], color=line.get_color(), alpha=0.18, lw=0)
+            sig = g["p_adj"] < 0.05
+            ax.plot(g["layer"][sig], g["diff"][sig], "o", color=line.get_color(), ms=4.5)
+            ax.plot(g["layer"][~sig], g["diff"][~sig], "o", color=line.get_color(), mfc="white", ms=3.5)
+        ax.axhline(0, color="k", ls="--", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_title(f"{_label(measure)}: b - a", fontsize=9)
+        ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles, _ = axes[0][-1].get_legend_handles_labels()
+    handles += [Line2D([], [], marker="o", ls="", color="0.3", label="Holm-adjusted p < 0.05 (across layers)"),
+                Line2D([], [], marker="o", ls="", color="0.3", mfc="white", label="not significant (Holm)")]
+    axes[0][-1].legend(handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return fig

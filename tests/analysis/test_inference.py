@@ -1,4 +1,4 @@
-"""Tests for qalign_lib.analysis.inference: hand-computed cases (arithmetic in comments), no scipy."""
+"""Tests for qalign_lib.analysis.inference: hand-computed cases (arithmetic in comments)."""
 import math
 
 import numpy as np
@@ -306,3 +306,119 @@ def test_score_ci_and_paired_difference_of_means():
     assert better["diff"] == 1 and better["lo"] == 1 and better["p_value"] == 0.0
     with pytest.raises(ValueError, match="same, non-zero number of items"):
         inference.score_ci({"a": x, "b": inference.mean_stats([1])}, inference.mean_score, 10)
+
+
+def test_holm_empty_and_statsmodels_agree():
+    from statsmodels.stats.multitest import multipletests
+
+    assert holm({}) == {}
+    p = {"a": 0.001, "b": 0.2, "c": 0.03, "d": 0.04, "e": 0.9}
+    assert list(holm(p).values()) == pytest.approx(list(multipletests(list(p.values()), method="holm")[1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paired permutation test, per-question differences, power, effects with seeds
+
+
+def test_permutation_test_is_exact_for_small_n():
+    m = inference.mean_stats
+    # 5 items, every b_i - a_i = +1: of the 2^5 = 32 sign patterns only all-plus and all-minus reach |mean| >= 1
+    r = inference.permutation_test(m([0] * 5), m([1] * 5), inference.mean_score)
+    assert r == {"diff": 1.0, "p_value": pytest.approx(2 / 32), "n": 5, "exact": True}
+    # 2 discordant items of 6 (both +1): |sum| >= 2 in 2 of the 4 patterns that matter -> p = 1/2
+    r = inference.permutation_test(m([1, 0, 1, 1, 0, 1]), m([1] * 6), inference.mean_score)
+    assert r["diff"] == pytest.approx(1 / 3) and r["p_value"] == pytest.approx(0.5)
+    same = inference.permutation_test(m([1, 0, 1]), m([1, 0, 1]), inference.mean_score)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+
+
+def test_permutation_test_swaps_a_question_in_every_language_at_once():
+    m = inference.mean_stats
+    # per question, +1 in x and -1 in y: the language average of every swap is 0, so p = 1; swapping the languages
+    # independently would give p = 2/32 * ... < 1
+    a, b = {"x": m([0] * 5), "y": m([1] * 5)}, {"x": m([1] * 5), "y": m([0] * 5)}
+    r = inference.permutation_test(a, b, inference.mean_score)
+    assert r["diff"] == 0 and r["p_value"] == 1.0
+
+
+def test_permutation_test_of_a_corpus_score_matches_enumeration():
+    import itertools
+
+    from qalign_lib.analysis.mt_metrics import SCORES, sentence_stats
+
+    refs = ["the cat sat on the mat", "two apples and a pear", "Tom buys 3 eggs", "a red car", "it is raining today",
+            "she has five pens"]
+    hyps = ["the cat sat", "two apples", "Tom buys eggs", "a car", "rain", "she has pens"]
+    a, b = sentence_stats("chrf", hyps, refs), sentence_stats("chrf", refs, refs)
+    score = SCORES["chrf"]
+    obs = score(b.sum(0, keepdims=True))[0] - score(a.sum(0, keepdims=True))[0]
+    null = []
+    for flips in itertools.product([0, 1], repeat=6):
+        s = np.array(flips, dtype=bool)[:, None]
+        xa, xb = np.where(s, b, a), np.where(s, a, b)
+        null.append(score(xb.sum(0, keepdims=True))[0] - score(xa.sum(0, keepdims=True))[0])
+    null = np.array(null)
+    p = min(1.0, 2 * min(np.mean(null >= obs - 1e-9), np.mean(null <= obs + 1e-9)))
+    r = inference.permutation_test(a, b, score)
+    assert r["exact"] and r["diff"] == pytest.approx(obs) and r["p_value"] == pytest.approx(p)
+    assert r["p_value"] == pytest.approx(2 / 64)  # every hypothesis is worse than its reference
+
+
+def test_permutation_test_monte_carlo_above_the_exact_size():
+    m = inference.mean_stats
+    r = inference.permutation_test(m([0] * 20), m([1] * 20), inference.mean_score, n_resamples=999, seed=3)
+    # 2^20 > 999: random swaps; only the all-plus / all-minus patterns reach the observed value, so p is scipy's
+    # (0 + 1) / (999 + 1) per side, doubled
+    assert not r["exact"] and r["p_value"] == pytest.approx(2 / 1000)
+    assert r == inference.permutation_test(m([0] * 20), m([1] * 20), inference.mean_score, n_resamples=999, seed=3)
+
+
+def test_pseudo_values_of_a_mean_are_the_per_question_differences():
+    a, b = inference.mean_stats([1, 0, 2, 5]), inference.mean_stats([2, 2, 2, 2])
+    assert inference.pseudo_values(a, b, inference.mean_score) == pytest.approx([1, 2, 0, -3])
+    two = inference.pseudo_values({"x": a, "y": b}, {"x": b, "y": b}, inference.mean_score)
+    assert two == pytest.approx([0.5, 1, 0, -1.5])  # averaged over the languages
+    with pytest.raises(ValueError, match="at least 2"):
+        inference.pseudo_values(inference.mean_stats([1]), inference.mean_stats([2]), inference.mean_score)
+
+
+def test_mde_is_the_effect_a_paired_t_test_detects_with_the_power():
+    from statsmodels.stats.power import TTestPower
+
+    d = inference.mde(2.0, 50, alpha=0.05, family_size=4, power=0.8)
+    assert TTestPower().power(effect_size=d / 2.0, nobs=50, alpha=0.05 / 4) == pytest.approx(0.8, abs=1e-6)
+    # large n: close to (z_{1 - alpha/2} + z_{0.8}) sd / sqrt(n) = (1.95996 + 0.84162) * 2 / sqrt(10000)
+    assert inference.mde(2.0, 10_000) == pytest.approx(2.80158 * 2 / 100, rel=1e-3)
+    assert inference.mde(0.0, 50) == 0.0 and math.isnan(inference.mde(1.0, 1)) and math.isnan(inference.mde(float("nan"), 9))
+    assert inference.mde(1.0, 50, family_size=12) > inference.mde(1.0, 50)
+    with pytest.raises(ValueError, match="family_size"):
+        inference.mde(1.0, 50, family_size=0)
+
+
+def test_power_plan():
+    plan = inference.power_plan(10.0, [50, 250], alpha=0.05, family_size=12)
+    assert list(plan.columns) == ["n", "mde"] and plan["n"].tolist() == [50, 250]
+    assert plan["mde"].tolist() == pytest.approx([inference.mde(10.0, 50, 0.05, 12), inference.mde(10.0, 250, 0.05, 12)])
+    assert plan["mde"].iloc[1] < plan["mde"].iloc[0]
+
+
+def test_paired_effect_with_one_replicate_is_the_paired_difference():
+    a, b = inference.mean_stats([1, 0, 1, 1, 0, 1]), inference.mean_stats([1] * 6)
+    d = inference.paired_effect(a, b, inference.mean_score, 500)
+    ref = inference.paired_score_diff(a, b, inference.mean_score, 500)
+    assert (d["diff"], d["lo"], d["hi"], d["a"], d["b"]) == pytest.approx((ref["diff"], ref["lo"], ref["hi"], ref["a"], ref["b"]))
+    assert d["p_value"] == pytest.approx(0.5) and d["seeds_a"] == d["seeds_b"] == 1
+    assert d["sd"] == pytest.approx(np.std([0, 1, 0, 0, 1, 0], ddof=1))
+
+
+def test_paired_effect_resamples_seeds_within_a_system():
+    m = inference.mean_stats
+    # a: two seeds, one scores 0 on every question, the other 1; b: one seed scoring 1. Questions add no variance;
+    # the seeds do: a resampled pair of a's seeds averages 0, 0.5 or 1 (prob. 1/4, 1/2, 1/4), so diff is 1, 0.5 or 0
+    d = inference.paired_effect([m([0] * 20), m([1] * 20)], [m([1] * 20)], inference.mean_score, 2000, seed=1)
+    assert d["a"] == 0.5 and d["b"] == 1 and d["diff"] == 0.5 and (d["lo"], d["hi"]) == (0.0, 1.0)
+    assert d["seeds_a"] == 2 and d["seeds_b"] == 1
+    # the permutation test sees the seed average (0.5 on every question, b 1): conditional on these seeds
+    assert d["p_value"] < 0.001 and d["sd"] == 0
+    with pytest.raises(ValueError, match="same groups and items"):
+        inference.paired_effect([m([0] * 20), m([1] * 19)], [m([1] * 20)], inference.mean_score, 10)

@@ -3,6 +3,7 @@ checkpoints as rows, the analyses first, the versions the jobs ran with (through
 tests/notebook/test_notebooks.py)."""
 import pandas as pd
 
+from qalign_lib.analysis import effects as analysis_effects
 from qalign_lib.analysis import mt_metrics, representations
 from qalign_lib.core import benchmarks, layout
 from qalign_lib.core.files import write_json
@@ -43,15 +44,24 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     written = document.write_report(s, out, n_boot=200, collected=({}, {}), analyses=(found, {}))
     for name in ("translation_mgsm", "representations_mgsm", "representations_mgsm_langs", "stage1_effects_mgsm",
                  "translation_mgsm_png", "representations_mgsm_png", "representations_mgsm_langs_png",
-                 "stage1_effects_mgsm_png"):
+                 "stage1_effects_mgsm_png", "stage1_layers_mgsm", "stage1_layers_mgsm_png"):
         assert name in written and written[name].is_file(), name
     readme = (out / "README.md").read_text().splitlines()
     first = next(line for line in readme[1:] if line.strip())
-    assert first.startswith("**What stage 1 did**") and "**S1 - Base**: chrF +" in first and "CI excludes zero" in first
+    assert first.startswith("**What stage 1 did**") and "**S1 - Base**: chrF +" in first and "excludes zero" not in first
+    m = 2 + len(analysis_effects.PRIMARY)  # one pair x the primary measures
+    assert f"Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m})" in first and "one training run per system" in first
     top = "\n".join(readme[:8])
     assert "![Translation of mGSM questions" in top and "translation_mgsm.png" in top and "stage1_effects_mgsm.png" in top
     effects = pd.read_csv(out / "stage1_effects_mgsm.csv")
     assert set(effects["measure"]) == set(mt_metrics.METRICS) | set(representations.MEASURES)
+    assert {"p", "p_adj", "family", "mde", "verdict"} <= set(effects.columns)
+    caption = (out / "stage1_effects_mgsm.md").read_text().split("\n")[0]
+    assert f"= {m} tests, Holm-adjusted" in caption and "Size tiny: one training run per system" in caption
+    langs = pd.read_csv(out / "representations_mgsm_langs.csv")
+    assert set(langs["layers"]) == {2}  # layers 1..2 of the fixture's 0..2: the embeddings left out
+    layers = pd.read_csv(out / "stage1_layers_mgsm.csv")
+    assert sorted(set(layers["layer"])) == [1, 2] and set(layers["measure"]) == set(analysis_effects.PRIMARY)
 
 
 def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
@@ -73,3 +83,18 @@ def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
     index = (layout.report_dir(s.size) / "README.md").read_text()
     assert "## Software" in index and table in index
     assert "_no versions recorded" in document.versions_table({})
+
+
+def test_seeds_and_attainable_notes():
+    from types import SimpleNamespace
+
+    def part(k):
+        return {"translation": {}, "replicates": [{}] * k}
+    ctx = SimpleNamespace(analyses={"A": {"mgsm": part(1)}, "B": {"mgsm": part(1)}}, study=SimpleNamespace(effects=[("A", "B")]))
+    assert document.seeds_note(ctx, "mgsm").startswith("one training run per system (no seeds)")
+    ctx.analyses["B"]["mgsm"] = part(3)
+    assert document.seeds_note(ctx, "mgsm").startswith("training runs per system: A 1, B 3;")
+    table = pd.DataFrame({"family": ["primary"] * 8, "n": [6] * 4 + [20] * 4})
+    assert "smallest attainable p is 2 / 2^6 = 0.031, above 0.05 / 8" in document.attainable_note(table)
+    assert document.attainable_note(table.assign(n=20)) == ""  # 2^20 swaps: Monte Carlo, p can reach 1e-4
+    assert document.attainable_note(table.assign(n=12)) == ""  # 2 / 4096 < 0.05 / 8
