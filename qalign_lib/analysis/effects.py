@@ -45,6 +45,8 @@ from qalign_lib.analysis.representations import (
     similarity_table,
 )
 from qalign_lib.analysis.translation import (
+    DESCRIPTIVES,
+    descriptive_table,
     translation_metrics,
     translation_rows,
     translation_stats,
@@ -158,20 +160,26 @@ def replicates(part: dict | None) -> list[dict]:
     return list(part.get("replicates") or [part])
 
 
-def translation_table(found: dict, systems: list[str], benchmark: str, n_boot: int = 1000) -> pd.DataFrame:
-    """Columns system, lang, metric, score, lo, hi, n: every system's chrF and BLEU per language and averaged."""
-    rows = []
+def translation_table(found: dict, systems: list[str], benchmark: str, n_boot: int = 1000,
+                      length_cap: float | None = None) -> pd.DataFrame:
+    """Columns system, lang, metric, score, lo, hi, n and the descriptives (translation.DESCRIPTIVES: floor, raw,
+    length_ratio, english_share): every system's chrF and BLEU per language and averaged, scored with ``length_cap``."""
+    frames = []
     for system in systems:
         per_lang = (found.get(system, {}).get(benchmark) or {}).get("translation")
         if not per_lang:
             continue
-        m = translation_metrics(per_lang, n_boot)
+        m = translation_metrics(per_lang, n_boot, length_cap=length_cap)
+        rows = []
         for metric in METRICS:
             for lang, score in m[metric].items():
                 lo, hi = m["ci"][metric][lang]
                 n = len(per_lang[lang]) if lang != AVG else min(len(r) for r in per_lang.values())
                 rows.append({"system": system, "lang": lang, "metric": metric, "score": score, "lo": lo, "hi": hi, "n": n})
-    return pd.DataFrame(rows, columns=["system", "lang", "metric", "score", "lo", "hi", "n"])
+        frame = pd.DataFrame(rows).merge(descriptive_table(per_lang, length_cap), on=["lang", "metric"], how="left")
+        frames.append(frame)
+    columns = ["system", "lang", "metric", "score", "lo", "hi", "n", *DESCRIPTIVES]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def representation_table(found: dict, systems: list[str], benchmark: str, n_boot: int = 1000) -> pd.DataFrame:
@@ -187,11 +195,12 @@ def representation_table(found: dict, systems: list[str], benchmark: str, n_boot
     return table[["system", *[c for c in table.columns if c != "system"]]]
 
 
-def _translation_groups(per_lang: dict[str, list[dict]], ids: list, metric: str) -> dict[str, np.ndarray]:
+def _translation_groups(per_lang: dict[str, list[dict]], ids: list, metric: str,
+                        length_cap: float | None = None) -> dict[str, np.ndarray]:
     out = {}
     for lang, rows in per_lang.items():
         by_id = {r["id"]: r for r in rows}
-        out[lang] = translation_stats([by_id[i] for i in ids], metric)
+        out[lang] = translation_stats([by_id[i] for i in ids], metric, length_cap)
     return out
 
 
@@ -235,12 +244,13 @@ def _parts(found: dict, a: str, b: str, benchmark: str) -> tuple[list[dict], lis
 
 
 def effects(found: dict, pairs, benchmark: str, n_boot: int = 10_000, seed: int = 0,
-            n_resamples: int = 10_000) -> pd.DataFrame:
+            n_resamples: int = 10_000, length_cap: float | None = None) -> pd.DataFrame:
     """The difference b - a of each pair (a, b) of systems on the same questions, per language and averaged over
     languages (lang ``Avg``, languages.AVG): chrF and BLEU (corpus scores), and each representation measure averaged
     over :func:`summary_layers` (1..L, the embeddings left out). Only the languages and ids every run of both systems
     has take part. Each row: 95% CI, permutation p, Holm ``p_adj`` over its ``family``, ``mde`` and ``verdict`` (see
-    the module docstring for the families, the seeds and the tests). Columns: :data:`COLUMNS`."""
+    the module docstring for the families, the seeds and the tests); translations are scored with ``length_cap``
+    (translation.scored_hypothesis; None = the declared default). Columns: :data:`COLUMNS`."""
     rows = []
     for a, b in pairs:
         ra, rb = _parts(found, a, b, benchmark)
@@ -250,8 +260,8 @@ def effects(found: dict, pairs, benchmark: str, n_boot: int = 10_000, seed: int 
         if setting:
             langs, ids = setting
             for metric in METRICS:
-                ga = [_translation_groups({x: p["translation"][x] for x in langs}, ids, metric) for p in ra]
-                gb = [_translation_groups({x: p["translation"][x] for x in langs}, ids, metric) for p in rb]
+                ga = [_translation_groups({x: p["translation"][x] for x in langs}, ids, metric, length_cap) for p in ra]
+                gb = [_translation_groups({x: p["translation"][x] for x in langs}, ids, metric, length_cap) for p in rb]
                 rows += _effect_rows(a, b, metric, ga, gb, SCORES[metric], n_boot, seed, n_resamples)
         setting = _representation_setting(ra, rb)
         if setting:

@@ -107,7 +107,8 @@ class Context:
     def effects(self, benchmark: str) -> pd.DataFrame:
         key = ("effects", benchmark)
         if key not in self._cache:
-            self._cache[key] = effects.effects(self.analyses, self.study.effects, benchmark, self.n_boot)
+            self._cache[key] = effects.effects(self.analyses, self.study.effects, benchmark, self.n_boot,
+                                                   length_cap=self.study.cfg.translation_length_cap)
         return self._cache[key]
 
     def layer_effects(self, benchmark: str) -> pd.DataFrame:
@@ -221,7 +222,8 @@ def _paper_vs_us(ctx: Context, _) -> pd.DataFrame:
 def _translation(ctx: Context, b: str) -> pd.DataFrame | None:
     if not ctx.analyses:
         return None
-    table = effects.translation_table(ctx.analyses, list(ctx.study.analyses), b, ctx.n_boot)
+    table = effects.translation_table(ctx.analyses, list(ctx.study.analyses), b, ctx.n_boot,
+                                      ctx.study.cfg.translation_length_cap)
     return table.set_index(["system", "lang", "metric"]) if len(table) else table
 
 
