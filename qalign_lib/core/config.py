@@ -98,6 +98,13 @@ class Config:
     stage2_data: list[str] = param(["metamathqa"], "stage-2 datasets, trained one after another (metamathqa, gsm8k, "
                                    "gsm8kinstruct)", "data", "data")
     stage1_limit: int | None = param(None, "stage-1 examples per language (null = all)", "data", "data", min=1)
+    stage1_seed: int | None = param(None, "which stage-1 examples stage1_limit keeps per language: null = the first N "
+                                    "in file order; an int = a seeded random sample (the same source ids in every "
+                                    "language that has them; a smaller sample is a prefix of a larger one)", "data", "data", min=0)
+    stage1_match_tokens: str | None = param(None, "a stage-1 task (e.g. x2en_question) whose supervised English target "
+                                            "tokens per language (with the same langs, stage1_limit and stage1_seed, "
+                                            "counted with the model's tokenizer) the stage-1 set is cut to match, "
+                                            "stage1_limit then ignored for it; null = no matching", "data", "data")
     stage2_limit: int | None = param(None, "stage-2 examples per language and dataset (null = all)", "data", "data", min=1)
     # --- evaluation ---
     eval_langs: list[str] = param(["bn", "th", "sw", "ja", "zh", "de", "fr", "ru", "es", "en", "te"],

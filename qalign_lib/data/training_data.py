@@ -4,8 +4,10 @@ prompt/completion rows; :func:`build` for one task, :func:`build_mixture` for th
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+from typing import Callable
 
 from qalign_lib.core.errors import DataError
 from qalign_lib.core.files import write_jsonl
@@ -68,7 +70,12 @@ STAGE1_TASKS = {
     "x2en_response": _translation(_response_pairs, "x2en"),
     "en2x_response": _translation(_response_pairs, "en2x"),
     "flores_x2en": _translation(_flores_pairs, "x2en"),
+    # control: the X->En questions with each X question's English target replaced by the English of another
+    # question of the same language and the same selection (a seeded derangement, :func:`derange`): the format,
+    # domain and English outputs of x2en_question without its alignment signal
+    "x2en_question_shuffled": _translation(_question_pairs, "x2en"),
 }
+DERANGED = ("x2en_question_shuffled",)  # stage-1 tasks whose targets are deranged within the selected examples
 
 
 def _gsm8k(lang, root=None):
@@ -91,6 +98,7 @@ TASKS = {**STAGE1_TASKS, **STAGE2_DATA}
 # What each task reads, for data checks: task -> (dataset[:split], languages it needs given the requested ones)
 NEEDS = {
     "x2en_question": lambda langs: {"gsm8kinstruct_question": langs},
+    "x2en_question_shuffled": lambda langs: {"gsm8kinstruct_question": langs},
     "en2x_question": lambda langs: {"gsm8kinstruct_question": langs},
     "x2en_response": lambda langs: {"gsm8kinstruct": [*langs, "en"]},
     "en2x_response": lambda langs: {"gsm8kinstruct": [*langs, "en"]},
@@ -113,20 +121,83 @@ def task_langs(task: str, langs) -> list[str]:
     return parse_langs(langs if langs is not None else "all", allowed=allowed, what=f"langs for {task}")
 
 
-def build(task: str, langs=None, limit: int | None = None, root=None) -> list[dict]:
-    """Training examples of one task; ``limit`` keeps the first N examples per language (file order)."""
+def _key(seed: int, example: dict) -> str:
+    """The seeded sort key of an example: a hash of the seed and its source id (the id without the language), so that
+    a seed picks the same source items in every language that has them, and a smaller set is a prefix of a larger."""
+    source = example["id"].removeprefix(f"{example['lang']}-")
+    return hashlib.sha256(f"{seed}:{source}".encode()).hexdigest()
+
+
+def ordered(examples: list[dict], seed: int | None) -> list[dict]:
+    """One language's examples in selection order: file order (``seed`` None) or the seeded order of :func:`_key`."""
+    return list(examples) if seed is None else sorted(examples, key=lambda ex: _key(seed, ex))
+
+
+def derange(examples: list[dict], seed: int | None, lang: str) -> list[dict]:
+    """The examples with their completions permuted so that none keeps its own (nor an identical) completion: a
+    uniformly drawn derangement (shuffles redrawn until none has a fixed point), seeded by ``seed`` and the language."""
+    targets = [ex["completion"] for ex in examples]
+    if len(set(targets)) < 2:
+        raise DataError(f"x2en_question_shuffled [{lang}]: {len(examples)} example(s) with {len(set(targets))} distinct "
+                        "target(s) cannot be deranged; select at least 2 per language (stage1_limit >= 2)")
+    rng = random.Random(f"derange:{seed}:{lang}")
+    order = list(range(len(targets)))
+    while True:
+        rng.shuffle(order)
+        if all(targets[j] != targets[i] for i, j in enumerate(order)):
+            return [{**ex, "completion": targets[j]} for ex, j in zip(examples, order)]
+
+
+def target_tokens(examples: list[dict], count_tokens: Callable[[str], int]) -> int:
+    """Supervised target tokens of a set: the completions' tokens (the EOS each example adds is not counted)."""
+    return sum(count_tokens(ex["completion"]) for ex in examples)
+
+
+def _match(examples: list[dict], budget: int, count_tokens, what: str) -> list[dict]:
+    """The prefix of ``examples`` whose target tokens are closest to ``budget`` (ties: the shorter)."""
+    total, best, best_gap = 0, 0, budget
+    for k, ex in enumerate(examples, 1):
+        total += count_tokens(ex["completion"])
+        if abs(total - budget) < best_gap:
+            best, best_gap = k, abs(total - budget)
+        if total >= budget:
+            break
+    if total < budget:
+        raise DataError(f"{what}: all {len(examples)} examples hold {total} target tokens, fewer than the {budget} to "
+                        "match; match a smaller set (stage1_limit) or leave stage1_match_tokens unset")
+    return examples[:best]
+
+
+def build(task: str, langs=None, limit: int | None = None, root=None, subset_seed: int | None = None,
+          match: str | None = None, count_tokens: Callable[[str], int] | None = None) -> list[dict]:
+    """Training examples of one task; ``limit`` keeps N examples per language: the first N in file order, or with
+    ``subset_seed`` a seeded random sample (:func:`ordered`; the same source ids in every language where they exist).
+    ``match`` (a stage-1 task) cuts each language's examples, in the same order and with no limit, to the prefix whose
+    target tokens (``count_tokens``) are closest to those of ``match`` built with the same languages, limit and seed."""
+    if match is not None:
+        if match not in STAGE1_TASKS or task not in STAGE1_TASKS:
+            raise DataError(f"stage1_match_tokens={match!r} for task {task!r}: both must be stage-1 tasks "
+                            f"({', '.join(STAGE1_TASKS)})")
+        if count_tokens is None:
+            raise DataError("stage1_match_tokens needs a token counter (the model's tokenizer); pass count_tokens")
     rows = []
     for lang in task_langs(task, langs):
-        examples = TASKS[task](lang, root)
-        rows += examples[:limit] if limit else examples
+        examples = ordered(TASKS[task](lang, root), subset_seed)
+        if match is not None:
+            budget = target_tokens(build(match, [lang], limit, root, subset_seed), count_tokens)
+            examples = _match(examples, budget, count_tokens, f"{task} [{lang}] matched to {match}")
+        elif limit:
+            examples = examples[:limit]
+        rows += derange(examples, subset_seed, lang) if task in DERANGED else examples
     return rows
 
 
-def build_mixture(tasks: list[str], langs=None, limit: int | None = None, seed: int = 1234, root=None) -> list[dict]:
-    """Several tasks concatenated and shuffled with ``seed`` (the mixed setting of one training run)."""
+def build_mixture(tasks: list[str], langs=None, limit: int | None = None, seed: int = 1234, root=None, **select) -> list[dict]:
+    """Several tasks concatenated and shuffled with ``seed`` (the mixed setting of one training run); ``select``:
+    :func:`build`'s ``subset_seed``, ``match`` and ``count_tokens``."""
     only_english = all(task in MONOLINGUAL for task in tasks)  # else langs are those of the multilingual tasks
     rows = [row for task in tasks
-            for row in build(task, langs if only_english or task not in MONOLINGUAL else None, limit, root)]
+            for row in build(task, langs if only_english or task not in MONOLINGUAL else None, limit, root, **select)]
     random.Random(seed).shuffle(rows)
     return rows
 

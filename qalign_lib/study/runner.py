@@ -42,19 +42,27 @@ def _target_params(ref: str) -> dict[str, str]:
     return {k: v for k, v in layout.target_of(ref).items() if v is not None}
 
 
+def _override_params(run: studies.Run) -> dict:
+    """A run's overrides as notebook parameters: None is passed as "null" (a notebook's None keeps the size's value,
+    so full fine-tuning, ``lora_r: null``, must be spelled out)."""
+    return {k: "null" if v is None else v for k, v in run.overrides.items()}
+
+
 def _train_status(s: studies.Study, run: studies.Run, todo: dict[str, str]) -> tuple[str, str]:
-    """(status, reason) of one run of the study: compares fingerprints exactly as the stage notebook will."""
+    """(status, reason) of one run of the study: compares fingerprints exactly as the stage notebook will, with the
+    run's overrides."""
+    cfg = run.config(s.cfg)
     if run.init in todo:
         return "todo", f"after {run.init} ({todo[run.init]})"
     if run.stage == 1:
         phases = [(run.name, run.trained_on(), run.init)]
     else:
-        phases = [(name, [dataset], init) for name, dataset, init in stages.phases(s.cfg, run.init, run.stage2_data, run.name)]
+        phases = [(name, [dataset], init) for name, dataset, init in stages.phases(cfg, run.init, run.stage2_data, run.name)]
     for name, tasks, init in phases:
         if name != phases[0][0] and phases[0][0] in todo:
             break
         try:
-            state = training.status(s.cfg, name, tasks, run.langs if run.stage == 1 or "gsm8kinstruct" in tasks else None,
+            state = training.status(cfg, name, tasks, run.langs if run.stage == 1 or "gsm8kinstruct" in tasks else None,
                                     init, run.stage)
         except QAlignError as e:  # e.g. the init phase is not finished yet
             return "todo", str(e).split(";")[0]
@@ -75,6 +83,7 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
             nb, params = "stage1", {**params, "task": run.task, "langs": ",".join(run.langs)}
         else:
             nb, params = "stage2", {**params, "init": run.init, "stage2_data": ",".join(run.stage2_data), "langs": ",".join(run.langs)}
+        params.update(_override_params(run))
         if run.init in blocked:
             status, reason = "skip", f"depends on {run.init}, which is skipped"
         elif missing:
@@ -105,10 +114,12 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         complete = evaluator.is_complete(s.cfg, run=params.get("run"), model=params.get("model"), benchmarks=s.benchmarks)
         steps.append(Step("evaluate", system, "evaluate", params, "done" if complete else "todo", "complete" if complete else ""))
     no_data = studies.missing_analysis_data(s)
-    for system, ref in s.analyses.items():  # what stage 1 did to each model: translation and representations
+    analyses = [(system, ref, len(refs)) for system in s.analyses for refs in [studies.analysis_refs(s, system)] for ref in refs]
+    for system, ref, n_refs in analyses:  # what stage 1 did to each model (each seed): translation and representations
         if only and not (system in only or ref in only or ref in studies.order(s, only)):
             continue
         params = {"size": s.size, **_target_params(ref)}
+        name = system if n_refs == 1 else f"{system} [{ref}]"
         if no_data:
             status, reason = "skip", "missing benchmark data: " + "; ".join(no_data[:3]) + (" ..." if len(no_data) > 3 else "")
         elif ref in blocked:
@@ -118,7 +129,7 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         else:
             complete = pipeline.is_complete(s.cfg, run=params.get("run"), model=params.get("model"))
             status, reason = ("done", "complete") if complete else ("todo", "")
-        steps.append(Step("analyze", system, "analyze", params, status, reason))
+        steps.append(Step("analyze", name, "analyze", params, status, reason))
     if report:
         evaluated = any(st.kind in ("evaluate", "analyze") and st.status != "skip" for st in steps)
         steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name},

@@ -5,6 +5,7 @@ the data it needs, and orders the runs so that one stage-1 model serves every st
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from qalign_lib.core import benchmarks as registry
@@ -12,6 +13,13 @@ from qalign_lib.core import config, layout
 from qalign_lib.core.config import Config
 from qalign_lib.core.errors import ConfigError
 from qalign_lib.data import corpora, training_data
+
+# The parameters a run of a study file may set for itself (seeds, controls, LoRA vs full fine-tuning, dose), over
+# the size's values; the stage-1 ones only on stage-1 runs. Each is part of the run's fingerprint: a learned
+# parameter through the config, a data parameter through the examples it selects.
+RUN_OVERRIDES = ("stage1_limit", "stage1_seed", "stage1_match_tokens", "lora_r", "lora_alpha", "lr")
+STAGE1_ONLY = ("stage1_limit", "stage1_seed", "stage1_match_tokens")
+RUN_KEYS = ("stage", "init", "task", "stage2_data", "langs")  # the structure of a run
 
 
 @dataclass
@@ -22,6 +30,11 @@ class Run:
     task: str = ""  # stage 1: the stage-1 task (x2en_question, ...)
     stage2_data: list[str] = field(default_factory=list)  # stage 2: the datasets, trained one after another
     langs: list[str] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)  # RUN_OVERRIDES this run sets (validated values)
+
+    def config(self, cfg: Config) -> Config:
+        """The size's config with this run's overrides."""
+        return cfg.replace(**self.overrides) if self.overrides else cfg
 
     def trained_on(self) -> list[str]:
         """The training data in order: the stage-1 task, or the stage-2 sequence."""
@@ -39,8 +52,30 @@ class Study:
     caption: str = ""
     groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. table -> systems
     source: str = ""
-    analyses: dict[str, str] = field(default_factory=dict)  # display name -> run, "base" or "model:<id>" (analysis.py)
+    # display name -> its run refs (each a run, "base" or "model:<id>"): one per seed, a single ref a list of one
+    analyses: dict[str, list[str]] = field(default_factory=dict)
     effects: list[tuple[str, str]] = field(default_factory=list)  # (a, b) pairs of analyses: the stage-1 effects b - a
+
+
+def _overrides(spec: dict, where: str, cfg: Config) -> dict:
+    """A run's parameter overrides (RUN_OVERRIDES), each validated; any other key is an error naming the closest."""
+    out = {}
+    for key, value in spec.items():
+        if key in RUN_KEYS:
+            continue
+        if key not in RUN_OVERRIDES:
+            close = difflib.get_close_matches(str(key), [*RUN_KEYS, *RUN_OVERRIDES], n=1)
+            raise ConfigError(f"{where}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                              + f" A run takes {', '.join(RUN_KEYS)} and may override {', '.join(RUN_OVERRIDES)}")
+        if key in STAGE1_ONLY and spec["stage"] != 1:
+            raise ConfigError(f"{where}: {key} is a stage-1 parameter; set it on the stage-1 run this run starts from")
+        out[key] = config.validate(key, value, where)
+    match = out.get("stage1_match_tokens")
+    if match is not None and match not in training_data.STAGE1_TASKS:
+        raise ConfigError(f"{where}: stage1_match_tokens={match!r}: name a stage-1 task ({', '.join(training_data.STAGE1_TASKS)})")
+    if out:
+        cfg.replace(**out)  # the combination is valid for the size (e.g. lora_alpha with lora_r)
+    return out
 
 
 def study_file(name: str):
@@ -78,7 +113,8 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
                 raise ConfigError(f"{where}: unknown stage-2 data {bad}; choose from {', '.join(training_data.STAGE2_DATA)}")
             langs = training_data.task_langs("gsm8kinstruct", spec.get("langs", "all")) if "gsm8kinstruct" in tasks else ["en"]
         runs[run_name] = Run(run_name, spec["stage"], spec.get("init", "base"), task=tasks[0] if spec["stage"] == 1 else "",
-                             stage2_data=tasks if spec["stage"] == 2 else [], langs=langs)
+                             stage2_data=tasks if spec["stage"] == 2 else [], langs=langs,
+                             overrides=_overrides(spec, where, cfg))
     for run in runs.values():
         if run.init != "base" and run.init not in runs:
             raise ConfigError(f"{path}: run {run.name!r} starts from unknown run {run.init!r}")
@@ -105,24 +141,30 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
 
 
 def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, path) -> tuple[dict, list]:
-    """The study's ``analysis`` section: ``systems`` (display name -> run, base or model:<id>) whose translation
-    quality and representation alignment are measured, and ``effects``, pairs [a, b] of them whose difference b - a
+    """The study's ``analysis`` section: ``systems`` (display name -> a run, base or model:<id>, or a list of runs,
+    one per seed; always read as a list) whose translation quality and representation alignment are measured, and ``effects``, pairs [a, b] of them whose difference b - a
     the report tests. Without the section: the base model and every stage-1 run, plus the consistency pair, with
     the effects of each stage-1 run over the base and of the consistency pair's second system over its first."""
     if raw is None:
-        analyses = {"Base": "base", **{f"Stage 1: {name}": name for name, run in runs.items() if run.stage == 1}}
+        analyses = {"Base": ["base"], **{f"Stage 1: {name}": [name] for name, run in runs.items() if run.stage == 1}}
         pair = list(groups.get("consistency") or [])
-        analyses.update({x: systems[x] for x in pair if x in systems})
+        analyses.update({x: [systems[x]] for x in pair if x in systems})
         effects = [("Base", x) for x in analyses if x.startswith("Stage 1: ")]
         effects += [tuple(pair)] if len(pair) == 2 and all(x in analyses for x in pair) else []
         return analyses, effects
     if not isinstance(raw, dict) or not isinstance(raw.get("systems"), dict) or not raw["systems"]:
         raise ConfigError(f"{path}: analysis: expected a mapping with 'systems' (display name -> run, base or "
                           "model:<id>) and optionally 'effects' (a list of [a, b] pairs)")
-    analyses = {str(k): str(v) for k, v in raw["systems"].items()}
-    for system, ref in analyses.items():
-        if ref != "base" and ref not in runs and not layout.is_model_ref(ref):
-            raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}")
+    analyses = {}
+    for system, refs in raw["systems"].items():
+        refs = [refs] if isinstance(refs, str) else refs
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs) or len(set(refs)) < len(refs):
+            raise ConfigError(f"{path}: analysis system {system!r}: expected a run (base, model:<id>) or a list of "
+                              f"distinct runs (one per seed), got {refs!r}")
+        for ref in refs:
+            if ref != "base" and ref not in runs and not layout.is_model_ref(ref):
+                raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}")
+        analyses[str(system)] = list(refs)
     effects = []
     for pair in raw.get("effects") or []:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(x not in analyses for x in pair):
@@ -150,7 +192,8 @@ def order(study: Study, only: list[str] | None = None) -> list[str]:
         if name in study.systems:
             name = study.systems[name]
         elif name in study.analyses:
-            name = study.analyses[name]
+            targets += analysis_refs(study, name)
+            continue
         elif name not in study.runs:
             raise ConfigError(f"--only {name!r}: not a system ({', '.join(study.systems)}) nor a run ({', '.join(study.runs)}) of {study.source}")
         targets.append(name)
@@ -160,6 +203,12 @@ def order(study: Study, only: list[str] | None = None) -> list[str]:
             if run_name not in seen:
                 seen.append(run_name)
     return seen
+
+
+def analysis_refs(study: Study, system: str) -> list[str]:
+    """The run refs of one analysis system (a list; a study built by hand with a plain ref gives a list of one)."""
+    refs = study.analyses[system]
+    return [refs] if isinstance(refs, str) else list(refs)
 
 
 def run_requirements(run: Run) -> dict[str, list[str]]:

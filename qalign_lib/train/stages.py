@@ -1,7 +1,8 @@
 """The two stages of QAlign as thin entries, one per notebook: prepare a run, train it (here or through
 ``accelerate launch``), return its directory. Read top to bottom, this is the recipe:
 
-* :func:`stage1` question alignment (X->En questions) or one of its Table 4 ablations, from the base model;
+* :func:`stage1` question alignment (X->En questions), one of its Table 4 ablations or the shuffled-pairs control,
+  from the base model (which examples: ``stage1_limit``, ``stage1_seed``, ``stage1_match_tokens``);
 * :func:`stage2` response alignment from the base model or a finished run; a sequence of datasets (the mixed
   setting: gsm8kinstruct, then metamathqa) is trained one after another, each phase a run of its own.
 """
@@ -41,6 +42,10 @@ def stage1(cfg: Config, task: str = "x2en_question", langs=None, name: str | Non
     """Question alignment (or one of its ablations) from the base model."""
     if task not in training_data.STAGE1_TASKS:
         raise ConfigError(f"stage-1 task {task!r}: choose one of {', '.join(training_data.STAGE1_TASKS)}")
+    match = cfg.stage1_match_tokens
+    if match is not None and match not in training_data.STAGE1_TASKS:
+        raise ConfigError(f"stage1_match_tokens={match!r}: name the stage-1 task whose English target tokens to match "
+                          f"({', '.join(training_data.STAGE1_TASKS)})")
     langs = cfg.stage1_langs if langs is None else langs
     return train(cfg, name or stage1_name(task), [task], langs, "base", 1)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import importlib.util
 import json
@@ -60,12 +61,24 @@ def plan(cfg: config.Config, name: str, tasks: list[str], langs, init: str = "ba
     layout.check_name(name)
     start = init_ref(cfg, init)
     limit = cfg.stage1_limit if stage == 1 else cfg.stage2_limit
-    examples = training_data.build_mixture(tasks, langs, limit, cfg.seed)
+    select = {}
+    if stage == 1:  # which stage-1 examples (stage1_seed) and how many tokens (stage1_match_tokens)
+        select = {"subset_seed": cfg.stage1_seed, "match": cfg.stage1_match_tokens}
+        if cfg.stage1_match_tokens is not None:
+            select["count_tokens"] = token_counter(cfg.model)
+    examples = training_data.build_mixture(tasks, langs, limit, cfg.seed, **select)
     if not examples:
         raise DataError(f"run {name}: no training examples for {tasks} {langs}")
     return {"name": name, "stage": stage, "tasks": list(tasks), "langs": data_langs(tasks, langs), "init": init,
             "init_model": start, "fingerprint": fingerprint(cfg, tasks, data_langs(tasks, langs), init, examples),
             "n_examples": len(examples), "examples": examples}
+
+
+@functools.lru_cache(maxsize=4)
+def token_counter(model: str):
+    """Tokens of a text with ``model``'s tokenizer, no special tokens (what stage1_match_tokens counts)."""
+    tokenizer = modeling.load_tokenizer(model)
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def status(cfg: config.Config, name: str, tasks: list[str], langs, init: str = "base", stage: int = 1) -> str:

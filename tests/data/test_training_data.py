@@ -126,3 +126,76 @@ def test_mixture_is_shuffled_with_seed(fixture_data):
     b = training_data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=1)
     c = training_data.build_mixture(["gsm8kinstruct", "gsm8k"], "de,en", seed=2)
     assert a == b and sorted(r["id"] for r in a) == sorted(r["id"] for r in c) and len(a) == 5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Seeded subsets, the shuffled control and token matching
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def test_seeded_subset_is_a_fixed_sample_shared_by_languages_and_nested(synthetic_data):
+    first = training_data.build("x2en_question", "de", limit=4)
+    assert [r["id"] for r in first] == ["de-0", "de-1", "de-2", "de-3"]  # no seed: the first N in file order, as before
+    assert training_data.build("x2en_question", "de", limit=4, subset_seed=None) == first
+    a = training_data.build("x2en_question", "de,fr", limit=4, subset_seed=1)
+    assert a == training_data.build("x2en_question", "de,fr", limit=4, subset_seed=1)  # fixed
+    de, fr = ([r["id"].split("-")[1] for r in a if r["lang"] == lang] for lang in ("de", "fr"))
+    assert len(de) == 4 and de != ["0", "1", "2", "3"]
+    pool = {"de": set(range(40)) - {5}, "fr": set(range(40)) - {6}}  # each language misses one id (tests/synthetic.py)
+    expected = sorted(pool["de"] & pool["fr"], key=lambda i: training_data._key(1, {"id": f"x-{i}", "lang": "x"}))[:4]
+    assert de == fr == [str(i) for i in expected]  # the same source questions in both languages
+    b = training_data.build("x2en_question", "de,fr", limit=4, subset_seed=2)
+    assert [r["id"] for r in a] != [r["id"] for r in b]
+    big = training_data.build("x2en_question", "de", limit=12, subset_seed=1)
+    assert big[:4] == [r for r in a if r["lang"] == "de"]  # a smaller sample is a prefix of a larger one
+    en2x = training_data.build("en2x_question", "de,fr", limit=4, subset_seed=1)
+    assert [r["id"] for r in en2x] == [r["id"] for r in a]  # the same questions across the variants of one seed
+
+
+def test_shuffled_control_is_an_exact_derangement_of_the_same_targets(synthetic_data):
+    for seed in (None, 1, 2):
+        real = training_data.build("x2en_question", "de,fr", limit=6, subset_seed=seed)
+        shuffled = training_data.build("x2en_question_shuffled", "de,fr", limit=6, subset_seed=seed)
+        assert [(r["prompt"], r["lang"], r["id"]) for r in shuffled] == [(r["prompt"], r["lang"], r["id"]) for r in real]
+        for lang in ("de", "fr"):
+            mine = [r["completion"] for r in real if r["lang"] == lang]
+            theirs = [r["completion"] for r in shuffled if r["lang"] == lang]
+            assert sorted(theirs) == sorted(mine)  # the same English outputs, within the language
+            assert all(x != y for x, y in zip(mine, theirs))  # no question keeps its own translation
+    again = training_data.build("x2en_question_shuffled", "de", limit=6, subset_seed=1)
+    assert again == [r for r in training_data.build("x2en_question_shuffled", "de,fr", limit=6, subset_seed=1)
+                     if r["lang"] == "de"]  # fixed, whatever else is built
+    assert set(training_data.STAGE1_TASKS) >= {"x2en_question_shuffled"}
+    assert training_data.NEEDS["x2en_question_shuffled"](["de"]) == {"gsm8kinstruct_question": ["de"]}
+
+
+def test_derange_exact_and_its_limits():
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}", "lang": "de", "id": f"de-{i}"} for i in range(2)]
+    assert [r["completion"] for r in training_data.derange(rows, 1, "de")] == ["c1", "c0"]  # the only derangement of 2
+    dup = [{**rows[0], "completion": "same"}, {**rows[1], "completion": "same"}]
+    with pytest.raises(DataError, match=r"cannot be deranged; select at least 2 per language"):
+        training_data.derange(dup, 1, "de")
+    with pytest.raises(DataError, match=r"1 example\(s\) with 1 distinct target"):
+        training_data.derange(rows[:1], 1, "de")
+
+
+def test_token_matching_cuts_each_language_to_the_reference_tokens(synthetic_data):
+    ref = training_data.build("x2en_question", "de,fr", limit=4, subset_seed=1)
+    matched = training_data.build("flores_x2en", "de,fr", limit=4, subset_seed=1, match="x2en_question", count_tokens=len)
+    for lang in ("de", "fr"):
+        budget = training_data.target_tokens([r for r in ref if r["lang"] == lang], len)  # characters here
+        mine = [r for r in matched if r["lang"] == lang]
+        flores = training_data.ordered(training_data.TASKS["flores_x2en"](lang), 1)
+        assert mine == flores[:len(mine)]  # a prefix of the seeded order, the limit ignored
+        sums = [training_data.target_tokens(flores[:k], len) for k in range(len(flores) + 1)]
+        best = min(range(len(sums)), key=lambda k: (abs(sums[k] - budget), k))
+        assert len(mine) == best > 0
+    with pytest.raises(DataError, match=r"fewer than the .* to match"):
+        training_data.build("flores_x2en", "de", limit=30, match="x2en_question", count_tokens=_words)
+    with pytest.raises(DataError, match="needs a token counter"):
+        training_data.build("flores_x2en", "de", limit=4, match="x2en_question")
+    with pytest.raises(DataError, match="must be stage-1 tasks"):
+        training_data.build("flores_x2en", "de", limit=4, match="gsm8k", count_tokens=_words)

@@ -117,3 +117,64 @@ def test_dry_run_without_benchmark_data_skips_evaluation_and_report(tiny_params,
     assert all(st.status == "todo" for st in steps if st.kind == "train")  # training data is all there
     rc, _ = cli(["study", "--study", "tiny", "--dry-run"], capsys)
     assert rc == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-run overrides and analyses over seeds
+
+OVERRIDE_STUDY = BASE_STUDY.replace("systems:", """  s1-seed1: {stage: 1, task: x2en_question, langs: [de, fr], stage1_seed: 1}
+  s1-seed2: {stage: 1, task: x2en_question, langs: [de, fr], stage1_seed: 2}
+  s1-full: {stage: 1, task: x2en_question_shuffled, langs: [de, fr], lora_r: null, lr: 1.0e-4, stage1_limit: 3}
+  final-full: {stage: 2, init: s1-full, stage2_data: [gsm8k], lora_r: null}
+systems:""") + """analysis:
+  systems: {Base: base, Seeds: [s1-seed1, s1-seed2], Full: [s1-full]}
+  effects: [[Base, Seeds], [Seeds, Full]]
+"""
+
+
+def test_plan_passes_run_overrides_and_analyses_each_seed(params_copy, synthetic_data):
+    write_study(params_copy, OVERRIDE_STUDY)
+    steps = runner.plan(studies.load("x"))
+    train = {st.name: st.params for st in steps if st.kind == "train"}
+    assert train["s1"] == {"size": "tiny", "run_name": "s1", "task": "x2en_question", "langs": "de,fr"}
+    assert train["s1-seed1"] == {**train["s1"], "run_name": "s1-seed1", "stage1_seed": 1}
+    assert train["s1-full"] == {"size": "tiny", "run_name": "s1-full", "task": "x2en_question_shuffled", "langs": "de,fr",
+                                "lora_r": "null", "lr": 1.0e-4, "stage1_limit": 3}  # None spelled out: full fine-tuning
+    assert train["final-full"] == {"size": "tiny", "run_name": "final-full", "init": "s1-full", "stage2_data": "gsm8k",
+                                   "langs": "en", "lora_r": "null"}
+    analyze = [(st.name, st.params, st.status, st.reason) for st in steps if st.kind == "analyze"]
+    assert analyze == [("Base", {"size": "tiny", "run": "base"}, "todo", ""),
+                       ("Seeds [s1-seed1]", {"size": "tiny", "run": "s1-seed1"}, "todo", "after training s1-seed1"),
+                       ("Seeds [s1-seed2]", {"size": "tiny", "run": "s1-seed2"}, "todo", "after training s1-seed2"),
+                       ("Full", {"size": "tiny", "run": "s1-full"}, "todo", "after training s1-full")]
+    only = runner.plan(studies.load("x"), only=["Seeds"], report=False)
+    assert [(st.kind, st.name) for st in only] == [("train", "s1-seed1"), ("train", "s1-seed2"),
+                                                   ("analyze", "Seeds [s1-seed1]"), ("analyze", "Seeds [s1-seed2]")]
+
+
+@pytest.mark.slow  # builds every run's examples from the real data (about a minute)
+def test_offline_study_dry_run_plan(real_data):
+    s = studies.load("offline")
+    steps = runner.plan(s)
+    analyze = [st.name for st in steps if st.kind == "analyze"]
+    assert "Stage 1: X->En questions [s1-x2en_question-seed3]" in analyze and "Base" in analyze
+    assert len(analyze) == sum(len(refs) for refs in s.analyses.values()) == 21
+    train = {st.name: st for st in steps if st.kind == "train"}
+    assert train["s1-flores_x2en-matched-seed2"].params["stage1_match_tokens"] == "x2en_question"
+    assert train["s1-x2en_response"].status == "skip"  # multilingual answers are missing offline
+
+
+@pytest.mark.train
+def test_a_changed_override_retrains_the_run(params_copy, synthetic_data, tiny_model):
+    """An override is part of the run's fingerprint: the planner and the stage agree that a run trained with
+    stage1_seed 1 is done under 1 and changed under 2."""
+    small = dict(model=tiny_model, stage1_limit=2, batch_size=8, per_device_batch_size=8, report_to="none")
+    write_study(params_copy, BASE_STUDY.replace("langs: [de, fr]}", "langs: [de, fr], stage1_seed: 1}"))
+    s = studies.load("x", **small)
+    run = s.runs["s1"]
+    stages.stage1(run.config(s.cfg), run.task, run.langs, name=run.name)
+    assert {st.name: st.status for st in runner.plan(s)}["s1"] == "done"
+    write_study(params_copy, BASE_STUDY.replace("langs: [de, fr]}", "langs: [de, fr], stage1_seed: 2}"))
+    steps = {st.name: st for st in runner.plan(studies.load("x", **small))}
+    assert steps["s1"].status == "todo" and steps["s1"].reason == "inputs changed since it was trained"
+    assert steps["final"].reason.startswith("after s1")

@@ -29,6 +29,29 @@ def test_stage_entries_validate_their_arguments(synthetic_data, tiny_model):
     assert stages.phases(cfg) == [("base__gsm8k", "gsm8k", "base")]  # the size's stage2_data
 
 
+def test_stage1_selection_reaches_the_examples(synthetic_data, tiny_model):
+    """stage1_seed, stage1_match_tokens and the shuffled control, as a stage-1 run plans them (training.plan)."""
+    from qalign_lib.data import training_data
+    from qalign_lib.train import training
+
+    cfg = train_cfg(tiny_model)
+    with pytest.raises(ConfigError, match="stage1_match_tokens='questions': name the stage-1 task"):
+        stages.stage1(cfg.replace(stage1_match_tokens="questions"))
+    plain = training.plan(cfg, "a", ["x2en_question"], ["de", "fr"])
+    seeded = training.plan(cfg.replace(stage1_seed=1), "a", ["x2en_question"], ["de", "fr"])
+    assert sorted(r["id"] for r in seeded["examples"]) == sorted(
+        r["id"] for r in training_data.build("x2en_question", ["de", "fr"], cfg.stage1_limit, subset_seed=1))
+    assert seeded["fingerprint"] != plain["fingerprint"]
+    assert training.plan(cfg.replace(stage1_seed=None), "a", ["x2en_question"], ["de", "fr"])["fingerprint"] == plain["fingerprint"]
+    matched = training.plan(cfg.replace(stage1_match_tokens="x2en_question"), "a", ["flores_x2en"], ["de"])
+    count = training.token_counter(cfg.model)
+    expected = training_data.build("flores_x2en", ["de"], cfg.stage1_limit, match="x2en_question", count_tokens=count)
+    assert sorted(map(str, matched["examples"])) == sorted(map(str, expected))
+    shuffled = training.plan(cfg, "a", ["x2en_question_shuffled"], ["de", "fr"])
+    assert sorted(r["completion"] for r in shuffled["examples"]) == sorted(r["completion"] for r in plain["examples"])
+    assert shuffled["fingerprint"] != plain["fingerprint"]
+
+
 def test_big_size_without_gpu_stops_early():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
