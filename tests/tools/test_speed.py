@@ -48,7 +48,9 @@ def test_benchmark_smoke(varied_data, tmp_path):
     assert m["generate"]["n"] == 6 and m["generate"]["mismatches"] == 0  # fp32 greedy: identical outputs
     g = m["generate"]
     assert g["identical"] == {"reference": 1.0, "hf": 1.0} and set(g["engines"]) == {"hf"}  # tiny-random: hf only
-    assert 0 < g["reference"]["roofline_fraction"] < 1 and g["roofline_tokens_per_s"] > 0
+    for x in (g["reference"], g["ours"]):
+        assert 0 < x["roofline_share"] <= 1 and x["roofline_share"] == max(x["compute_share"], x["memory_share"])
+    assert g["bandwidth"] > 0 and g["peak_flops"] >= results["peak_flops"]
     assert g["reference"]["flops"] == pytest.approx(g["ours"]["flops"])  # same outputs, same useful work
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert saved["models"]["tiny-random"]["train"]["ratio"] == pytest.approx(train["ratio"])
@@ -56,6 +58,48 @@ def test_benchmark_smoke(varied_data, tmp_path):
     assert "| tiny-random | train tokens/s |" in (tmp_path / "bench" / "results.md").read_text()
     assert "| tiny-random | generated tokens/s (hf) |" in (tmp_path / "bench" / "results.md").read_text()
     assert (tmp_path / "bench" / "ratios.png").stat().st_size > 0
+
+
+def test_roofline_is_the_slower_of_compute_and_memory():
+    assert speed.roofline(6e9, 5e9, peak=2e9, bandwidth=1e9) == {"compute_s": 3.0, "memory_s": 5.0, "limit_s": 5.0,
+                                                                "bound": "memory"}
+    assert speed.roofline(8e9, 1e9, peak=2e9, bandwidth=1e9)["bound"] == "compute"
+    assert speed.share_of_limit(5.0, 10.0, "x") == 0.5
+    assert speed.share_of_limit(5.0, 5.0, "x") == 1.0
+    with pytest.raises(AssertionError, match="x: 125.0% of its roofline, above 100%"):
+        speed.share_of_limit(5.0, 4.0, "x")
+
+
+def test_generation_bytes_count_weights_per_pass_and_the_kv_cache():
+    # two rows: prompt 3 with 2 new tokens, prompt 5 with 1; 100 bytes of weights, 10 bytes of KV a token
+    nbytes = speed.gen_bytes(100, 10, [3, 5])
+    # 2 passes of the weights (the longest row); row 1 writes 3 + 1 tokens and reads 3, row 2 writes 5 and reads 0
+    assert nbytes([2, 1]) == 2 * 100 + 10 * (4 + 3 + 5)
+    # prompt 2, 3 new tokens: writes 2 + 2, reads 2 (token 2) + 3 (token 3); 3 passes
+    assert speed.gen_bytes(100, 10, [2])([3]) == 3 * 100 + 10 * (4 + 5)
+    from types import SimpleNamespace
+    smollm2 = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
+    assert speed.kv_bytes_per_token(smollm2, 4) == 46080  # 2 x 30 layers x 3 kv heads x 64 x 4 bytes
+
+
+def test_summaries_never_report_above_their_limit():
+    run = {"seconds": 10.0, "questions": 2, "new_tokens": 40, "flops": 6e9, "bytes": 5e9, "peak_mem_gib": 1.0}
+    out = speed.summarize([run], 2e9, bandwidth=1e9)
+    assert (out["roofline_share"], out["compute_share"], out["memory_share"], out["bound"]) == (0.5, 0.3, 0.5, "memory")
+    assert out["roofline_tokens_per_s"] == 8.0 and out["new_tokens_per_s"] == 4.0
+    with pytest.raises(AssertionError, match="generation: 125.0%"):
+        speed.summarize([{**run, "seconds": 4.0}], 2e9, bandwidth=1e9)
+    train = {"seconds": 2.0, "tokens": 100, "slots": 125, "flops": 3e9, "peak_mem_gib": 1.0}
+    out = speed.summarize([train], 2e9)
+    assert out["mfu"] == 0.75 and out["pad_share"] == pytest.approx(0.2, abs=1e-12)
+    with pytest.raises(AssertionError, match="training MFU: 125.0%"):
+        speed.summarize([{**train, "flops": 5e9}], 2e9)
+
+
+def test_memory_bandwidth_given_or_measured():
+    assert speed.memory_bandwidth({"peak_bandwidth": 5e10}, 2**20) == (5e10, "given (peak_bandwidth)")
+    bandwidth, source = speed.memory_bandwidth({}, 8 * 2**20, repeats=2)
+    assert bandwidth > 0 and source == "measured: torch.sum over 8 MiB (the weights' size), best of 2"
 
 
 def test_settings_overrides_and_errors():
