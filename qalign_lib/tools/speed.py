@@ -34,14 +34,16 @@ Metrics
   roofline  generation: the least time the workload can take on this device is the slower of compute and memory,
             limit = max(F / peak, B / bandwidth); `roofline_share` = limit / seconds, never above 1 (checked: a share
             above 1 means the model of the limit or a measured peak is wrong, and the run stops saying so).
-            F = useful FLOPs = 2 N_body (P + G) + 2 N_head G + 4 n_layers d sum(context lengths) over every prompt
-            (P prompt tokens, G generated tokens; the output head only where a token is generated; no padding, no
-            finished rows). B = the bytes that must move: the weights (N x dtype bytes) once per forward pass of the
-            shortest schedule, max_i G_i passes (every row in every pass: a row's next token needs its last), plus the
-            KV cache, written once per token and read once per decode step for the row's context (kv bytes a token =
-            2 n_layers kv_heads head_dim x dtype bytes). peak = a measured matmul (CPU; GPU: the datasheet's bf16
-            dense peak), bandwidth = a streaming read (torch.sum) of a buffer the size of the weights, best of 10,
-            both measured in the same run, right before the generation part. `compute_share` = F / peak / seconds and
+            F = useful FLOPs = the least work: 2 N_body + 4 n_layers d k for every distinct prompt prefix (a trie
+            node at depth k; a prefix several prompts share, the template's opening, once: vLLM caches prefixes),
+            then per row 2 N_body + 4 n_layers d (context) for each generated token fed back (G - 1: the last is
+            never fed) and 2 N_head per generated token; no padding, no finished rows. B = the bytes that must move:
+            the weights (N x dtype bytes) once per forward pass of the shortest schedule, max_i G_i passes (every row
+            in every pass: a row's next token needs its last), plus the KV cache, written once per distinct prefix
+            and fed token and read once per decode step for the row's context (kv bytes a token = 2 n_layers
+            kv_heads head_dim x dtype bytes). peak = a measured matmul (CPU; GPU: the datasheet's bf16 dense peak),
+            bandwidth = a streaming read (torch.sum) of a buffer the size of the weights, best of 10, both measured
+            in the same run (peak: the better of the run's start and right after the generation part). `compute_share` = F / peak / seconds and
             `memory_share` = B / bandwidth / seconds say which limit binds (`bound`); `roofline_tokens_per_s` =
             G / limit, the generated tokens/s the workload would reach at its limit.
 """
@@ -352,21 +354,47 @@ def generate_once(engine, groups: list[list[str]], recipe: str, s: dict, flops_o
             "peak_mem_gib": _peak_gib()}, outputs
 
 
-def gen_flops(model, prompt_lengths: list[int]):
-    """Useful FLOPs of generating ``new[i]`` tokens after prompt i (see the module's docstring: roofline)."""
-    c, head = model.config, model.get_output_embeddings()
-    n_head = head.weight.numel() if head is not None else 0
-    n_body = matmul_params(model) - n_head
-    per_ctx = 4 * c.num_hidden_layers * c.hidden_size
+def prefix_nodes(prompt_ids: list[list[int]]) -> list[int]:
+    """The positions (1-based depth) of the distinct prefixes of the prompts: a prefix several prompts share (the
+    Alpaca template's opening) is one node, computed once by an engine that caches prefixes (vLLM), so the least
+    work counts it once."""
+    root: dict = {}
+    depths = []
+    for ids in prompt_ids:
+        node = root
+        for depth, t in enumerate(ids, 1):
+            if t not in node:
+                node[t] = {}
+                depths.append(depth)
+            node = node[t]
+    return depths
+
+
+def useful_flops(n_body: int, n_head: int, layers: int, hidden: int, prompt_ids: list[list[int]]):
+    """Useful FLOPs of generating ``new[i]`` tokens after prompt i (see the module's docstring: roofline): every
+    distinct prompt prefix once (a forward pass of the body and attention over its depth), then per row the g - 1
+    generated tokens fed back (the last is never fed) with attention over their context, and the output head once per
+    generated token."""
+    per_ctx = 4 * layers * hidden
+    nodes = prefix_nodes(prompt_ids)
+    prefill = 2 * n_body * len(nodes) + per_ctx * sum(nodes)
+    lengths = [len(ids) for ids in prompt_ids]
 
     def flops(new: list[int]) -> float:
-        total = 0.0
-        for p, g in zip(prompt_lengths, new):
-            context = p * (p + 1) / 2 + g * p + g * (g - 1) / 2  # causal attention: positions seen by each token
-            total += 2 * n_body * (p + g) + 2 * n_head * g + per_ctx * context
+        total = prefill
+        for p, g in zip(lengths, new):
+            fed = max(g - 1, 0)
+            total += 2 * n_body * fed + per_ctx * (fed * p + fed * (fed + 1) / 2) + 2 * n_head * g
         return total
 
     return flops
+
+
+def gen_flops(model, prompt_ids: list[list[int]]):
+    """useful_flops for a Transformers model (N_head: the output head's weights; N_body: the other matmul weights)."""
+    c, head = model.config, model.get_output_embeddings()
+    n_head = head.weight.numel() if head is not None else 0
+    return useful_flops(matmul_params(model) - n_head, n_head, c.num_hidden_layers, c.hidden_size, prompt_ids)
 
 
 def kv_bytes_per_token(config, element_size: int) -> int:
@@ -378,47 +406,52 @@ def kv_bytes_per_token(config, element_size: int) -> int:
     return 2 * cfg.num_hidden_layers * kv_heads * head_dim * element_size
 
 
-def gen_bytes(weight_bytes: int, kv_per_token: int, prompt_lengths: list[int]):
+def gen_bytes(weight_bytes: int, kv_per_token: int, prompt_ids: list[list[int]]):
     """Bytes that generating ``new[i]`` tokens after prompt i must move at least (see the module's docstring:
     roofline): the weights once per pass of the shortest schedule (max new passes, every row in every pass) and the
-    KV cache, each token's written once (prompt and generated tokens but the last, which is never fed back) and the
-    row's context read by every decode step (the step that produces token k >= 2 reads p + k - 2 cached tokens)."""
+    KV cache: each distinct prompt prefix's written once (prefix_nodes), each generated token's but the last (never
+    fed back) once, and the row's context read by every decode step (the step that produces token k >= 2 reads
+    p + k - 2 cached tokens)."""
+    written = len(prefix_nodes(prompt_ids))
+    lengths = [len(ids) for ids in prompt_ids]
 
     def nbytes(new: list[int]) -> float:
-        passes = max(new, default=0)
-        kv_tokens = 0.0
-        for p, g in zip(prompt_lengths, new):
-            g = max(g, 1)  # the prefill ran, and produced one token
-            kv_tokens += (p + g - 1) + (g - 1) * p + (g - 1) * (g - 2) / 2
-        return weight_bytes * passes + kv_per_token * kv_tokens
+        kv_tokens = float(written)
+        for p, g in zip(lengths, new):
+            fed = max(g - 1, 0)
+            kv_tokens += fed + fed * p + fed * (fed - 1) / 2
+        return weight_bytes * max(new, default=0) + kv_per_token * kv_tokens
 
     return nbytes
 
 
-def alternate(fn, repeats: int, recipes=RECIPES) -> dict[str, list]:
-    """fn(recipe) for every recipe ``repeats`` times, reversing the order every other round (ref, ours, ours, ref, ...)."""
-    runs = {r: [] for r in recipes}
-    for k in range(repeats):
-        for recipe in recipes if k % 2 == 0 else recipes[::-1]:
-            logger.info("  %s (round %d/%d)", recipe, k + 1, repeats)
-            runs[recipe].append(fn(recipe))
-    return runs
+def check_limits(results: dict) -> None:
+    """Every generation share of roofline and every training MFU of ``results`` at most 1 (share_of_limit);
+    called after the results are written, so that the numbers of a failing run can be read."""
+    for name, m in results["models"].items():
+        t, g = m.get("train", {}), m.get("generate", {})
+        for recipe, x in [*((r, t.get(r)) for r in RECIPES), *t.get("extra", {}).items()]:
+            if x and "mfu" in x:
+                share_of_limit(x["mfu"], 1.0, f"{name}: training MFU ({recipe})")
+        for recipe, x in [("reference", g.get("reference")), *g.get("engines", {}).items()]:
+            if x and "roofline_share" in x:
+                share_of_limit(x["roofline_share"], 1.0, f"{name}: generation ({recipe}, {x['bound']}-bound)")
 
 
 def summarize(runs: list[dict], peak: float, bandwidth: float | None = None) -> dict:
     """Sum the runs of one recipe (times and counts), keep the largest memory peak, and derive the rates: training
-    MFU, or generation's share of its roofline (``bandwidth`` given); neither may exceed 1 (share_of_limit)."""
+    MFU, or generation's share of its roofline (``bandwidth`` given); check_limits checks both."""
     total = {k: sum(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, (int, float)) and k != "peak_mem_gib"}
     out = {**total, "peak_mem_gib": max(r["peak_mem_gib"] for r in runs), "seconds_per_round": [r["seconds"] for r in runs]}
     for k in ("tokens", "questions", "new_tokens"):
         if k in total:
             out[f"{k}_per_s"] = total[k] / total["seconds"]
     if "flops" in total and "slots" in total:
-        out["mfu"] = share_of_limit(total["flops"] / peak, total["seconds"], "training MFU")
+        out["mfu"] = total["flops"] / total["seconds"] / peak
         out["pad_share"] = 1 - total["tokens"] / total["slots"]
     elif "flops" in total and bandwidth:
         limit = roofline(total["flops"], total["bytes"], peak, bandwidth)
-        out.update(limit, roofline_share=share_of_limit(limit["limit_s"], total["seconds"], "generation"),
+        out.update(limit, roofline_share=limit["limit_s"] / total["seconds"],
                    compute_share=limit["compute_s"] / total["seconds"], memory_share=limit["memory_s"] / total["seconds"],
                    roofline_tokens_per_s=total["new_tokens"] / limit["limit_s"])
     if "recipe" in runs[0]:
@@ -501,11 +534,12 @@ def bench_generation(name: str, s: dict, model, tok, peak: float, work: Path) ->
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0" if s["threads"] == 1 else f"0-{s['threads'] - 1}")
         ref = str(_random_llama(work, "tiny-random", 1000)) if name == "tiny-random" else name
         runners["vllm"] = engines.VLLM(ref, s["dtype"], 1, chunk=len(flat), eager=s.get("vllm_eager"))
-    lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in flat]
-    flops_of = gen_flops(model, lengths)
+    ids = [tok(p, add_special_tokens=True)["input_ids"] for p in flat]
+    lengths = [len(x) for x in ids]
+    flops_of = gen_flops(model, ids)
     element = next(model.parameters()).element_size()
     weight_bytes, kv_token = matmul_params(model) * element, kv_bytes_per_token(model.config, element)
-    bytes_of = gen_bytes(weight_bytes, kv_token, lengths)
+    bytes_of = gen_bytes(weight_bytes, kv_token, ids)
     for recipe in runners:  # warm-up: first calls allocate and pick kernels
         list(runners[recipe].generate(flat[:2], 4, 2, desc="warm-up"))
     outputs = {r: [] for r in runners}
@@ -515,13 +549,14 @@ def bench_generation(name: str, s: dict, model, tok, peak: float, work: Path) ->
         outputs[recipe].append(result)
         return metrics
 
-    # the limits, measured in this run right before the part they bound (the better of two peaks: a shared device)
+    recipes = ("reference", *wanted)
+    runs = alternate(gen, s["repeats"], recipes)
+    # the limits, measured in this run right after the part they bound; on a shared device the best of the run's
+    # measurements (at its start and here) comes nearest the real peak
     peak = max(peak, peak_flops(s)[0])
     bandwidth, bw_source = memory_bandwidth(s, weight_bytes)
     logger.info("%s: roofline of generation: peak %.3g FLOP/s, bandwidth %.3g GB/s (%s)", name, peak, bandwidth / 1e9,
                 bw_source)
-    recipes = ("reference", *wanted)
-    runs = alternate(gen, s["repeats"], recipes)
     summary = {r: summarize(runs[r], peak, bandwidth) for r in recipes}
     first = outputs["reference"][0]
     result = {"reference": summary["reference"], "ours": summary["hf"], "engines": {e: summary[e] for e in wanted},
@@ -571,6 +606,7 @@ def run(s: dict, out_dir: str | Path | None = None) -> dict:
         torch.set_num_threads(threads)
     results["seconds"] = time.perf_counter() - start
     write(results, out)
+    check_limits(results)
     return results
 
 
@@ -636,9 +672,10 @@ def table(results: dict) -> str:
                  "round can be off by tens of percent. MFU = (6 N T + 12 layers hidden sum L_i^2) / seconds / peak, "
                  "real tokens only (LoRA: 4 N T + 6 N_adapters T + attention; no weight gradients of frozen weights). "
                  "Generation share of roofline = limit / seconds, limit = max(useful FLOPs / peak, bytes / bandwidth): "
-                 "useful FLOPs 2 N_body (P + G) + 2 N_head G + 4 layers hidden sum of context lengths (prompts "
-                 "included, padding excluded); bytes = the weights once per pass of the shortest schedule (max G "
-                 "passes) + the KV cache written once and read by every decode step (qalign_lib/tools/speed.py). "
+                 "useful FLOPs = the body over every distinct prompt prefix (shared prefixes once) and every "
+                 "generated token fed back, attention over each one's context, the head over generated tokens "
+                 "(padding excluded); bytes = the weights once per pass of the shortest schedule (max G passes) + the "
+                 "KV cache written once and read by every decode step (qalign_lib/tools/speed.py). "
                  "Higher is better for every metric except memory.")
     return "\n".join(lines) + "\n"
 

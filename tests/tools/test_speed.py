@@ -70,30 +70,50 @@ def test_roofline_is_the_slower_of_compute_and_memory():
         speed.share_of_limit(5.0, 4.0, "x")
 
 
+def test_useful_flops_count_shared_prefixes_once_and_fed_tokens():
+    assert speed.prefix_nodes([[1, 2, 3], [1, 2, 4, 5], [6]]) == [1, 2, 3, 3, 4, 1]  # [1, 2] is shared
+    # N_body 10, N_head 3, 1 layer, hidden 1 (4 FLOPs a context position); prompts [1, 2, 3] and [1, 2, 4, 5]
+    flops = speed.useful_flops(10, 3, 1, 1, [[1, 2, 3], [1, 2, 4, 5]])
+    prefill = 2 * 10 * 5 + 4 * (1 + 2 + 3 + 3 + 4)  # 5 distinct prefixes at depths 1, 2, 3, 3, 4
+    # row 1: 2 new tokens, 1 fed back at context 4; row 2: 1 new token, nothing fed back
+    assert flops([2, 1]) == prefill + (2 * 10 + 4 * 4 + 2 * 3 * 2) + 2 * 3 * 1
+    # 3 new tokens after a 2-token prompt: 2 fed back, at contexts 3 and 4
+    assert speed.useful_flops(10, 3, 1, 1, [[7, 8]])([3]) == 2 * 10 * 2 + 4 * 3 + 2 * 2 * 10 + 4 * (3 + 4) + 2 * 3 * 3
+
+
 def test_generation_bytes_count_weights_per_pass_and_the_kv_cache():
-    # two rows: prompt 3 with 2 new tokens, prompt 5 with 1; 100 bytes of weights, 10 bytes of KV a token
-    nbytes = speed.gen_bytes(100, 10, [3, 5])
-    # 2 passes of the weights (the longest row); row 1 writes 3 + 1 tokens and reads 3, row 2 writes 5 and reads 0
-    assert nbytes([2, 1]) == 2 * 100 + 10 * (4 + 3 + 5)
+    # prompts [1, 2, 3] and [1, 2, 4, 5, 6]: 6 distinct prefixes; 100 bytes of weights, 10 bytes of KV a token
+    nbytes = speed.gen_bytes(100, 10, [[1, 2, 3], [1, 2, 4, 5, 6]])
+    # 2 passes of the weights (the longest row); row 1 (2 new) writes 1 fed token and reads its 3 prompt tokens once,
+    # row 2 (1 new) writes and reads nothing more
+    assert nbytes([2, 1]) == 2 * 100 + 10 * (6 + 1 + 3)
     # prompt 2, 3 new tokens: writes 2 + 2, reads 2 (token 2) + 3 (token 3); 3 passes
-    assert speed.gen_bytes(100, 10, [2])([3]) == 3 * 100 + 10 * (4 + 5)
+    assert speed.gen_bytes(100, 10, [[7, 8]])([3]) == 3 * 100 + 10 * (4 + 5)
     from types import SimpleNamespace
     smollm2 = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
     assert speed.kv_bytes_per_token(smollm2, 4) == 46080  # 2 x 30 layers x 3 kv heads x 64 x 4 bytes
 
 
-def test_summaries_never_report_above_their_limit():
+def test_summaries_and_their_check_never_above_the_limit():
     run = {"seconds": 10.0, "questions": 2, "new_tokens": 40, "flops": 6e9, "bytes": 5e9, "peak_mem_gib": 1.0}
     out = speed.summarize([run], 2e9, bandwidth=1e9)
     assert (out["roofline_share"], out["compute_share"], out["memory_share"], out["bound"]) == (0.5, 0.3, 0.5, "memory")
     assert out["roofline_tokens_per_s"] == 8.0 and out["new_tokens_per_s"] == 4.0
-    with pytest.raises(AssertionError, match="generation: 125.0%"):
-        speed.summarize([{**run, "seconds": 4.0}], 2e9, bandwidth=1e9)
     train = {"seconds": 2.0, "tokens": 100, "slots": 125, "flops": 3e9, "peak_mem_gib": 1.0}
-    out = speed.summarize([train], 2e9)
-    assert out["mfu"] == 0.75 and out["pad_share"] == pytest.approx(0.2, abs=1e-12)
-    with pytest.raises(AssertionError, match="training MFU: 125.0%"):
-        speed.summarize([{**train, "flops": 5e9}], 2e9)
+    mfu = speed.summarize([train], 2e9)
+    assert mfu["mfu"] == 0.75 and mfu["pad_share"] == pytest.approx(0.2, abs=1e-12)
+    ok = {"models": {"m": {"train": {"reference": mfu, "ours": mfu, "extra": {}},
+                           "generate": {"reference": out, "engines": {"vllm": out}}}}}
+    speed.check_limits(ok)
+    over = speed.summarize([{**run, "seconds": 4.0}], 2e9, bandwidth=1e9)
+    assert over["roofline_share"] == 1.25
+    ok["models"]["m"]["generate"]["engines"]["vllm"] = over
+    with pytest.raises(AssertionError, match=r"m: generation \(vllm, memory-bound\): 125.0% of its roofline"):
+        speed.check_limits(ok)
+    ok["models"]["m"]["generate"]["engines"]["vllm"] = out
+    ok["models"]["m"]["train"]["extra"]["size tiny"] = speed.summarize([{**train, "flops": 5e9}], 2e9)
+    with pytest.raises(AssertionError, match=r"m: training MFU \(size tiny\): 125.0%"):
+        speed.check_limits(ok)
 
 
 def test_memory_bandwidth_given_or_measured():
