@@ -438,6 +438,16 @@ def check_limits(results: dict) -> None:
                 share_of_limit(x["roofline_share"], 1.0, f"{name}: generation ({recipe}, {x['bound']}-bound)")
 
 
+def alternate(fn, repeats: int, recipes=RECIPES) -> dict[str, list]:
+    """fn(recipe) for every recipe ``repeats`` times, reversing the order every other round (ref, ours, ours, ref, ...)."""
+    runs = {r: [] for r in recipes}
+    for k in range(repeats):
+        for recipe in recipes if k % 2 == 0 else recipes[::-1]:
+            logger.info("  %s (round %d/%d)", recipe, k + 1, repeats)
+            runs[recipe].append(fn(recipe))
+    return runs
+
+
 def summarize(runs: list[dict], peak: float, bandwidth: float | None = None) -> dict:
     """Sum the runs of one recipe (times and counts), keep the largest memory peak, and derive the rates: training
     MFU, or generation's share of its roofline (``bandwidth`` given); check_limits checks both."""
