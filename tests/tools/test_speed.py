@@ -116,6 +116,22 @@ def test_summaries_and_their_check_never_above_the_limit():
         speed.check_limits(ok)
 
 
+def test_one_peak_for_the_run_the_best_measured():
+    run = {"seconds": 10.0, "questions": 2, "new_tokens": 40, "flops": 6e9, "bytes": 5e8, "peak_mem_gib": 1.0}
+    gen = speed.summarize([run], 1e9, bandwidth=1e9)  # compute-bound at a peak of 1e9: 60%
+    train = speed.summarize([{"seconds": 2.0, "tokens": 100, "slots": 100, "flops": 1e9, "peak_mem_gib": 1.0}], 1e9)
+    results = {"peak_flops": 1e9, "peak_source": "measured", "models": {"m": {
+        "train": {"reference": train, "ours": dict(train), "extra": {}},
+        "generate": {"peak_flops": 2e9, "bandwidth": 1e9, "reference": gen, "ours": dict(gen), "engines": {"hf": dict(gen)},
+                     "ratio": {"roofline_share": 1.0}, "ratios": {"hf": {"roofline_share": 1.0}}}}}}
+    speed.rebase_peak(results)
+    m = results["models"]["m"]
+    assert results["peak_flops"] == 2e9 and m["generate"]["peak_flops"] == 2e9 and "best measurement: 2.0" in results["peak_source"]
+    assert (train["mfu"], m["train"]["ours"]["mfu"]) == (0.25, 0.25)  # 1e9 / 2 s / 2e9
+    assert gen["roofline_share"] == 0.3 and m["generate"]["engines"]["hf"]["roofline_share"] == 0.3  # 6e9 / 2e9 / 10 s
+    assert m["generate"]["ours"]["bound"] == "compute" and m["generate"]["ratios"]["hf"]["roofline_share"] == 1.0
+
+
 def test_memory_bandwidth_given_or_measured():
     assert speed.memory_bandwidth({"peak_bandwidth": 5e10}, 2**20) == (5e10, "given (peak_bandwidth)")
     bandwidth, source = speed.memory_bandwidth({}, 8 * 2**20, repeats=2)
