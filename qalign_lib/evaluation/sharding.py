@@ -92,7 +92,7 @@ def generate(cfg, root: layout.EvalRoot, benchmark: str, items: list[dict], max_
     name = engines.require(cfg.engine)
     task = {"engine": name, "model": root.model, "root": str(root.path), "benchmark": benchmark, "dtype": cfg.dtype,
             "tensor_parallel_size": cfg.tensor_parallel_size, "vllm_chunk": cfg.vllm_chunk,
-            "vllm_eager": cfg.vllm_eager, "max_new_tokens": max_new_tokens, "batch_size": cfg.eval_batch_size,
+            "vllm_eager": cfg.vllm_eager, "vllm_kv_cache_gib": cfg.vllm_kv_cache_gib, "max_new_tokens": max_new_tokens, "batch_size": cfg.eval_batch_size,
             "token_budget": cfg.eval_token_budget, "shards": shard(items, n)}
     path = root.shard_task(benchmark)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def worker(task_path: str | Path) -> int:
     bench = task["benchmark"]
     logger.info("%s shard %d/%d: %d questions with %s", bench, k, n, len(items), task["engine"])
     engine = engines.load(task["engine"], task["model"], task["dtype"], task["tensor_parallel_size"],
-                          task["vllm_chunk"], task["vllm_eager"])
+                          task["vllm_chunk"], task["vllm_eager"], task.get("vllm_kv_cache_gib"))
     return generation.generate_to_files(engine, items, lambda lang: root.shard_generations(bench, lang, k),
                                         task["max_new_tokens"], task["batch_size"], task["token_budget"],
                                         desc=f"{bench} shard {k}/{n}")

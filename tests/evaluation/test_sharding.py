@@ -80,14 +80,16 @@ def test_worker_generates_only_its_shard_into_its_own_files(tmp_path, monkeypatc
     shards = sharding.shard(todo, 3)
     task.write_text(json.dumps({"engine": "hf", "model": "m", "root": str(root.path), "benchmark": "mgsm",
                                 "dtype": "float32", "tensor_parallel_size": 1, "vllm_chunk": 8, "vllm_eager": None,
-                                "max_new_tokens": 4, "batch_size": 2, "token_budget": None, "shards": shards}))
+                                "vllm_kv_cache_gib": 0.75, "max_new_tokens": 4, "batch_size": 2, "token_budget": None, "shards": shards}))
     fake = FakeEngine()
-    monkeypatch.setattr(engines, "load", lambda *a, **k: fake)
+    loaded = []
+    monkeypatch.setattr(engines, "load", lambda *a, **k: loaded.append(a) or fake)
     monkeypatch.setenv("QALIGN_SHARD", "1")
     monkeypatch.setenv("QALIGN_SHARDS", "3")
     assert sharding.rank() == (1, 3)
     assert sharding.worker(task) == len(shards[1])
     assert sorted(fake.seen) == sorted(it["prompt"] for it in shards[1])
+    assert loaded[0][-1] == 0.75  # each worker's engine gets the size's KV-cache budget (vllm_kv_cache_gib)
     written = {(r["lang"], r["id"]) for lang in ("en", "de") for p in root.shard_files("mgsm", lang) for r in rows(p)}
     assert written == {(it["lang"], it["id"]) for it in shards[1]}
     assert all(p.name.endswith(".shard1.jsonl") for lang in ("en", "de") for p in root.shard_files("mgsm", lang))
