@@ -118,7 +118,7 @@ def _question_positions(tokenizer, text: str, pooling: str) -> tuple[list[int], 
     return enc["input_ids"], keep
 
 
-def pooled_states(model, tokenizer, texts: list[str], batch_size: int = 32, pooling: str = "question") -> np.ndarray:
+def pooled_states(model, tokenizer, texts: list[str], batch_size: int = 32, pooling: str = "question_skip_first") -> np.ndarray:
     """(len(texts), layers + 1, hidden) float32: each text's hidden states of every layer (0 = the embeddings),
     averaged over the positions of :func:`_question_positions`. Batches are sorted by length and right-padded (a
     causal model's states of real tokens do not see the padding); the LM head is never run."""
@@ -326,7 +326,7 @@ def representation_settings(pooling: str, model_ref: str, langs: list[str], ids:
 
 
 def represent(model, tokenizer, out: layout.RepresentationDir, benchmark: str, langs, limit: int | None,
-              batch_size: int = 32, pooling: str = "question", model_ref: str = "unknown", root=None,
+              batch_size: int = 32, pooling: str = "question_skip_first", model_ref: str = "unknown", root=None,
               n_boot: int = 1000) -> pd.DataFrame:
     """Pool the states of the parallel questions, compare every language with English and write similarity.csv
     and per_question.csv (the settings last: they mark the analysis complete). Done already with the same

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qalign_lib.analysis import representations
+from qalign_lib.core.config import Config
 from qalign_lib.core.errors import ConfigError
 from qalign_lib.models import modeling
 
@@ -186,7 +187,7 @@ def tiny(tiny_model):
 def test_pooling_is_the_mean_over_the_question_tokens_without_padding(tiny):
     model, tok, _ = tiny
     texts = ["Tom has 3 apples.", "Tom has 3 apples and buys 5 more. How many apples does he have now?"]
-    pooled = representations.pooled_states(model, tok, texts, batch_size=2)
+    pooled = representations.pooled_states(model, tok, texts, batch_size=2, pooling="question")
     ids = tok(texts[0], add_special_tokens=True, return_special_tokens_mask=True)
     keep = [k for k, s in enumerate(ids["special_tokens_mask"]) if not s]
     with torch.no_grad():
@@ -194,8 +195,25 @@ def test_pooling_is_the_mean_over_the_question_tokens_without_padding(tiny):
     manual = np.stack([h[0, keep].mean(0).numpy() for h in states])
     assert pooled.shape == (2, model.config.num_hidden_layers + 1, model.config.hidden_size)
     assert pooled[0] == pytest.approx(manual, abs=1e-5)  # batched beside a longer text = alone: no padding leaks in
-    alone = representations.pooled_states(model, tok, texts[1:], batch_size=1)
+    alone = representations.pooled_states(model, tok, texts[1:], batch_size=1, pooling="question")
     assert pooled[1] == pytest.approx(alone[0], abs=1e-5)
+
+
+def test_the_sink_free_poolings_feed_but_do_not_pool_the_first_position(tiny):
+    model, tok, _ = tiny
+    text = "Tom has 3 apples and buys 5 more."
+    plain, every = representations._question_positions(tok, text, "question")
+    ids, keep = representations._question_positions(tok, text, "question_skip_first")
+    assert ids == plain and keep == every[1:] and 0 not in keep
+    ids, keep = representations._question_positions(tok, text, "bos_prefix")
+    assert ids == [representations.sink_token_id(tok), *plain] and keep == [k + 1 for k in every]
+    # pooled: the mean over exactly those positions
+    with torch.no_grad():
+        states = model.get_decoder()(input_ids=torch.tensor([plain]), output_hidden_states=True).hidden_states
+    manual = np.stack([h[0, every[1:]].mean(0).numpy() for h in states])
+    assert representations.pooled_states(model, tok, [text], pooling="question_skip_first")[0] == pytest.approx(manual, abs=1e-5)
+    assert representations.pooled_lengths(tok, [text], "question_skip_first").tolist() == [len(every) - 1]
+    assert "question_skip_first" == Config.__dataclass_fields__["representation_pooling"].default
 
 
 def test_template_pooling_covers_the_question_tokens_only(tiny):
