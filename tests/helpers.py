@@ -235,6 +235,11 @@ def fake_analysis(hyp_quality: float, cosine: float, n: int = 6) -> dict:
     pq = pd.DataFrame([{"lang": lang, "layer": layer, "id": i, "cosine": cosine, "centred_cosine": cosine / 2,
                         "retrieval_top1": float(cosine > 0.5), "retrieval_top1_centred": 0.0}
                        for lang in ("de", "fr") for layer in range(3) for i in range(n)])
+    from qalign_lib.analysis.representations import PER_QUESTION
+
+    for column in PER_QUESTION:  # the other measures: the centred cosine; nearest English question: its own
+        if column not in pq:
+            pq[column] = pq["id"] if column.startswith("nearest_en") else pq["centred_cosine"]
     return {"mgsm": {"translation": translation, "representations": pq}}
 
 

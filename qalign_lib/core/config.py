@@ -159,9 +159,12 @@ class Config:
     representation_limit: int | None = param(None, "parallel questions per language whose hidden states are compared "
                                              "(the first N ids; retrieval chooses among as many English questions; "
                                              "null = all)", "selection", "analysis", min=2)
-    representation_pooling: Literal["question", "template"] = param(
-        "question", "what is fed and mean-pooled: question = the raw question text alone; template = the question "
-        "inside the Alpaca prompt (pooled over the question's tokens only)", "generated", "analysis")
+    representation_pooling: Literal["question", "question_skip_first", "template", "bos_prefix"] = param(
+        "template", "what is fed and mean-pooled (always over the question's own tokens): question = "
+        "the raw question, every token (its first token is the attention sink: the vector follows token length); "
+        "question_skip_first = the raw question, its first token fed but not pooled; template = the question inside "
+        "the Alpaca prompt; bos_prefix = the tokenizer's BOS (else EOS) token fed first, not pooled. The default "
+        "keeps the sink out in every layer of the base model (docs/analyses.md: its choice)", "generated", "analysis")
     analysis_batch_size: int = param(32, "questions per forward batch of the analyses (sorted by length)", "speed",
                                      "analysis", min=1)
     # --- launch ---

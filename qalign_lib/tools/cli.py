@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 
 from qalign_lib.core import benchmarks, log
@@ -222,8 +223,9 @@ def parser() -> argparse.ArgumentParser:
             a.add_argument("--max-new-tokens", type=_positive, default=defaults["translation_max_new_tokens"].default)
             a.add_argument("--engine", default="auto", choices=["auto", "hf", "vllm"])
         else:
-            a.add_argument("--pooling", default="question", choices=["question", "template"],
-                           help="question: the raw question alone; template: inside the Alpaca prompt")
+            pooling = defaults["representation_pooling"]
+            a.add_argument("--pooling", default=pooling.default, choices=list(typing.get_args(pooling.type)),
+                           help="what is fed and pooled (see `qalign config`: representation_pooling)")
         a.set_defaults(func=_analyze)
     return p
 

@@ -16,7 +16,8 @@ def test_analysis_settings_follow_their_parameters(synthetic_data):
     cfg = config.resolve("tiny")
     ref = pipeline.settings(cfg, "mgsm", "m")
     assert pipeline.settings(cfg.replace(translation_max_new_tokens=7), "mgsm", "m")["translation"] != ref["translation"]
-    assert pipeline.settings(cfg.replace(representation_pooling="template"), "mgsm", "m")["representations"] != \
+    other = "question" if cfg.representation_pooling != "question" else "template"
+    assert pipeline.settings(cfg.replace(representation_pooling=other), "mgsm", "m")["representations"] != \
         ref["representations"]
     assert pipeline.settings(cfg, "mgsm", "other") != ref
     for name, value in (("analysis_batch_size", 3), ("translation_limit", 2), ("eval_batch_size", 1), ("lr", 1e-5),
