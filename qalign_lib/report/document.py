@@ -241,10 +241,11 @@ def _representations_langs(ctx: Context, b: str) -> pd.DataFrame | None:
         return None if not ctx.analyses else full
     per = full[full["lang"] != AVG]
     summary = per[per["layer"].isin(effects.summary_layers(int(per["layer"].max())))]  # layers 1..L, as the effects
+    shown = [m for m in (*effects.PRIMARY, "centred_cosine", "retrieval_top1_centred") if m in per.columns]
     table = summary.groupby(["system", "lang"], sort=False).agg(
-        n=("n", "first"), layers=("layer", "nunique"), cosine=("cosine", "mean"), centred_cosine=("centred_cosine", "mean"),
-        retrieval_top1=("retrieval_top1", "mean"), retrieval_top1_centred=("retrieval_top1_centred", "mean"),
-        best_retrieval_top1=("retrieval_top1", "max"), chance=("chance", "first"))
+        n=("n", "first"), layers=("layer", "nunique"), **{m: (m, "mean") for m in shown},
+        **({"csls_mrr_chance": ("csls_mrr_chance", "first")} if "csls_mrr_chance" in per.columns else {}),
+        chance=("chance", "first"))
     table.attrs["per_layer"] = per
     return table
 

@@ -94,7 +94,8 @@ def translation_bars(table, title: str, metric: str = "chrf"):
     return bars(long, title, ylabel=f"{MEASURE_LABELS[metric]} against the English question")
 
 
-def representation_lines(table, title: str, measures=("cosine", "centred_cosine", "retrieval_top1"), lang: str = AVG):
+def representation_lines(table, title: str, measures=("csls_mrr", "margin", "centred_cosine", "retrieval_top1_centred"),
+                         lang: str = AVG):
     """One panel per measure against layer (0 = embeddings), one line per system with its 95% CI band; the
     retrieval panels show chance (1 / n) as a dotted line. ``table``: analysis.representation_table rows (the
     ``lang`` rows are drawn, the average over languages by default)."""
@@ -108,10 +109,11 @@ def representation_lines(table, title: str, measures=("cosine", "centred_cosine"
             g = g.sort_values("layer")
             line, = ax.plot(g["layer"], g[measure], lw=1.4, label=system)
             ax.fill_between(g["layer"], g[f"{measure}_lo"], g[f"{measure}_hi"], color=line.get_color(), alpha=0.2, lw=0)
-        if measure.startswith("retrieval") and len(frame):
-            ax.axhline(float(frame["chance"].iloc[0]), color="0.4", ls=":", lw=1, label="chance")
+        chance = f"{measure}_chance" if f"{measure}_chance" in frame.columns else "chance"
+        if (measure.startswith(("retrieval", "csls")) or chance != "chance") and len(frame):
+            ax.axhline(float(frame[chance].iloc[0]), color="0.4", ls=":", lw=1, label="chance")
         ax.set_xlabel("layer (0 = embeddings)")
-        ax.set_title(MEASURE_LABELS.get(measure, measure), fontsize=9)
+        ax.set_title(_label(measure), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize=10, x=0.01, ha="left")
@@ -119,7 +121,7 @@ def representation_lines(table, title: str, measures=("cosine", "centred_cosine"
     return fig
 
 
-def representation_grid(table, title: str, measures=("centred_cosine", "retrieval_top1")):
+def representation_grid(table, title: str, measures=("csls_mrr", "margin")):
     """Per language (columns) and measure (rows) against layer, one line per system with its 95% CI band."""
     import matplotlib.pyplot as plt
 
@@ -140,7 +142,7 @@ def representation_grid(table, title: str, measures=("centred_cosine", "retrieva
             if r == 0:
                 ax.set_title(lang, fontsize=9)
             if c == 0:
-                ax.set_ylabel(MEASURE_LABELS.get(measure, measure), fontsize=8)
+                ax.set_ylabel(_label(measure), fontsize=8)
             if r == len(measures) - 1:
                 ax.set_xlabel("layer", fontsize=8)
     axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
