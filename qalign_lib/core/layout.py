@@ -278,6 +278,11 @@ def study_lock(size: str) -> Path:
     return size_root(size) / ".locks" / "study.lock"
 
 
+def report_stamp(size: str, study: str) -> Path:
+    """What a study's last report was made from (runner.report_inputs), written by ``qalign study`` after the report."""
+    return size_root(size) / "reports" / f"{check_name(study, 'study')}.json"
+
+
 def notebooks_dir(size: str) -> Path:
     return size_root(size) / "notebooks"
 

@@ -9,13 +9,17 @@ Executed notebooks are kept in ``runs/<size>/notebooks/`` as the record of what 
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from qalign_lib.analysis import pipeline
 from qalign_lib.core import config, layout, locks, log
-from qalign_lib.core.errors import QAlignError, StudyError
+from qalign_lib.core.errors import QAlignError, RunError, StudyError
+from qalign_lib.core.files import write_json
 from qalign_lib.evaluation import evaluator
 from qalign_lib.study import studies
 from qalign_lib.train import stages, training
@@ -132,10 +136,54 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         steps.append(Step("analyze", name, "analyze", params, status, reason))
     if report:
         evaluated = any(st.kind in ("evaluate", "analyze") and st.status != "skip" for st in steps)
-        steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name},
-                          "todo" if evaluated else "skip", "" if evaluated else "no system can be evaluated"
-                          + (f" (missing benchmark data: {'; '.join(no_bench[:2])})" if no_bench else "")))
+        pending = any(st.status == "todo" for st in steps)
+        status, reason = ("todo", "") if evaluated else ("skip", "no system can be evaluated" + (
+            f" (missing benchmark data: {'; '.join(no_bench[:2])})" if no_bench else ""))
+        if evaluated and not pending and report_current(s):
+            status, reason = "done", "made from the same results, study, size and code"
+        steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name}, status, reason))
     return steps
+
+
+def report_inputs(s: studies.Study) -> str:
+    """A digest of what a study's report is made from: the package's code and the report notebook (content), the
+    study's resolved config and its file, and every file under ``eval/`` and ``analysis/`` of each system and analysed
+    run (path relative to the runs root, size, modification time). Equal digests: the report would come out the
+    same, so ``qalign study`` does not rebuild it."""
+    h = hashlib.sha256()
+    root = config.PROJECT_ROOT
+    for path in sorted((root / "qalign_lib").rglob("*.py")) + [notebook_path("report")]:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    h.update(json.dumps(dataclasses.asdict(s.cfg), sort_keys=True, default=str).encode())
+    if s.source and Path(s.source).is_file():
+        h.update(Path(s.source).read_bytes())
+    refs = dict.fromkeys([*s.systems.values(), *(r for system in s.analyses for r in studies.analysis_refs(s, system))])
+    runs = layout.runs_dir()
+    for ref in refs:
+        try:
+            target = layout.target_of(ref)
+            home, _ = layout.model_home(s.size, s.cfg.model, run_name=target["run"], model=target["model"])
+        except (RunError, QAlignError):
+            h.update(f"absent:{ref}".encode())
+            continue
+        for sub in ("eval", "analysis"):
+            for path in sorted((home / sub).rglob("*")) if (home / sub).is_dir() else []:
+                if path.is_file():
+                    st = path.stat()
+                    h.update(f"{path.relative_to(runs).as_posix()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def report_current(s: studies.Study) -> bool:
+    """The study's report exists and was written by ``qalign study`` from inputs with today's digest."""
+    stamp = layout.report_stamp(s.size, s.name)
+    readme = layout.report_dir(s.size, s.name) / "README.md"
+    if not (stamp.is_file() and readme.is_file()):
+        return False
+    try:
+        return json.loads(stamp.read_text()).get("inputs") == report_inputs(s)
+    except (OSError, ValueError):
+        return False
 
 
 def execute(step: Step, out_dir: Path, index: int) -> Path:
@@ -184,7 +232,10 @@ def _run(s: studies.Study, steps: list[Step]) -> int:
         t = time.time()
         logger.info("\n=== [%d/%d] %s %s (%s.ipynb) — %.0fs elapsed ===", k, len(todo), st.kind, st.name, st.notebook,
                     time.time() - start)
+        digest = report_inputs(s) if st.kind == "report" else None  # what the report is about to read
         path = execute(st, out_dir, steps.index(st) + 1)
+        if digest is not None:
+            write_json(layout.report_stamp(s.size, s.name), {"inputs": digest, "report": str(layout.report_dir(s.size, s.name))})
         logger.info("=== done in %.0fs: %s", time.time() - t, path)
     skipped = [st for st in steps if st.status == "skip"]
     logger.info("\nstudy %s: %d steps run, %d already complete, %d skipped, %.0fs", s.name, len(todo),

@@ -178,3 +178,38 @@ def test_a_changed_override_retrains_the_run(params_copy, synthetic_data, tiny_m
     steps = {st.name: st for st in runner.plan(studies.load("x", **small))}
     assert steps["s1"].status == "todo" and steps["s1"].reason == "inputs changed since it was trained"
     assert steps["final"].reason.startswith("after s1")
+
+
+def test_an_unchanged_report_is_not_rebuilt_and_a_changed_result_rebuilds_it(params_copy, synthetic_data, tmp_path,
+                                                                                 monkeypatch):
+    """A second `qalign study` with nothing changed finds the report done (its stamp holds the digest of what it was
+    made from); a result file that changes, or a study file that changes, makes it todo again."""
+    monkeypatch.setenv("QALIGN_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("QALIGN_FIGURES_DIR", str(tmp_path / "figures"))
+    write_study(params_copy, "size: tiny\nbenchmarks: [mgsm]\nsystems: {Base: base}\n")
+    monkeypatch.setattr(runner.evaluator, "is_complete", lambda *a, **k: True)
+    monkeypatch.setattr(runner.pipeline, "is_complete", lambda *a, **k: True)
+    result = layout.size_root("tiny") / "base" / "eval" / "mgsm" / "metrics.json"
+    result.parent.mkdir(parents=True)
+    result.write_text("{}")
+    ran = []
+
+    def fake_execute(step, out_dir, index):
+        ran.append(step.kind)
+        readme = layout.report_dir("tiny", "x") / "README.md"
+        readme.parent.mkdir(parents=True, exist_ok=True)
+        readme.write_text("report")
+        return out_dir / "nb.ipynb"
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    study = studies.load("x")
+    assert runner.plan(study)[-1].status == "todo"  # never made
+    assert runner._run(study, runner.plan(study)) == 0 and ran == ["report"]
+    again = runner.plan(studies.load("x"))[-1]
+    assert (again.status, again.reason) == ("done", "made from the same results, study, size and code")
+    result.write_text('{"changed": 1}')
+    assert runner.plan(studies.load("x"))[-1].status == "todo"  # a result changed: rebuilt
+    runner._run(study, runner.plan(study))
+    assert runner.plan(studies.load("x"))[-1].status == "done"
+    write_study(params_copy, "size: tiny\nbenchmarks: [mgsm]\nsystems: {Base: base}\ncaption: another\n")
+    assert runner.plan(studies.load("x"))[-1].status == "todo"  # the study file changed
