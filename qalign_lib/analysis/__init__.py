@@ -23,7 +23,7 @@ run, a final system) this package measures
 
 Every number comes with a 95% percentile-bootstrap CI over questions; averages over languages resample the same
 question ids in every language (the benchmarks are parallel). :func:`effects.effects` compares two models on the same
-questions (paired bootstrap): the report's stage-1 effects.
+questions (bootstrap CIs, paired permutation tests, Holm over declared families, MDEs): the report's stage-1 effects.
 
 Where files go is :mod:`qalign_lib.core.layout`'s business (:class:`~qalign_lib.core.layout.AnalysisRoot`); the study runs
 :func:`pipeline.analyze` for the systems its ``analysis`` section names (``notebooks/analyze.ipynb``).

@@ -18,14 +18,15 @@
     runs/<size>/models/<id>/eval/  evaluation of any other model (a published checkpoint, a path)
     runs/<size>/base/analysis/, runs/<size>/models/<id>/analysis/   their analyses
     runs/<size>/notebooks/         notebooks executed by `qalign study`
+    runs/<size>/reports/<study>.json  the digest of what a study's last report was made from (a rerun skips it when equal)
     <eval root>/<benchmark>/<lang>.jsonl, <benchmark>/settings.json, metrics.json
     <analysis root>/translation/<benchmark>/<lang>.jsonl, settings.json, metrics.json       (TranslationDir)
     <analysis root>/representations/<benchmark>/similarity.csv, per_question.csv, settings.json  (RepresentationDir)
     figures/<size>/                the report of the size's own study (tiny for tiny, paper for 7b and 13b);
     figures/<size>/<study>/        the report of any other study of that size (e.g. figures/tiny/offline/)
 
-Run names are plain names (letters, digits, ``._+-``, not starting with a dot); ``base``, ``models`` and
-``notebooks`` are reserved. Every path built here resolves inside its root. Replacing a finished run or stale
+Run names are plain names (letters, digits, ``._+-``, not starting with a dot); ``base``, ``models``,
+``notebooks`` and ``reports`` are reserved. Every path built here resolves inside its root. Replacing a finished run or stale
 generations moves them aside (``<name>.replaced-<time>``), never deletes them.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ from qalign_lib.core.errors import ConfigError, RunError
 from qalign_lib.core.files import read_json
 
 NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
-RESERVED = ("base", "models", "notebooks")
+RESERVED = ("base", "models", "notebooks", "reports")
 
 
 def check_name(name: str, what: str = "run_name") -> str:

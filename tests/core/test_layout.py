@@ -29,8 +29,10 @@ def test_invalid_run_names_are_config_errors(name):
 
 
 def test_reserved_names_say_so():
-    with pytest.raises(ConfigError, match=r"run_name='base' is reserved \(base, models, notebooks\)"):
+    with pytest.raises(ConfigError, match=r"run_name='base' is reserved \(base, models, notebooks, reports\)"):
         layout.run("tiny", "base")
+    with pytest.raises(ConfigError, match=r"run_name='reports' is reserved"):  # runs/<size>/reports/ holds report stamps
+        layout.run("tiny", "reports")
 
 
 @pytest.mark.parametrize("size", ["../tiny", "", ".x", "a/b", "/tmp"])
