@@ -26,6 +26,19 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give every regular file under ``folder`` the mode a new file gets here (0666 less the umask), as
+    :func:`atomic_write` does: libraries that write files their own way (safetensors writes model.safetensors
+    0600) leave them readable by their owner only, so colleagues could not load a model from a shared runs folder.
+    Symbolic links are not followed."""
+    file_mode = 0o666 & ~_umask()
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, file_mode)
+
+
 def output_target(path: str | os.PathLike) -> tuple[Path, int]:
     """Where an atomic write of ``path`` goes, and with which mode: a symlink is written through (its target is
     replaced, the link stays), an existing file keeps its mode, a new one gets 0666 less the umask. Anything that

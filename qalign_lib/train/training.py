@@ -433,11 +433,19 @@ def fit(out: Path, callbacks=()) -> Path:
         # under it (seen: SIGABRT "terminate called without an active exception" on machine 1 of two, with LoRA)
         trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(run.model_tmp)
-        shutil.rmtree(run.model, ignore_errors=True)
-        os.replace(run.model_tmp, run.model)
+        publish_model(run, trainer.processing_class)
         finish(run.path)
     return run.path
+
+
+def publish_model(run: layout.RunDir, tokenizer) -> None:
+    """The saved model (``.model-tmp/``) becomes ``model/``: the tokenizer beside the weights, every file with the
+    mode the umask gives (safetensors writes model.safetensors 0600: colleagues could not load it from a shared
+    runs folder), then renamed into place."""
+    tokenizer.save_pretrained(run.model_tmp)
+    files.follow_umask(run.model_tmp)
+    shutil.rmtree(run.model, ignore_errors=True)
+    os.replace(run.model_tmp, run.model)
 
 
 def full_state_dict(trainer) -> None:

@@ -105,3 +105,22 @@ def test_figures_save_follows_the_same_rules(tmp_path, umask022):
     with pytest.raises(QAlignError) as e:
         files.save_figure(training.loss_curve([]), folder)
     assert type(e.value).__name__ == "OutputError" and str(folder) in str(e.value) and folder.is_dir()
+
+
+def test_follow_umask_gives_files_written_0600_the_mode_of_new_files(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "sub/x.json"):
+        (folder / name).write_text("x")
+        os.chmod(folder / name, 0o600)  # what safetensors leaves
+    outside = tmp_path / "outside"
+    outside.write_text("x")
+    os.chmod(outside, 0o600)
+    (folder / "link").symlink_to(outside)
+    old = os.umask(0o002)
+    try:
+        files.follow_umask(folder)
+    finally:
+        os.umask(old)
+    assert mode(folder / "model.safetensors") == 0o664 and mode(folder / "sub" / "x.json") == 0o664
+    assert mode(outside) == 0o600  # a link is not followed
