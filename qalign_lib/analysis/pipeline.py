@@ -80,7 +80,8 @@ def is_complete(cfg: Config, run: str | None = None, model: str | None = None) -
 
 def analyze(cfg: Config, run: str | None = None, model: str | None = None) -> dict:
     """Representations, then translations, of one system for every benchmark of ``analysis_benchmarks``; returns
-    {benchmark: {"representations": similarity table, "translation": metrics}}. Holds the analysis root's lock."""
+    {benchmark: {"representations": similarity table, "translation": metrics}}. Holds the analysis root's lock,
+    and its run's lock shared (the run cannot be retrained meanwhile)."""
     from qalign_lib.models import engines, modeling
 
     modeling.preflight(cfg)
@@ -89,7 +90,8 @@ def analyze(cfg: Config, run: str | None = None, model: str | None = None) -> di
     for name in names:
         analysis_langs(name, _langs(cfg, name))  # bad languages stop here, before a model is loaded
     out: dict = {}
-    with locks.lock(root.lock_file, f"the analysis of {root.model} ({root.path})"):
+    with locks.holding(root.run_lock), \
+            locks.lock(root.lock_file, f"the analysis of {root.model} ({root.path})"):
         hf = None  # Transformers: the hidden states, and the translations when the engine is hf
         for name in names:
             rdir, want = root.representations(name), settings(cfg, name, root.model)["representations"]

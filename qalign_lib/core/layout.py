@@ -18,6 +18,8 @@
     runs/<size>/models/<id>/eval/  evaluation of any other model (a published checkpoint, a path)
     runs/<size>/base/analysis/, runs/<size>/models/<id>/analysis/   their analyses
     runs/<size>/notebooks/         notebooks executed by `qalign study`
+    runs/<size>/.locks/            <run>.lock (training holds it exclusive, the run's evaluation and analysis
+                                   shared; readers name themselves in <run>.lock.readers/) and study.lock
     runs/<size>/reports/<study>.json  the digest of what a study's last report was made from (a rerun skips it when equal)
     <eval root>/<benchmark>/<lang>.jsonl, <benchmark>/settings.json, metrics.json
     <analysis root>/translation/<benchmark>/<lang>.jsonl, settings.json, metrics.json       (TranslationDir)
@@ -26,8 +28,9 @@
     figures/<size>/<study>/        the report of any other study of that size (e.g. figures/tiny/offline/)
 
 Run names are plain names (letters, digits, ``._+-``, not starting with a dot); ``base``, ``models``,
-``notebooks`` and ``reports`` are reserved. Every path built here resolves inside its root. Replacing a finished run or stale
-generations moves them aside (``<name>.replaced-<time>``), never deletes them.
+``notebooks`` and ``reports`` are reserved. Every path built here resolves inside its root (a run inside runs/;
+base/, models/, eval/, analysis/, .locks/, notebooks/ and reports/ inside their size: a folder linked elsewhere is
+refused). Replacing a finished run or stale generations moves them aside (``<name>.replaced-<time>``), never deletes them.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ def check_name(name: str, what: str = "run_name") -> str:
 
 
 def _inside(path: Path, root: Path) -> Path:
+    """``path``, if it resolves (symbolic links followed) inside ``root``; a folder linked elsewhere is refused."""
     if not path.resolve().is_relative_to(root.resolve()):
         raise ConfigError(f"{path} resolves outside {root}; refusing to write there")
     return path
@@ -69,6 +73,7 @@ class EvalRoot:
     """Where one system's generations and metrics live."""
     path: Path
     model: str  # the model reference it evaluates
+    run_lock: Path | None = None  # the lock of the run it belongs to (held shared while evaluating), None if no run
 
     def bench_dir(self, benchmark: str) -> Path:
         return self.path / benchmark
@@ -144,6 +149,7 @@ class AnalysisRoot:
     """Where one model's analyses live (a run's, the base model's, or any model's)."""
     path: Path
     model: str  # the model reference it analyses
+    run_lock: Path | None = None  # the lock of the run it belongs to (held shared while analysing), None if no run
 
     def translation(self, benchmark: str) -> TranslationDir:
         return TranslationDir(self.path / "translation" / benchmark)
@@ -178,19 +184,20 @@ class RunDir:
 
     @property
     def lock_file(self) -> Path:
-        """Beside the run, not in it: a run moved aside must not take its lock along."""
-        return self.path.parent / ".locks" / f"{self.name}.lock"
+        """Beside the run, not in it: a run moved aside must not take its lock along. Training holds it exclusive,
+        the run's evaluation and analysis shared."""
+        return _inside(self.path.parent / ".locks", self.path.parent) / f"{self.name}.lock"
 
     def launch_log(self, machine: int = 0) -> Path:
         return self.path / (f"launch.machine{machine}.log" if machine else "launch.log")
 
     @property
     def eval(self) -> EvalRoot:
-        return EvalRoot(self.path / "eval", str(self.path))
+        return EvalRoot(self.path / "eval", str(self.path), self.lock_file)
 
     @property
     def analysis(self) -> AnalysisRoot:
-        return AnalysisRoot(self.path / "analysis", str(self.path))
+        return AnalysisRoot(self.path / "analysis", str(self.path), self.lock_file)
 
     def is_done(self) -> bool:
         return self.done_marker.is_file() and (self.model / "config.json").is_file()
@@ -226,7 +233,7 @@ def _model_dir(size: str, model: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model).strip("/")).strip("_.")
     if not safe:
         raise ConfigError(f"model={model!r}: give a Hub id (owner/name) or a local path")
-    return _inside(size_root(size) / "models" / safe, runs_dir())
+    return _inside(size_root(size) / "models" / safe, size_root(size))
 
 
 MODEL_PREFIX = "model:"  # a study's reference to a model it did not train: model:<Hub id or path>
@@ -258,34 +265,46 @@ def model_home(size: str, base_model: str, run_name: str | None = None, model: s
     if model:
         return _model_dir(size, model), str(model)
     if run_name in (None, "base"):
-        return size_root(size) / "base", base_model
+        return _inside(size_root(size) / "base", size_root(size)), base_model
     done = run(size, run_name).require_done()
     return done.path, str(done.path)
 
 
+def _run_lock(size: str, run_name: str | None, model: str | None) -> Path | None:
+    """The lock of the run whose eval/ or analysis/ is written (None for base and explicit models)."""
+    return None if model or run_name in (None, "base") else run(size, run_name).lock_file
+
+
 def eval_root(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> EvalRoot:
-    """The eval root of a run name, ``base`` (the size's model) or an explicit model (see :func:`model_home`)."""
+    """The eval root of a run name, ``base`` (the size's model) or an explicit model (see :func:`model_home`);
+    ``run_lock`` is the run's lock, which the evaluation holds shared."""
     home, ref = model_home(size, base_model, run_name, model)
-    return EvalRoot(home / "eval", ref)
+    return EvalRoot(_inside(home / "eval", size_root(size)), ref, _run_lock(size, run_name, model))
 
 
 def analysis_root(size: str, base_model: str, run_name: str | None = None, model: str | None = None) -> AnalysisRoot:
-    """The analysis root of a run name, ``base`` or an explicit model (see :func:`model_home`)."""
+    """The analysis root of a run name, ``base`` or an explicit model (see :func:`model_home`); ``run_lock`` is the
+    run's lock, which the analysis holds shared."""
     home, ref = model_home(size, base_model, run_name, model)
-    return AnalysisRoot(home / "analysis", ref)
+    return AnalysisRoot(_inside(home / "analysis", size_root(size)), ref, _run_lock(size, run_name, model))
+
+
+def locks_dir(size: str) -> Path:
+    """runs/<size>/.locks: the lock files of the size's runs and of its study."""
+    return _inside(size_root(size) / ".locks", size_root(size))
 
 
 def study_lock(size: str) -> Path:
-    return size_root(size) / ".locks" / "study.lock"
+    return locks_dir(size) / "study.lock"
 
 
 def report_stamp(size: str, study: str) -> Path:
     """What a study's last report was made from (runner.report_inputs), written by ``qalign study`` after the report."""
-    return size_root(size) / "reports" / f"{check_name(study, 'study')}.json"
+    return _inside(size_root(size) / "reports", size_root(size)) / f"{check_name(study, 'study')}.json"
 
 
 def notebooks_dir(size: str) -> Path:
-    return size_root(size) / "notebooks"
+    return _inside(size_root(size) / "notebooks", size_root(size))
 
 
 def report_dir(size: str, study: str | None = None) -> Path:

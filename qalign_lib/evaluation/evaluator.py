@@ -51,7 +51,8 @@ def requested(cfg: Config, benchmark: str, langs=None) -> list[str]:
 
 def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benchmarks=None,
              langs=None, limit: int | None = None) -> dict:
-    """Generate what is missing and score everything; returns and writes metrics.json. Holds the eval root's lock."""
+    """Generate what is missing and score everything; returns and writes metrics.json. Holds the eval root's lock,
+    and its run's lock shared (the run cannot be retrained meanwhile)."""
     modeling.preflight(cfg)
     engines.require(cfg.engine)  # engine=vllm without vLLM stops here, before anything is moved aside
     root = target(cfg, run, model)
@@ -59,7 +60,8 @@ def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benc
     limit = cfg.eval_limit if limit is None else config.validate("eval_limit", limit, "evaluate(limit=...)")
     for name in names:
         requested(cfg, name, langs)  # bad languages stop here, before any model is loaded
-    with locks.lock(root.lock_file, f"the evaluation of {root.model} ({root.path})"):
+    with locks.holding(root.run_lock), \
+            locks.lock(root.lock_file, f"the evaluation of {root.model} ({root.path})"):
         return _evaluate(cfg, root, names, langs, limit)
 
 

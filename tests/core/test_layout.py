@@ -165,3 +165,37 @@ def test_corrupt_metrics_json_names_the_file(tmp_path):
         with pytest.raises(ResultsError) as e:
             root.read_metrics()
         assert str(root.metrics) in str(e.value)
+
+
+@pytest.mark.parametrize("folder", ["base", "models", "base/eval", "base/analysis", ".locks", "notebooks", "reports"])
+def test_folders_linked_outside_the_size_are_refused(folder, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    link = layout.size_root("tiny") / folder
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside, target_is_directory=True)
+    calls = {"base": lambda: layout.eval_root("tiny", "m", "base"),
+             "models": lambda: layout.eval_root("tiny", "", model="x/y"),
+             "base/eval": lambda: layout.eval_root("tiny", "m", "base"),
+             "base/analysis": lambda: layout.analysis_root("tiny", "m", "base"),
+             ".locks": lambda: layout.study_lock("tiny"), "notebooks": lambda: layout.notebooks_dir("tiny"),
+             "reports": lambda: layout.report_stamp("tiny", "offline")}
+    with pytest.raises(ConfigError) as e:
+        calls[folder]()
+    assert "resolves outside" in str(e.value) and "refusing to write there" in str(e.value)
+    if folder == ".locks":
+        with pytest.raises(ConfigError, match="resolves outside"):
+            layout.run("tiny", "x").lock_file
+    assert list(outside.iterdir()) == []
+
+
+def test_a_runs_eval_and_analysis_carry_the_runs_lock(tmp_path):
+    run = layout.run("tiny", "x")
+    run.model.mkdir(parents=True)
+    (run.model / "config.json").write_text("{}")
+    run.done_marker.write_text("f\n")
+    assert layout.eval_root("tiny", "m", "x").run_lock == run.lock_file == layout.size_root("tiny") / ".locks" / "x.lock"
+    assert layout.analysis_root("tiny", "m", "x").run_lock == run.lock_file
+    assert run.eval.run_lock == run.analysis.run_lock == run.lock_file
+    assert layout.eval_root("tiny", "m", "base").run_lock is None
+    assert layout.analysis_root("tiny", "", model="x/y").run_lock is None
