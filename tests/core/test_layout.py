@@ -174,8 +174,8 @@ def test_folders_linked_outside_the_size_are_refused(folder, tmp_path):
     link = layout.size_root("tiny") / folder
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(outside, target_is_directory=True)
-    calls = {"base": lambda: layout.eval_root("tiny", "m", "base"),
-             "models": lambda: layout.eval_root("tiny", "", model="x/y"),
+    calls = {"base": lambda: layout.model_home("tiny", "m", "base"),
+             "models": lambda: layout.model_home("tiny", "", model="x/y"),
              "base/eval": lambda: layout.eval_root("tiny", "m", "base"),
              "base/analysis": lambda: layout.analysis_root("tiny", "m", "base"),
              ".locks": lambda: layout.study_lock("tiny"), "notebooks": lambda: layout.notebooks_dir("tiny"),
