@@ -16,7 +16,7 @@ from qalign_lib.core.errors import ConfigError, RunError
 from qalign_lib.evaluation import evaluator
 from qalign_lib.train import stages, training
 from tests.core.test_locks import shared_holder
-from tests.helpers import ROOT, held_lock, mode
+from tests.helpers import ROOT, held_lock, mode, one_line_error
 
 TRY_EXCLUSIVE = """
 import sys
@@ -161,3 +161,20 @@ def test_the_final_model_follows_the_umask(tiny_model, umask, want):
     assert mode(run.model / "model.safetensors") == want and mode(run.model / "config.json") == want
     assert mode(run.model / "tokenizer.json") == want
 
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("what", ["translation", "representations"])
+def test_an_analysis_out_folder_in_use_is_refused_naming_the_holder(synthetic_data, tiny_model, tmp_path, capsys,
+                                                                    what):
+    from qalign_lib.tools.cli import main
+
+    out = tmp_path / "tr"
+    lock = (layout.TranslationDir(out) if what == "translation" else layout.RepresentationDir(out)).lock_file
+    with held_lock(lock) as other:  # another `qalign analyze ... --out tr` at work
+        extra = ["--max-new-tokens", "4", "--engine", "hf"] if what == "translation" else []
+        assert main(["analyze", what, "--model", tiny_model, "--langs", "de", "--limit", "2", *extra,
+                     "--out", str(out)]) == 1
+        message = one_line_error(capsys.readouterr().err)
+    assert f"--out {out}" in message and f"in use by another process (PID {other.pid} on " in message, message
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written beside it

@@ -130,6 +130,7 @@ class TranslationDir:
 
     settings = property(lambda self: self.path / "settings.json")
     metrics = property(lambda self: self.path / "metrics.json")
+    lock_file = property(lambda self: self.path / ".lock")  # held by `qalign analyze translation --out`
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class RepresentationDir:
     similarity = property(lambda self: self.path / "similarity.csv")
     per_question = property(lambda self: self.path / "per_question.csv")
     settings = property(lambda self: self.path / "settings.json")
+    lock_file = property(lambda self: self.path / ".lock")  # held by `qalign analyze representations --out`
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def _doctor(args) -> int:
 def _analyze(args) -> int:
     """``qalign analyze translation|representations``: one model, one benchmark, written to --out."""
     from qalign_lib.analysis import inputs, representations, translation
-    from qalign_lib.core import layout
+    from qalign_lib.core import layout, locks
     from qalign_lib.core.errors import OutputError
     from qalign_lib.models import engines, modeling
 
@@ -108,18 +108,20 @@ def _analyze(args) -> int:
     langs = [lang for lang in questions if lang != inputs.REF]
     modeling.resolve(args.model)  # an unknown model stops here, before anything is loaded
     if args.what == "translation":
-        engine = engines.load(args.engine, args.model, args.dtype)
-        settings = translation.translation_settings(args.max_new_tokens, args.model, engines.describe(args.engine))
-        m = translation.translate(engine, layout.TranslationDir(out), args.benchmark, langs, args.limit, args.max_new_tokens,
-                               args.batch_size, None, settings, root=args.data_dir)
+        with locks.lock(layout.TranslationDir(out).lock_file, f"--out {out} (the translations of another process)"):
+            engine = engines.load(args.engine, args.model, args.dtype)
+            settings = translation.translation_settings(args.max_new_tokens, args.model, engines.describe(args.engine))
+            m = translation.translate(engine, layout.TranslationDir(out), args.benchmark, langs, args.limit,
+                                      args.max_new_tokens, args.batch_size, None, settings, root=args.data_dir)
         print(f"{'lang':<6}{'n':>5}{'chrF':>8}{'BLEU':>8}")
         for lang in [*langs, AVG] if AVG in m["chrf"] else langs:
             print(f"{lang:<6}{m['n'].get(lang, min(m['n'].values())):>5}{m['chrf'][lang]:>8.1f}{m['bleu'][lang]:>8.1f}")
         print(f"wrote {out}/<lang>.jsonl and the metrics ({len(ids)} questions per language)")
         return 0
-    hf = engines.HF.load(args.model, engines.dtype(args.dtype))
-    table = representations.represent(hf.model, hf.tokenizer, layout.RepresentationDir(out), args.benchmark, langs, args.limit,
-                               args.batch_size, args.pooling, args.model, root=args.data_dir)
+    with locks.lock(layout.RepresentationDir(out).lock_file, f"--out {out} (the representations of another process)"):
+        hf = engines.HF.load(args.model, engines.dtype(args.dtype))
+        table = representations.represent(hf.model, hf.tokenizer, layout.RepresentationDir(out), args.benchmark, langs,
+                                          args.limit, args.batch_size, args.pooling, args.model, root=args.data_dir)
     print(f"{'lang':<6}{'layers':>7}{'cosine (mid)':>14}{'best retrieval top-1 (layer)':>30}{'chance':>8}")
     for lang, g in table.groupby("lang", sort=False):
         mid, best = g.iloc[len(g) // 2], g.loc[g["retrieval_top1"].idxmax()]
