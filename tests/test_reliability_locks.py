@@ -178,3 +178,26 @@ def test_an_analysis_out_folder_in_use_is_refused_naming_the_holder(synthetic_da
         message = one_line_error(capsys.readouterr().err)
     assert f"--out {out}" in message and f"in use by another process (PID {other.pid} on " in message, message
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written beside it
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("step", ["evaluate", "analyze"])
+def test_a_run_retrained_between_finding_and_holding_it_is_not_read(synthetic_data, tiny_model, monkeypatch, step):
+    run = finished_run("monoreason")
+    module = evaluator if step == "evaluate" else pipeline
+    found = module.target
+
+    def target_then_retrained(*a, **k):  # a retraining moved the run aside right after it was found
+        root = found(*a, **k)
+        run.done_marker.unlink()
+        return root
+
+    monkeypatch.setattr(module, "target", target_then_retrained)
+    monkeypatch.setattr(evaluator, "_evaluate", lambda *a, **k: pytest.fail("evaluated a run that is not finished"))
+    monkeypatch.setattr(pipeline, "representation_complete", lambda *a, **k: pytest.fail("analysed an unfinished run"))
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1)
+    with pytest.raises(RunError, match="run 'monoreason' .* is not finished"):
+        if step == "evaluate":
+            evaluator.evaluate(cfg, run="monoreason", benchmarks="mgsm", langs="en")
+        else:
+            pipeline.analyze(cfg, run="monoreason")

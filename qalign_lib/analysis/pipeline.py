@@ -92,6 +92,8 @@ def analyze(cfg: Config, run: str | None = None, model: str | None = None) -> di
     out: dict = {}
     with locks.holding(root.run_lock), \
             locks.lock(root.lock_file, f"the analysis of {root.model} ({root.path})"):
+        if root.run_lock is not None:  # still finished now that it is held (not retrained since it was found)
+            layout.RunDir(root.path.parent).require_done()
         hf = None  # Transformers: the hidden states, and the translations when the engine is hf
         for name in names:
             rdir, want = root.representations(name), settings(cfg, name, root.model)["representations"]

@@ -62,6 +62,8 @@ def evaluate(cfg: Config, run: str | None = None, model: str | None = None, benc
         requested(cfg, name, langs)  # bad languages stop here, before any model is loaded
     with locks.holding(root.run_lock), \
             locks.lock(root.lock_file, f"the evaluation of {root.model} ({root.path})"):
+        if root.run_lock is not None:  # still finished now that it is held (not retrained since it was found)
+            layout.RunDir(root.path.parent).require_done()
         return _evaluate(cfg, root, names, langs, limit)
 
 
