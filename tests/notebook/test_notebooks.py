@@ -113,7 +113,7 @@ def test_study_chain_and_report_through_papermill(tiny_params, tmp_path, capsys)
     log.setup("INFO")
     assert runner.run_study("tiny") == 0
     out = capsys.readouterr().out
-    assert "11 steps run" in out  # 3 trainings, 3 evaluations, 4 analyses, the report
+    assert "9 steps run" in out  # 3 trainings, 3 evaluations, 2 analyses (base, stage 1), the report
     s = studies.load("tiny")
     for name in ("s1-x2en_question", "monoreason", "qalign-monoreason"):
         assert layout.run("tiny", name).is_done()
@@ -125,9 +125,9 @@ def test_study_chain_and_report_through_papermill(tiny_params, tmp_path, capsys)
     table = (figures / "table2_mgsm.md").read_text()
     assert s.caption.split(".")[0] in table and "QAlign+MonoReason" in table and "Avg" in table
     assert layout.notebooks_dir("tiny").is_dir()
-    # a second run does nothing but the report
+    # a second run does nothing: the report, too, was made from the same results, study, size and code
     assert runner.run_study("tiny") == 0
-    assert "1 steps run, 10 already complete" in capsys.readouterr().out
+    assert "0 steps run, 9 already complete" in capsys.readouterr().out
     assert (figures / "README.md").read_text().split("\n\n")[1].startswith("**What stage 1 did**")
     # a changed learning rate: the plan compares fingerprints, so every run (and what follows) is todo again
     size = tiny_params / "sizes" / "tiny.yaml"

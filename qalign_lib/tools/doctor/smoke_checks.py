@@ -40,18 +40,22 @@ WORKER_IMPORTS = ("import datasets, peft, transformers, accelerate; from trl imp
 @functools.lru_cache(maxsize=2)
 def measured_process_gib(deepspeed: bool) -> float | None:
     """Peak resident memory of a fresh Python that imports what a training worker imports (and DeepSpeed), measured
-    on this machine with this stack; None when the measurement fails."""
+    on this machine with this stack (the lower of two runs); None when both fail."""
     import subprocess
     import sys
 
     code = (WORKER_IMPORTS + ("; import deepspeed" if deepspeed else "")
             + "; import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
-        return int(out.stdout.strip().splitlines()[-1]) * 1024 / GiB if out.returncode == 0 else None
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return None
+    peaks = []
+    for _ in range(2):  # the lower of two: a first import in a fresh environment can carry one-off costs (caches, bytecode)
+        try:
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                 env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+            if out.returncode == 0:
+                peaks.append(int(out.stdout.strip().splitlines()[-1]) * 1024 / GiB)
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            pass
+    return min(peaks) if peaks else None
 
 
 def compare_model(result: dict, shape: Shape | None, cfg: config.Config, gpu: bool) -> Row:
