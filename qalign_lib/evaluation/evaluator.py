@@ -52,9 +52,9 @@ def model_identity(model_ref: str) -> dict:
     path = path.resolve()
     runs = layout.runs_dir()
     name = f"runs:{path.relative_to(runs).as_posix()}" if path.is_relative_to(runs) else str(path)
-    run_json = path / "run.json"
-    if run_json.is_file():
-        return {"model": name, "model_fingerprint": files.read_json(run_json).get("fingerprint")}
+    run = layout.RunDir(path)
+    if run.run_json.is_file():
+        return {"model": name, "model_fingerprint": run.fingerprint()}
     if (path / "config.json").is_file() or (path / "model" / "config.json").is_file():
         return {"model": name, "model_fingerprint": modeling.fingerprint(str(path))}
     return {"model": name, "model_fingerprint": None}
