@@ -13,6 +13,7 @@ language's answers) and, in metrics.json, a hash of the settings and of the gold
 """
 from __future__ import annotations
 
+import functools
 import time
 
 from qalign_lib.core import benchmarks as registry
@@ -62,13 +63,24 @@ def model_identity(model_ref: str) -> dict:
 
 def question_hashes(benchmark: str, langs=None) -> dict[str, str]:
     """{lang: content hash of the language's (id, question) rows, in file order} for ``langs`` (default: every
-    language of the benchmark)."""
+    language of the benchmark); a file is hashed again only when its size or modification time changed."""
     langs = registry.get(benchmark).langs if langs is None else langs
     out = {}
     for lang in langs:
-        rows = corpora.load_benchmark(benchmark, lang)
-        out[lang] = files.content_hash([[i, q] for i, q in zip(rows["id"], rows["question"])])
+        path = corpora.path_of(benchmark, lang)
+        try:
+            st = path.stat()
+            key = (str(path), st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = (str(path), None, None)  # missing: load_benchmark says so
+        out[lang] = _question_hash(benchmark, lang, *key)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _question_hash(benchmark: str, lang: str, path: str, mtime_ns, size) -> str:
+    rows = corpora.load_benchmark(benchmark, lang)
+    return files.content_hash([[i, q] for i, q in zip(rows["id"], rows["question"])])
 
 
 def gold_hashes(benchmark: str, langs, limit: int | None) -> dict[str, str]:
