@@ -63,17 +63,17 @@ def model_identity(model_ref: str) -> dict:
 
 def question_hashes(benchmark: str, langs=None) -> dict[str, str]:
     """{lang: content hash of the language's (id, question) rows, in file order} for ``langs`` (default: every
-    language of the benchmark); a file is hashed again only when its size or modification time changed."""
+    language of the benchmark) whose file is there; a file is hashed again only when its size or modification
+    time changed."""
     langs = registry.get(benchmark).langs if langs is None else langs
     out = {}
     for lang in langs:
         path = corpora.path_of(benchmark, lang)
         try:
             st = path.stat()
-            key = (str(path), st.st_mtime_ns, st.st_size)
         except OSError:
-            key = (str(path), None, None)  # missing: load_benchmark says so
-        out[lang] = _question_hash(benchmark, lang, *key)
+            continue  # not downloaded: nothing was generated from it (a requested one is an error elsewhere)
+        out[lang] = _question_hash(benchmark, lang, str(path), st.st_mtime_ns, st.st_size)
     return out
 
 
