@@ -10,9 +10,11 @@ from qalign_lib.analysis.inputs import REF, analysis_langs, parallel_questions
 from qalign_lib.analysis.representations import (
     represent,
     representation_complete,
+    representation_problem,
     representation_settings,
 )
 from qalign_lib.analysis.translation import (
+    rows_hash,
     scoring_settings,
     translate,
     translation_rows,
@@ -49,33 +51,50 @@ def _engine_settings(cfg: Config) -> dict:
 def settings(cfg: Config, benchmark: str, model_ref: str) -> dict[str, dict]:
     """The settings each part of a benchmark's analysis is written with, from the parameters of group analysis."""
     ids, questions = parallel_questions(benchmark, _langs(cfg, benchmark), cfg.representation_limit)
-    return {"translation": translation_settings(cfg.translation_max_new_tokens, model_ref, _engine_settings(cfg)),
+    return {"translation": translation_settings(cfg.translation_max_new_tokens, model_ref, _engine_settings(cfg),
+                                                benchmark),
             "representations": representation_settings(cfg.representation_pooling, model_ref,
-                                                        [lang for lang in questions if lang != REF], ids)}
+                                                        [lang for lang in questions if lang != REF], ids, questions)}
+
+
+def incomplete(cfg: Config, run: str | None = None, model: str | None = None) -> str | None:
+    """Why the stored analyses cannot be trusted as they are (one line), or None when every analysis of the config
+    is written with the current settings, model and questions, whole (hashes of the representation tables), and
+    its translation metrics were computed from the rows now stored for every question."""
+    try:
+        root = target(cfg, run, model)
+    except RunError as e:
+        return str(e).split(";")[0]
+    for benchmark in registry.parse(cfg.analysis_benchmarks):
+        want = settings(cfg, benchmark, root.model)
+        problem = representation_problem(root.representations(benchmark), want["representations"])
+        if problem:
+            return problem
+        out = root.translation(benchmark)
+        for path in (out.settings, out.metrics):
+            if not path.is_file():
+                return f"{path}: missing"
+        if files.read_json(out.settings) != want["translation"]:
+            return f"{out.settings}: settings changed since"
+        ids, questions = parallel_questions(benchmark, _langs(cfg, benchmark), cfg.translation_limit)
+        rows = {lang: translation_rows(out, lang, ids) for lang in questions if lang != REF}
+        short = [lang for lang, r in rows.items() if len(r) < len(ids)]
+        if short:
+            return f"{out.path}: translations missing in {', '.join(short)}"
+        metrics = files.read_json(out.metrics)
+        if metrics.get("n") != {lang: len(ids) for lang in rows}:
+            return f"{out.metrics}: does not cover every question"
+        if metrics.get("scoring") != scoring_settings(cfg.translation_length_cap):  # rescored, not regenerated
+            return f"{out.metrics}: scored with other settings"
+        if metrics.get("inputs") != {"settings": files.content_hash(want["translation"]), "rows": rows_hash(rows)}:
+            return f"{out.metrics}: not computed from the translations now stored"
+    return None
 
 
 def is_complete(cfg: Config, run: str | None = None, model: str | None = None) -> bool:
-    """True when every analysis of the config is written with the current settings and covers every question."""
-    try:
-        root = target(cfg, run, model)
-    except RunError:
-        return False
-    for benchmark in registry.parse(cfg.analysis_benchmarks):
-        want = settings(cfg, benchmark, root.model)
-        if not representation_complete(root.representations(benchmark), want["representations"]):
-            return False
-        out = root.translation(benchmark)
-        if not out.settings.is_file() or not out.metrics.is_file() or files.read_json(out.settings) != want["translation"]:
-            return False
-        ids, questions = parallel_questions(benchmark, _langs(cfg, benchmark), cfg.translation_limit)
-        if any(len(translation_rows(out, lang, ids)) < len(ids) for lang in questions if lang != REF):
-            return False
-        metrics = files.read_json(out.metrics)
-        if metrics.get("n") != {lang: len(ids) for lang in questions if lang != REF}:
-            return False
-        if metrics.get("scoring") != scoring_settings(cfg.translation_length_cap):  # rescored, not regenerated
-            return False
-    return True
+    """True when every analysis of the config is written with the current settings and covers every question
+    (:func:`incomplete` says why not)."""
+    return incomplete(cfg, run, model) is None
 
 
 def analyze(cfg: Config, run: str | None = None, model: str | None = None) -> dict:

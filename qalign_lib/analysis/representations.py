@@ -317,14 +317,24 @@ def similarity_table(per_question: pd.DataFrame, n_boot: int = 1000, seed: int =
     return pd.DataFrame(rows)
 
 
-def representation_settings(pooling: str, model_ref: str, langs: list[str], ids: list) -> dict:
-    """What a representation analysis depends on; a change recomputes it (``measures``: MEASURE_VERSION)."""
+def representation_settings(pooling: str, model_ref: str, langs: list[str], ids: list,
+                            questions: dict | None = None) -> dict:
+    """What a representation analysis depends on; a change recomputes it (``measures``: MEASURE_VERSION). The
+    model as :func:`qalign_lib.evaluation.evaluator.model_identity` records it (relative to the runs root, with its
+    fingerprint) and, given ``questions`` ({lang: {id: question}}, English included), a hash of the questions
+    compared (an edited question recomputes)."""
+    from qalign_lib.evaluation.evaluator import model_identity
+
     if pooling not in POOLINGS:
         raise ConfigError(f"representation_pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
-    return {"model": model_ref, "pooling": pooling, "template": prompts.ALPACA_TEMPLATE if pooling == "template" else None,
-            "prefix": "the tokenizer's BOS (else EOS) token" if pooling == "bos_prefix" else None,
-            "reference": REF, "langs": list(langs), "ids": list(ids), "centring": "per language and layer, over the ids",
-            "measures": MEASURE_VERSION, "csls_k": CSLS_K}
+    out = {**model_identity(model_ref), "pooling": pooling,
+           "template": prompts.ALPACA_TEMPLATE if pooling == "template" else None,
+           "prefix": "the tokenizer's BOS (else EOS) token" if pooling == "bos_prefix" else None,
+           "reference": REF, "langs": list(langs), "ids": list(ids), "centring": "per language and layer, over the ids",
+           "measures": MEASURE_VERSION, "csls_k": CSLS_K}
+    if questions is not None:
+        out["questions"] = files.content_hash({lang: [[i, q[i]] for i in ids] for lang, q in questions.items()})
+    return out
 
 
 def represent(model, tokenizer, out: layout.RepresentationDir, benchmark: str, langs, limit: int | None,
@@ -336,7 +346,7 @@ def represent(model, tokenizer, out: layout.RepresentationDir, benchmark: str, l
     ids, questions = parallel_questions(benchmark, langs, limit, root)
     if len(ids) < 2:
         raise ConfigError(f"representations need at least 2 parallel questions (retrieval picks among them); got {len(ids)}")
-    want = representation_settings(pooling, model_ref, [lang for lang in questions if lang != REF], ids)
+    want = representation_settings(pooling, model_ref, [lang for lang in questions if lang != REF], ids, questions)
     if representation_complete(out, want):
         return pd.read_csv(out.similarity)
     logger.info("%s: hidden states of %d questions x %d languages (%s pooling)", benchmark, len(ids), len(questions), pooling)
@@ -346,16 +356,51 @@ def represent(model, tokenizer, out: layout.RepresentationDir, benchmark: str, l
     for path, frame in ((out.per_question, per_question), (out.similarity, table)):
         with atomic_write(path) as f:
             frame.to_csv(f, index=False)
-    write_json(out.settings, want)
+    write_json(out.settings, {**want, "outputs": _output_hashes(out)})  # last: the analysis is complete
     return table
 
 
+def _output_hashes(out: layout.RepresentationDir) -> dict[str, str]:
+    return {path.name: files.file_hash(path) for path in (out.per_question, out.similarity)}
+
+
+def representation_problem(out: layout.RepresentationDir, want: dict | None = None) -> str | None:
+    """Why the stored analysis in ``out`` cannot be trusted (one line naming the file), or None: settings.json
+    (written last) must hold ``want`` (when given) and the SHA-256 of per_question.csv and similarity.csv as they
+    were written (a truncated, emptied or edited table does not match)."""
+    if not out.settings.is_file():
+        return f"{out.settings}: missing (not computed, or interrupted)"
+    try:
+        saved = files.read_json(out.settings)
+    except (DataError, ResultsError) as e:
+        return str(e).split("; ")[0]
+    if not isinstance(saved, dict):
+        return f"{out.settings}: not a JSON object"
+    recorded = saved.get("outputs")
+    if want is not None and {k: v for k, v in saved.items() if k != "outputs"} != want:
+        changed = sorted(k for k in set(want) | set(saved) - {"outputs"} if saved.get(k) != want.get(k))
+        return f"{out.settings}: settings changed since ({', '.join(changed)})"
+    if not isinstance(recorded, dict):
+        return f"{out.settings}: records no hashes of its tables (written by an older version)"
+    for path in (out.per_question, out.similarity):
+        if not path.is_file():
+            return f"{path}: missing"
+        if files.file_hash(path) != recorded.get(path.name):
+            return f"{path}: not the table settings.json records (truncated or edited)"
+    return None
+
+
 def representation_complete(out: layout.RepresentationDir, want: dict) -> bool:
-    return (out.settings.is_file() and out.similarity.is_file() and out.per_question.is_file()
-            and files.read_json(out.settings) == want)
+    """True when ``out`` holds the analysis of ``want``, whole (:func:`representation_problem`)."""
+    return representation_problem(out, want) is None
 
 
 def read_per_question(out: layout.RepresentationDir) -> pd.DataFrame:
+    """per_question.csv, verified against the hash settings.json records and checked whole: every language and id
+    of the settings at every layer, once; a fault is a one-line ResultsError naming the file."""
+    problem = representation_problem(out)
+    if problem:
+        raise ResultsError(f"{problem}; analyse the system again (qalign study, or the analyze notebook) to recompute it")
     try:
         frame = pd.read_csv(out.per_question)
     except (OSError, ValueError) as e:
@@ -363,4 +408,28 @@ def read_per_question(out: layout.RepresentationDir) -> pd.DataFrame:
     missing = [c for c in PER_QUESTION if c not in frame.columns]
     if missing:
         raise ResultsError(f"{out.per_question}: missing columns {missing}; delete it to recompute it")
+    _check_whole(frame, files.read_json(out.settings), out.per_question)
     return frame
+
+
+def _check_whole(frame: pd.DataFrame, saved: dict, path) -> None:
+    """Every (language, layer) of the table holds each id of the settings once, the layers are 0..L-1 for every
+    language, and the measures are numbers."""
+    fix = "delete it to recompute it"
+    langs, ids = saved.get("langs"), saved.get("ids")
+    if sorted(map(str, frame["lang"].unique())) != sorted(map(str, langs or [])):
+        raise ResultsError(f"{path}: languages {sorted(map(str, frame['lang'].unique()))}, settings.json says {langs}; {fix}")
+    bad = [m for m in MEASURES if not pd.api.types.is_numeric_dtype(frame[m])]
+    if bad:
+        raise ResultsError(f"{path}: column(s) {bad} are not numbers; {fix}")
+    layers = None
+    want_ids = sorted(map(str, ids or []))
+    for lang, part in frame.groupby("lang", sort=False):
+        have = sorted(part["layer"].unique().tolist())
+        if layers is None:
+            layers = have
+        if have != layers or have != list(range(len(have))):
+            raise ResultsError(f"{path}: {lang} has layers {have[:3]}..{have[-3:]}, not 0..{len(layers) - 1} like the others; {fix}")
+        for layer, rows in part.groupby("layer"):
+            if sorted(map(str, rows["id"])) != want_ids:
+                raise ResultsError(f"{path}: {lang} layer {layer}: not every id of settings.json exactly once; {fix}")

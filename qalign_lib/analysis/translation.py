@@ -22,7 +22,7 @@ from qalign_lib.analysis import inference
 from qalign_lib.analysis.inputs import REF, _key, parallel_questions
 from qalign_lib.analysis.mt_metrics import METRICS, SCORES, sentence_stats, signature
 from qalign_lib.core import config, files, layout, log
-from qalign_lib.core.errors import ConfigError, DataError
+from qalign_lib.core.errors import ConfigError, DataError, ResultsError
 from qalign_lib.core.files import append_jsonl, read_results, write_json
 from qalign_lib.core.languages import AVG
 from qalign_lib.data import prompts
@@ -41,18 +41,51 @@ def translation_prompt(question: str, lang: str) -> str:
     return prompts.alpaca(prompts.translate(question, lang, REF))
 
 
-def translation_settings(max_new_tokens: int, model_ref: str, engine: dict | None = None) -> dict:
-    """What determines the translations (a change moves old ones aside)."""
-    return {"model": model_ref, "template": prompts.ALPACA_TEMPLATE, "instruction": prompts.TRANSLATE_INSTRUCTION,
-            "target": REF, "decoding": "greedy", "max_new_tokens": int(max_new_tokens), **(engine or {})}
+def translation_settings(max_new_tokens: int, model_ref: str, engine: dict | None = None,
+                         benchmark: str | None = None) -> dict:
+    """What determines the translations (a change moves old ones aside): the model as
+    :func:`qalign_lib.evaluation.evaluator.model_identity` records it (relative to the runs root, with its
+    fingerprint), the prompt, decoding and engine, and, given ``benchmark``, a hash of each of its languages'
+    questions (:func:`translation_inputs`; :func:`translate` adds it when absent)."""
+    from qalign_lib.evaluation.evaluator import model_identity
+
+    out = {**model_identity(model_ref), "template": prompts.ALPACA_TEMPLATE,
+           "instruction": prompts.TRANSLATE_INSTRUCTION, "target": REF, "decoding": "greedy",
+           "max_new_tokens": int(max_new_tokens), **(engine or {})}
+    if benchmark is not None:
+        out["questions"] = translation_inputs(benchmark)
+    return out
+
+
+def translation_inputs(benchmark: str) -> dict[str, str]:
+    """{lang: hash of its (id, question) rows} for every language of ``benchmark`` (the sources and references)."""
+    from qalign_lib.evaluation.evaluator import question_hashes
+
+    return question_hashes(benchmark)
+
+
+def rows_hash(rows_by_lang: dict[str, list[dict]]) -> str:
+    """Content hash of the translation rows a metrics.json was computed from (recorded under ``inputs``)."""
+    return files.content_hash({lang: [[r["id"], r["hypothesis"], r["reference"]] for r in rows]
+                               for lang, rows in rows_by_lang.items()})
 
 
 def translation_rows(out: layout.TranslationDir, lang: str, ids=None) -> list[dict]:
-    """Rows of one language's translations, those of ``ids`` when given (an id twice: the first row counts)."""
-    rows = read_results(out.hypotheses(lang), ("id", "hypothesis", "reference"), "delete the file to translate again")
+    """Rows of one language's translations, those of ``ids`` when given (an id twice: the first row counts). A row
+    whose id is not an integer or string, or whose hypothesis or reference is not a string, is a ResultsError
+    naming the file and row."""
+    path = out.hypotheses(lang)
+    fix = "delete the file to translate again"
+    rows = read_results(path, ("id", "hypothesis", "reference"), fix)
     wanted = None if ids is None else set(ids)
     seen, kept = set(), []
-    for row in rows:
+    for k, row in enumerate(rows, 1):
+        if not files.valid_id(row["id"]):
+            raise ResultsError(f"{path}: row {k}: id {row['id']!r} must be an integer or a string; {fix}")
+        for field in ("hypothesis", "reference"):
+            if not isinstance(row[field], str):
+                raise ResultsError(f"{path}: row {k}: field {field!r} must be a string, got "
+                                   f"{type(row[field]).__name__}; {fix}")
         if row["id"] in seen or (wanted is not None and row["id"] not in wanted):
             continue
         seen.add(row["id"])
@@ -72,6 +105,8 @@ def translate(engine, out: layout.TranslationDir, benchmark: str, langs, limit: 
     ids, questions = parallel_questions(benchmark, langs, limit, root)
     langs = [lang for lang in questions if lang != REF]
     want = settings or translation_settings(max_new_tokens, "unknown")
+    if "questions" not in want:
+        want = {**want, "questions": translation_inputs(benchmark)}
     old = files.read_json(out.settings) if out.settings.is_file() else None
     if old is not None and old != want:
         files.move_aside(out.path, "translation settings changed")
@@ -95,7 +130,8 @@ def translate(engine, out: layout.TranslationDir, benchmark: str, langs, limit: 
     rows = {lang: translation_rows(out, lang, ids) for lang in langs}
     metrics = {"benchmark": benchmark, "model": want.get("model"), "n": {lang: len(r) for lang, r in rows.items()},
                **translation_metrics(rows, n_boot, length_cap=length_cap), "scoring": scoring_settings(length_cap),
-               "descriptives": translation_descriptives(rows, length_cap), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "descriptives": translation_descriptives(rows, length_cap), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "inputs": {"settings": files.content_hash(want), "rows": rows_hash(rows)}}
     write_json(out.metrics, metrics)
     return metrics
 

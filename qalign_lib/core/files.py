@@ -228,3 +228,23 @@ def save_figure(fig, path: Path, dpi: int = 130) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def content_hash(obj) -> str:
+    """SHA-256 (hex) of ``obj`` as canonical JSON (keys sorted, no whitespace, UTF-8): the same data gives the same
+    hash on every machine and path, so results can record what they were computed from."""
+    import hashlib
+
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from qalign_lib.core import benchmarks
 from qalign_lib.core.errors import DataError
-from qalign_lib.core.files import check_input, read_jsonl, read_lines
+from qalign_lib.core.files import check_input, read_jsonl, read_lines, valid_id
 from qalign_lib.core.languages import LANGS, NON_EN
 
 FETCH = "fetch it with `qalign data download --out DIR` on a machine with internet and set QALIGN_DATA_DIR=DIR"
@@ -91,6 +91,19 @@ def _check_ids(rows: list[dict], path: Path) -> None:
         seen.add(row["id"])
 
 
+def _check_benchmark_rows(rows: list[dict], path: Path, field: str) -> None:
+    """A benchmark's ids are integers or strings, all of one type (results files and tables keep them as they are),
+    and its questions are strings."""
+    kind = type(rows[0]["id"])
+    for i, row in enumerate(rows, 1):
+        if not valid_id(row["id"]) or type(row["id"]) is not kind:
+            raise DataError(f"{path}: row {i}: id {row['id']!r} must be an integer or a string, all of one type "
+                            f"(row 1's is {kind.__name__}); correct the file or restore it ({FETCH})")
+        if not isinstance(row[field], str):
+            raise DataError(f"{path}: row {i} (id {row['id']!r}): field {field!r} must be a string, got "
+                            f"{type(row[field]).__name__}; correct the file or restore it ({FETCH})")
+
+
 def _check_numeric(rows: list[dict], path: Path, field: str) -> None:
     for i, row in enumerate(rows, 1):
         try:
@@ -118,6 +131,8 @@ def read_rows(dataset: str, lang: str = "en", split: str | None = None, root=Non
     if dataset == "metamathqa":
         for i, row in enumerate(rows):
             row.setdefault("id", i)
+    if dataset in benchmarks.REGISTRY:
+        _check_benchmark_rows(rows, path, benchmarks.get(dataset).question_field)
     _check_ids(rows, path)
     if dataset in benchmarks.REGISTRY:
         _check_numeric(rows, path, benchmarks.get(dataset).answer_field)

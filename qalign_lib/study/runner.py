@@ -115,8 +115,8 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         if run in todo:
             steps.append(Step("evaluate", system, "evaluate", params, "todo", f"after training {run}"))
             continue
-        complete = evaluator.is_complete(s.cfg, run=params.get("run"), model=params.get("model"), benchmarks=s.benchmarks)
-        steps.append(Step("evaluate", system, "evaluate", params, "done" if complete else "todo", "complete" if complete else ""))
+        why = evaluator.incomplete(s.cfg, run=params.get("run"), model=params.get("model"), benchmarks=s.benchmarks)
+        steps.append(Step("evaluate", system, "evaluate", params, "todo" if why else "done", why or "complete"))
     no_data = studies.missing_analysis_data(s)
     analyses = [(system, ref, len(refs)) for system in s.analyses for refs in [studies.analysis_refs(s, system)] for ref in refs]
     for system, ref, n_refs in analyses:  # what stage 1 did to each model (each seed): translation and representations
@@ -131,8 +131,8 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         elif ref in todo:
             status, reason = "todo", f"after training {ref}"
         else:
-            complete = pipeline.is_complete(s.cfg, run=params.get("run"), model=params.get("model"))
-            status, reason = ("done", "complete") if complete else ("todo", "")
+            why = pipeline.incomplete(s.cfg, run=params.get("run"), model=params.get("model"))
+            status, reason = ("todo", why) if why else ("done", "complete")
         steps.append(Step("analyze", name, "analyze", params, status, reason))
     if report:
         evaluated = any(st.kind in ("evaluate", "analyze") and st.status != "skip" for st in steps)

@@ -68,3 +68,122 @@ def test_analysis_frees_the_hf_model_and_the_cuda_cache_before_vllm_starts(synth
     again = pipeline.analyze(capped, model=tiny_model)
     assert len(models) == 1 and len(started) == 1 and again["mgsm"]["translation"]["scoring"]["length_cap"] == 0.5
     assert pipeline.is_complete(capped, model=tiny_model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every analysis records its inputs and is verified when read (issue 21: cases 2, 3, 5, 10)
+
+
+def _cfg(tiny_model):
+    return config.resolve("tiny", model=tiny_model, engine="hf", analysis_langs=["de"], analysis_benchmarks=["mgsm"],
+                          representation_limit=3, translation_limit=2, translation_max_new_tokens=2)
+
+
+def _finished_run(name: str, tiny_model: str, fingerprint: str):
+    import shutil
+
+    from qalign_lib.core import layout
+
+    run = layout.run("tiny", name)
+    shutil.copytree(tiny_model, run.model)
+    (run.path / "run.json").write_text(f'{{"fingerprint": "{fingerprint}"}}')
+    run.done_marker.write_text(fingerprint + "\n")
+    return run
+
+
+def test_a_truncated_or_emptied_table_is_todo_and_is_never_read(synthetic_data, tiny_model):
+    """Case 2: settings.json records the hashes of per_question.csv and similarity.csv; a truncated or header-only
+    table makes the analysis todo (the reason names the file), the report's reader refuses it in one line, and
+    analysing again recomputes it."""
+    import re
+
+    import pytest
+
+    from qalign_lib.analysis.representations import read_per_question
+    from qalign_lib.core.errors import ResultsError
+
+    cfg = _cfg(tiny_model)
+    pipeline.analyze(cfg, run="base")
+    assert pipeline.incomplete(cfg, run="base") is None
+    rdir = pipeline.target(cfg, run="base").representations("mgsm")
+    whole = rdir.per_question.read_text()
+    assert len(read_per_question(rdir)) == len(whole.splitlines()) - 1
+    rdir.per_question.write_text("".join(whole.splitlines(keepends=True)[:5]))
+    assert pipeline.incomplete(cfg, run="base") == \
+        f"{rdir.per_question}: not the table settings.json records (truncated or edited)"
+    with pytest.raises(ResultsError, match=re.escape(f"{rdir.per_question}: not the table settings.json records")):
+        read_per_question(rdir)
+    pipeline.analyze(cfg, run="base")
+    assert rdir.per_question.read_text() == whole and pipeline.is_complete(cfg, run="base")
+    rdir.similarity.write_text(rdir.similarity.read_text().splitlines(keepends=True)[0])  # the header only
+    assert pipeline.incomplete(cfg, run="base") == \
+        f"{rdir.similarity}: not the table settings.json records (truncated or edited)"
+    pipeline.analyze(cfg, run="base")
+    assert pipeline.is_complete(cfg, run="base")
+
+
+def test_translations_changed_after_scoring_or_ill_typed_are_not_trusted(synthetic_data, tiny_model):
+    """Cases 2 and 10: translation metrics record a hash of the rows they scored; a row edited since makes the
+    analysis todo; a hypothesis that is not a string is a one-line error naming the file and row."""
+    import json
+    import re
+
+    import pytest
+
+    from qalign_lib.analysis.translation import translation_rows
+    from qalign_lib.core.errors import ResultsError
+
+    cfg = _cfg(tiny_model)
+    pipeline.analyze(cfg, run="base")
+    tdir = pipeline.target(cfg, run="base").translation("mgsm")
+    path = tdir.hypotheses("de")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["hypothesis"] = "an edited hypothesis"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert pipeline.incomplete(cfg, run="base") == f"{tdir.metrics}: not computed from the translations now stored"
+    rows[1]["hypothesis"] = 12345
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ResultsError, match=re.escape(f"{path}: row 2: field 'hypothesis' must be a string, got int;")):
+        translation_rows(tdir, "de")
+    rows[1]["hypothesis"], rows[1]["id"] = "ok", [3]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ResultsError, match=re.escape(f"{path}: row 2: id [3] must be an integer or a string;")):
+        translation_rows(tdir, "de")
+
+
+def test_an_edited_question_makes_the_analyses_todo(synthetic_data, tiny_model, tmp_path, monkeypatch):
+    """Case 3: both analyses record hashes of the questions they used; editing one is noticed, and analysing again
+    moves the old translations aside."""
+    import json
+    import shutil
+
+    from qalign_lib.data import corpora
+
+    shutil.copytree(synthetic_data, tmp_path / "data")
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path / "data"))
+    cfg = _cfg(tiny_model)
+    pipeline.analyze(cfg, run="base")
+    root = pipeline.target(cfg, run="base")
+    path = corpora.path_of("mgsm", "de", root=tmp_path / "data")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["question"] = "Eine ganz andere Frage?"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reason = pipeline.incomplete(cfg, run="base")
+    assert reason == f"{root.representations('mgsm').settings}: settings changed since (questions)"
+    pipeline.analyze(cfg, run="base")
+    assert len(list(root.translation("mgsm").path.parent.glob("mgsm.replaced-*"))) == 1
+    assert pipeline.is_complete(cfg, run="base")
+
+
+def test_copying_runs_keeps_analyses_of_runs_complete(synthetic_data, tiny_model, tmp_path, monkeypatch):
+    """Case 5: analyses name a run relative to the runs root (with its fingerprint): a copied runs/ is complete."""
+    import shutil
+
+    cfg = _cfg(tiny_model)
+    _finished_run("r1", tiny_model, "fp-1")
+    pipeline.analyze(cfg, run="r1")
+    saved = pipeline.target(cfg, run="r1").representations("mgsm").settings.read_text()
+    assert '"model": "runs:tiny/r1"' in saved and str(tmp_path) not in saved
+    shutil.copytree(tmp_path / "runs", tmp_path / "runs2", symlinks=True)
+    monkeypatch.setenv("QALIGN_RUNS_DIR", str(tmp_path / "runs2"))
+    assert pipeline.incomplete(cfg, run="r1") is None

@@ -243,3 +243,42 @@ def test_pooling_diagnostics_by_hand():
     even["de"] = even["en"].copy()
     spread = representations.pooling_diagnostics(even, {"en": np.arange(4), "de": np.arange(4)}).iloc[0]
     assert spread["maxdim_share"] == pytest.approx(0.5)
+
+
+def test_read_per_question_checks_every_language_layer_and_id(tmp_path):
+    """Issue 21 case 2: even with matching hashes, a table that misses an id of one layer, or a language of the
+    settings, is a one-line error naming the file (never a partial result)."""
+    import re
+
+    import pandas as pd
+    import pytest
+
+    from qalign_lib.analysis import representations as rep
+    from qalign_lib.core import files, layout
+    from qalign_lib.core.errors import ResultsError
+
+    out = layout.RepresentationDir(tmp_path / "r")
+    out.path.mkdir()
+    frame = pd.DataFrame([{"lang": lang, "layer": layer, "id": i, **{m: 0.5 for m in rep.MEASURES},
+                           "nearest_en": i, "nearest_en_csls": i}
+                          for lang in ("de", "fr") for layer in range(3) for i in range(4)])[list(rep.PER_QUESTION)]
+
+    def store(table, langs=("de", "fr")):
+        table.to_csv(out.per_question, index=False)
+        table.head(1).to_csv(out.similarity, index=False)
+        files.write_json(out.settings, {"langs": list(langs), "ids": [0, 1, 2, 3],
+                                        "outputs": {p.name: files.file_hash(p) for p in (out.per_question, out.similarity)}})
+
+    store(frame)
+    assert len(rep.read_per_question(out)) == 24
+    store(frame.drop(index=5))
+    with pytest.raises(ResultsError, match=re.escape(f"{out.per_question}: de layer 1: not every id of settings.json "
+                                                     "exactly once; delete it to recompute it")):
+        rep.read_per_question(out)
+    store(frame, langs=("de", "fr", "zh"))
+    with pytest.raises(ResultsError, match=re.escape(f"{out.per_question}: languages ['de', 'fr'], settings.json says "
+                                                     "['de', 'fr', 'zh']")):
+        rep.read_per_question(out)
+    store(frame[frame["layer"] != 2].reset_index(drop=True).pipe(lambda f: pd.concat([f, frame[(frame["layer"] == 2) & (frame["lang"] == "de")]])))
+    with pytest.raises(ResultsError, match=re.escape(f"{out.per_question}: fr has layers")):
+        rep.read_per_question(out)

@@ -1,6 +1,7 @@
 """The datasets (qalign_lib.data.corpora): loaders of the real and the synthetic data, missing and malformed files
 named with the line and field, the data check's table."""
 import json
+import re
 
 import pytest
 from datasets import Dataset
@@ -84,3 +85,20 @@ def test_check_table_on_the_real_snapshot(real_data):
     table, missing = corpora.check({"mgsm": ["en"], "gsm8kinstruct_question": ["de", "bn"]})
     assert "mgsm" in table and "250*" in table
     assert len(missing) == 1 and "gsm8kinstruct_question [bn]" in missing[0]
+
+
+def test_benchmark_ids_and_questions_are_checked_when_read(tmp_path, monkeypatch):
+    """Issue 21 case 10: an id [3], an id "5" among integer ids or a numeric question is a one-line DataError naming
+    the file and row (score and analyze read through here), not a TypeError or pyarrow's ArrowInvalid."""
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
+    p = tmp_path / "mgsm" / "de.jsonl"
+    good = json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n"
+    for row, message in (({"id": [3], "question": "b", "answer": "2"}, "row 2: id [3] must be an integer or a string, "
+                                                                        "all of one type (row 1's is int)"),
+                         ({"id": "5", "question": "b", "answer": "2"}, "row 2: id '5' must be an integer or a string, "
+                                                                       "all of one type (row 1's is int)"),
+                         ({"id": 1, "question": 12345, "answer": "2"}, "row 2 (id 1): field 'question' must be a "
+                                                                       "string, got int")):
+        write_lines(p, [good, json.dumps(row) + "\n"])
+        with pytest.raises(DataError, match=re.escape(f"{p}: {message}; correct the file or restore it")):
+            corpora.load_benchmark("mgsm", "de")

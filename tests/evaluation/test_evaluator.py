@@ -264,3 +264,130 @@ def test_sigint_during_evaluation_resumes_with_nothing_lost(synthetic_data, tiny
     assert len(before) == 1
     monkeypatch.setattr(generation, "generate", real)
     _resume_generates_only_what_is_missing(cfg, before, path, monkeypatch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every result records its inputs (issue 21: cases 1, 3, 5, 10)
+
+
+def _finished_run(cfg, name: str, tiny_model: str, fingerprint: str) -> layout.RunDir:
+    import shutil
+
+    run = layout.run(cfg.size, name)
+    shutil.copytree(tiny_model, run.model)
+    (run.path / "run.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    run.done_marker.write_text(fingerprint + "\n")
+    return run
+
+
+def _copy_data(src: Path, dst: Path, monkeypatch) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(dst))
+    return dst
+
+
+def _edit_row(path: Path, ident, **fields) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        if row["id"] == ident:
+            row.update(fields)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_copying_runs_keeps_evaluations_of_runs_complete(synthetic_data, tiny_model, tmp_path, monkeypatch):
+    """Case 5: settings name a run relative to the runs root, so a copied runs/ is still complete."""
+    import shutil
+
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens=new_tokens(4), eval_batch_size=4)
+    _finished_run(cfg, "r1", tiny_model, "fp-1")
+    evaluator.evaluate(cfg, run="r1", benchmarks=["mgsm"], langs="en")
+    root = evaluator.target(cfg, run="r1")
+    saved = root.read_settings("mgsm")
+    assert saved["model"] == "runs:tiny/r1" and saved["model_fingerprint"] == "fp-1"
+    assert str(tmp_path) not in json.dumps(saved) and str(tmp_path) not in root.metrics.read_text()
+    shutil.copytree(tmp_path / "runs", tmp_path / "runs2", symlinks=True)
+    monkeypatch.setenv("QALIGN_RUNS_DIR", str(tmp_path / "runs2"))
+    assert evaluator.incomplete(cfg, run="r1", benchmarks=["mgsm"], langs="en") is None
+    assert evaluator.is_complete(cfg, run="r1", benchmarks=["mgsm"], langs="en")
+
+
+def test_a_retrained_run_is_another_model(synthetic_data, tiny_model, monkeypatch):
+    """Case 1: the run's fingerprint is part of the settings: a retrained run's old answers are not its own."""
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=1, max_new_tokens=new_tokens(4), eval_batch_size=4)
+    run = _finished_run(cfg, "r1", tiny_model, "fp-1")
+    evaluator.evaluate(cfg, run="r1", benchmarks=["mgsm"], langs="en")
+    (run.path / "run.json").write_text(json.dumps({"fingerprint": "fp-2"}))
+    assert evaluator.incomplete(cfg, run="r1", benchmarks=["mgsm"], langs="en") == "mgsm: changed since: model_fingerprint"
+    evaluator.evaluate(cfg, run="r1", benchmarks=["mgsm"], langs="en")
+    aside = list(run.eval.path.glob("mgsm.replaced-*"))
+    assert len(aside) == 1 and json.loads((aside[0] / "settings.json").read_text())["model_fingerprint"] == "fp-1"
+    assert run.eval.read_settings("mgsm")["model_fingerprint"] == "fp-2"
+    assert evaluator.is_complete(cfg, run="r1", benchmarks=["mgsm"], langs="en")
+
+
+def test_generations_without_settings_are_not_trusted(synthetic_data, tiny_model, monkeypatch):
+    """Case 1: rows appended into a retrained run's eval/ (no settings.json) are moved aside, not completed."""
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=2, max_new_tokens=new_tokens(4), eval_batch_size=4)
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
+    root = evaluator.target(cfg, run="base")
+    root.settings("mgsm").unlink()
+    assert evaluator.incomplete(cfg, run="base", benchmarks=["mgsm"], langs="en") == "mgsm: no settings.json"
+    calls = []
+    real = generation.generate_to_files
+    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
+    assert [[(it["lang"], it["id"]) for it in items] for items in calls] == [[("en", 0), ("en", 1)]]
+    aside = list(root.path.glob("mgsm.replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "en.jsonl").is_file() and not (aside[0] / "settings.json").exists()
+
+
+def test_an_edited_question_regenerates_that_language_only(synthetic_data, tiny_model, tmp_path, monkeypatch):
+    """Case 3: the settings record a hash of each language's questions; an edit is noticed and only that language's
+    answers are generated again."""
+    from qalign_lib.data import corpora
+
+    data = _copy_data(synthetic_data, tmp_path / "data", monkeypatch)
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=2, max_new_tokens=new_tokens(4), eval_batch_size=4)
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="de,en")
+    root = evaluator.target(cfg, run="base")
+    assert evaluator.is_complete(cfg, run="base", benchmarks=["mgsm"], langs="de,en")
+    _edit_row(corpora.path_of("mgsm", "de", root=data), 0, question="Eine ganz andere Frage?")
+    assert evaluator.incomplete(cfg, run="base", benchmarks=["mgsm"], langs="de,en") == "mgsm: changed since: questions"
+    calls = []
+    real = generation.generate_to_files
+    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="de,en")
+    assert [[(it["lang"], it["id"]) for it in items] for items in calls] == [[("de", 0), ("de", 1)]]
+    assert [p.name.split(".replaced-")[0] for p in root.bench_dir("mgsm").glob("*.replaced-*")] == ["de.jsonl"]
+    assert evaluator.is_complete(cfg, run="base", benchmarks=["mgsm"], langs="de,en")
+
+
+def test_an_edited_gold_answer_rescores(synthetic_data, tiny_model, tmp_path, monkeypatch):
+    """Case 3: metrics.json records a hash of the gold answers it was scored against; an edit makes it todo and
+    evaluating again rescores without generating."""
+    from qalign_lib.data import corpora
+
+    data = _copy_data(synthetic_data, tmp_path / "data", monkeypatch)
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=2, max_new_tokens=new_tokens(4), eval_batch_size=4)
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
+    from qalign_lib.core import benchmarks
+
+    _edit_row(corpora.path_of("mgsm", "en", root=data), 1, **{benchmarks.get("mgsm").answer_field: "987654"})
+    reason = evaluator.incomplete(cfg, run="base", benchmarks=["mgsm"], langs="en")
+    assert reason == "mgsm: metrics.json was not scored from these generations settings and gold answers"
+    monkeypatch.setattr(evaluator, "_load", lambda *a: (_ for _ in ()).throw(AssertionError("model loaded")))
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
+    assert evaluator.is_complete(cfg, run="base", benchmarks=["mgsm"], langs="en")
+
+
+def test_a_non_string_response_names_the_file_and_row(synthetic_data, tiny_model):
+    """Case 10: a generation row whose response is not a string is a one-line error, not a traceback later."""
+    cfg = config.resolve("tiny", model=tiny_model, eval_limit=2, max_new_tokens=new_tokens(4), eval_batch_size=4)
+    evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
+    root = evaluator.target(cfg, run="base")
+    path = root.generations("mgsm", "en")
+    _edit_row(path, 1, response=12345)
+    with pytest.raises(ResultsError, match=re.escape(f"{path}: row ") + r"\d: field 'response' must be a string, got int"):
+        evaluator.generations(root, "mgsm", "en")

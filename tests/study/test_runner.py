@@ -143,10 +143,11 @@ def test_plan_passes_run_overrides_and_analyses_each_seed(params_copy, synthetic
     assert train["final-full"] == {"size": "tiny", "run_name": "final-full", "init": "s1-full", "stage2_data": "gsm8k",
                                    "langs": "en", "lora_r": "null"}
     analyze = [(st.name, st.params, st.status, st.reason) for st in steps if st.kind == "analyze"]
-    assert analyze == [("Base", {"size": "tiny", "run": "base"}, "todo", ""),
-                       ("Seeds [s1-seed1]", {"size": "tiny", "run": "s1-seed1"}, "todo", "after training s1-seed1"),
-                       ("Seeds [s1-seed2]", {"size": "tiny", "run": "s1-seed2"}, "todo", "after training s1-seed2"),
-                       ("Full", {"size": "tiny", "run": "s1-full"}, "todo", "after training s1-full")]
+    assert analyze[0][:3] == ("Base", {"size": "tiny", "run": "base"}, "todo")  # the plan says why (issue 21)
+    assert analyze[0][3].endswith("/settings.json: missing (not computed, or interrupted)")
+    assert analyze[1:] == [("Seeds [s1-seed1]", {"size": "tiny", "run": "s1-seed1"}, "todo", "after training s1-seed1"),
+                           ("Seeds [s1-seed2]", {"size": "tiny", "run": "s1-seed2"}, "todo", "after training s1-seed2"),
+                           ("Full", {"size": "tiny", "run": "s1-full"}, "todo", "after training s1-full")]
     only = runner.plan(studies.load("x"), only=["Seeds"], report=False)
     assert [(st.kind, st.name) for st in only] == [("train", "s1-seed1"), ("train", "s1-seed2"),
                                                    ("analyze", "Seeds [s1-seed1]"), ("analyze", "Seeds [s1-seed2]")]
@@ -187,8 +188,8 @@ def test_an_unchanged_report_is_not_rebuilt_and_a_changed_result_rebuilds_it(par
     monkeypatch.setenv("QALIGN_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("QALIGN_FIGURES_DIR", str(tmp_path / "figures"))
     write_study(params_copy, "size: tiny\nbenchmarks: [mgsm]\nsystems: {Base: base}\n")
-    monkeypatch.setattr(runner.evaluator, "is_complete", lambda *a, **k: True)
-    monkeypatch.setattr(runner.pipeline, "is_complete", lambda *a, **k: True)
+    monkeypatch.setattr(runner.evaluator, "incomplete", lambda *a, **k: None)
+    monkeypatch.setattr(runner.pipeline, "incomplete", lambda *a, **k: None)
     result = layout.size_root("tiny") / "base" / "eval" / "mgsm" / "metrics.json"
     result.parent.mkdir(parents=True)
     result.write_text("{}")
