@@ -29,8 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
+from qalign_lib.core import yamlfiles
 from qalign_lib.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # qalign_lib/core/config.py -> the project
@@ -308,8 +307,8 @@ def _check(tp, value, p: Param):
     if origin is dict:
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
+                value = yamlfiles.loads(value, f"parameter {p.name}")
+            except ConfigError:
                 raise _Bad from None
         if not isinstance(value, dict):
             raise _Bad
@@ -405,14 +404,11 @@ def sizes() -> list[str]:
 
 
 def read_yaml(path: Path) -> dict:
+    """A parameter file's top-level mapping (empty for an empty file), read by qalign_lib.core.yamlfiles: size
+    limit, duplicate keys and alias bombs refused with the file and line named."""
     if not path.is_file():
         raise ConfigError(f"missing parameter file {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be read: {e}") from None
+    data = yamlfiles.load(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -6,7 +6,11 @@ the data it needs, and orders the runs so that one stage-1 model serves every st
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
+from typing import Literal
+
+import pydantic
 
 from qalign_lib.core import benchmarks as registry
 from qalign_lib.core import config, layout
@@ -57,6 +61,93 @@ class Study:
     effects: list[tuple[str, str]] = field(default_factory=list)  # (a, b) pairs of analyses: the stage-1 effects b - a
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The schema of a study file: types checked, unknown keys refused with the closest valid one (pydantic); the
+# references between runs, systems, groups and effects are checked by ``load``.
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+
+class _RunStructure(_Strict):
+    """The structure keys of a run (RUN_KEYS); its parameter overrides are validated by ``_overrides``."""
+    stage: Literal[1, 2]
+    init: str = "base"
+    task: str | None = None
+    stage2_data: str | list[str] | None = None
+    langs: str | list[str] | None = None
+
+
+class _Analysis(_Strict):
+    systems: dict[str, str | list[str]]
+    effects: list[list[str]] | None = None
+
+
+class _StudyFile(_Strict):
+    size: str | None = None
+    caption: str | None = None
+    benchmarks: str | list[str] | None = None
+    runs: dict[str, dict] | None = None
+    systems: dict[str, str] | None = None
+    groups: dict[str, list[str]] | None = None
+    released: dict[str, dict[str, str] | None] | None = None
+    analysis: _Analysis | None = None
+
+
+_TYPE_TAGS = ("str", "int", "list", "dict", "none")
+
+
+def _schema_error(e: pydantic.ValidationError, model: type[pydantic.BaseModel], where: str) -> ConfigError:
+    """The first error of a schema check as one line naming the file, the key path and the fix."""
+    err = e.errors()[0]
+    tags = [part for part in err["loc"] if isinstance(part, str) and part != "[key]"
+            and ("[" in part or part in _TYPE_TAGS)]
+    parts = [part for part in err["loc"] if part not in tags]  # a union's member names are not keys of the file
+    if parts and parts[-1] == "[key]":
+        return ConfigError(f"{where}: {'.'.join(map(str, parts[:-2]))}: the name {parts[-2]!r} must be a string "
+                           f"(quote it: '{parts[-2]}')")
+    loc = ".".join(str(part) for part in parts)
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        fields = list(model.model_fields) if len(err["loc"]) == 1 else []
+        if not fields and err["loc"][0] == "analysis":
+            fields = list(_Analysis.model_fields)
+        close = difflib.get_close_matches(key, fields, n=1)
+        return ConfigError(f"{where}: unknown key {loc!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                           + (f" The keys are: {', '.join(fields)}" if fields else ""))
+    if err["type"] == "missing":
+        return ConfigError(f"{where}: {loc}: missing")
+    value = err.get("input")
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    if {"str", "list[str]"} & set(tags) and err["type"] in ("string_type", "list_type"):
+        return ConfigError(f"{where}: {loc}: expected a name or a list of names, got {shown}")
+    expected = {"dict_type": "a mapping", "list_type": "a list", "string_type": "a string",
+                "literal_error": err.get("ctx", {}).get("expected", "")}.get(err["type"], err["msg"])
+    return ConfigError(f"{where}: {loc}: expected {expected}, got {shown}")
+
+
+def _parse(model: type[pydantic.BaseModel], raw, where: str):
+    try:
+        return model.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise _schema_error(e, model, where) from None
+
+
+# Display names (systems, groups, analysis systems) appear in tables, figure titles and file names: printable, no
+# slashes, no surrounding spaces, at most DISPLAY_MAX characters.
+DISPLAY_MAX = 80
+_DISPLAY = re.compile(r"^[^\s/\\\x00-\x1f\x7f](?:[^/\\\x00-\x1f\x7f]*[^\s/\\\x00-\x1f\x7f])?$")
+
+
+def check_display_name(name: str, what: str) -> str:
+    if not _DISPLAY.match(name) or len(name) > DISPLAY_MAX:
+        shown = repr(name) if len(name) <= 40 else repr(name[:40]) + f"... ({len(name)} characters)"
+        raise ConfigError(f"{what} {shown}: a display name is 1 to {DISPLAY_MAX} printable characters, no slashes "
+                          "or backslashes, no leading or trailing spaces, e.g. 'QAlign+MonoReason'")
+    return name
+
+
 def _overrides(spec: dict, where: str, cfg: Config) -> dict:
     """A run's parameter overrides (RUN_OVERRIDES), each validated; any other key is an error naming the closest."""
     out = {}
@@ -90,6 +181,7 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
     """Read a study and resolve every run's languages and data against the size's defaults."""
     path = study_file(name)
     raw = config.read_yaml(path)
+    _parse(_StudyFile, raw, str(path))
     size = size or raw.get("size") or "tiny"
     cfg = config.resolve(size, **overrides)
     runs: dict[str, Run] = {}
@@ -98,14 +190,23 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
         if not isinstance(spec, dict) or spec.get("stage") not in (1, 2):
             raise ConfigError(f"{where}: needs 'stage: 1' or 'stage: 2'")
         layout.check_name(run_name, f"{path}: run name")
+        if "data" in spec and spec["stage"] == 2:
+            raise ConfigError(f"{where}: 'data' is now 'stage2_data' (the parameter of that name); rename the key")
+        run_overrides = _overrides(spec, where, cfg)  # unknown keys first, with the closest valid one
+        _parse(_RunStructure, {k: v for k, v in spec.items() if k in RUN_KEYS}, where)
+        if spec["stage"] == 1 and spec.get("init", "base") != "base":
+            raise ConfigError(f"{where}: init={spec['init']!r}: a stage-1 run always starts from the base model; "
+                              "leave out init (stage 2 runs start from a stage-1 run)")
+        if spec["stage"] == 1 and "stage2_data" in spec:
+            raise ConfigError(f"{where}: stage2_data is a stage-2 key; a stage-1 run takes task")
+        if spec["stage"] == 2 and "task" in spec:
+            raise ConfigError(f"{where}: task is a stage-1 key; a stage-2 run takes stage2_data")
         if spec["stage"] == 1:
             tasks = [spec.get("task", "x2en_question")]
             if tasks[0] not in training_data.STAGE1_TASKS:
                 raise ConfigError(f"{where}: unknown stage-1 task {tasks[0]!r}; choose one of {', '.join(training_data.STAGE1_TASKS)}")
             langs = training_data.task_langs(tasks[0], spec.get("langs", cfg.stage1_langs))
         else:
-            if "data" in spec:
-                raise ConfigError(f"{where}: 'data' is now 'stage2_data' (the parameter of that name); rename the key")
             tasks = spec.get("stage2_data", cfg.stage2_data)
             tasks = [tasks] if isinstance(tasks, str) else list(tasks)
             bad = [t for t in tasks if t not in training_data.STAGE2_DATA]
@@ -114,7 +215,7 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
             langs = training_data.task_langs("gsm8kinstruct", spec.get("langs", "all")) if "gsm8kinstruct" in tasks else ["en"]
         runs[run_name] = Run(run_name, spec["stage"], spec.get("init", "base"), task=tasks[0] if spec["stage"] == 1 else "",
                              stage2_data=tasks if spec["stage"] == 2 else [], langs=langs,
-                             overrides=_overrides(spec, where, cfg))
+                             overrides=run_overrides)
     for run in runs.values():
         if run.init != "base" and run.init not in runs:
             raise ConfigError(f"{path}: run {run.name!r} starts from unknown run {run.init!r}")
@@ -131,13 +232,29 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
         if "main" in groups:  # first-class rows of Tables 2-3, beside our own runs of the same methods
             groups["main"] = [*groups["main"], system]
     for system, run_name in systems.items():
+        check_display_name(system, f"{path}: system")
         if run_name != "base" and run_name not in runs and not layout.is_model_ref(run_name):
-            raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}")
+            raise ConfigError(f"{path}: system {system!r} names unknown run {run_name!r}" + _closest(run_name, runs))
+    for group, members in groups.items():
+        check_display_name(group, f"{path}: group")
+        for system in members:
+            if system not in systems:
+                raise ConfigError(f"{path}: group {group!r} names unknown system {system!r}" + _closest(system, systems))
+        if len(set(members)) < len(members):
+            raise ConfigError(f"{path}: group {group!r} lists a system twice: {members}")
     benchmarks = registry.parse(raw.get("benchmarks"), what=f"{path}: benchmarks")
     analyses, effects = _analysis(raw.get("analysis"), runs, systems, groups, path)
     study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), groups, str(path), analyses, effects)
     order(study)  # validates that there is no cycle
+    if not systems and not raw.get("analysis"):
+        raise ConfigError(f"{path}: declares no systems and no analysis; a study evaluates `systems:` (display name "
+                          "-> run) and/or analyses `analysis: {systems: ...}` (see params/study-tiny.yaml)")
     return study
+
+
+def _closest(name: str, known) -> str:
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(map(str, known)) or 'none'}"
 
 
 def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, path) -> tuple[dict, list]:
@@ -161,15 +278,18 @@ def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, 
         if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs) or len(set(refs)) < len(refs):
             raise ConfigError(f"{path}: analysis system {system!r}: expected a run (base, model:<id>) or a list of "
                               f"distinct runs (one per seed), got {refs!r}")
+        check_display_name(str(system), f"{path}: analysis system")
         for ref in refs:
             if ref != "base" and ref not in runs and not layout.is_model_ref(ref):
-                raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}")
+                raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}" + _closest(ref, runs))
         analyses[str(system)] = list(refs)
     effects = []
     for pair in raw.get("effects") or []:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(x not in analyses for x in pair):
             raise ConfigError(f"{path}: analysis effects: {pair!r} is not a pair [a, b] of analysis systems "
                               f"({', '.join(analyses)})")
+        if pair[0] == pair[1] or (str(pair[0]), str(pair[1])) in effects:
+            raise ConfigError(f"{path}: analysis effects: {pair!r} compares a system with itself or is listed twice")
         effects.append((str(pair[0]), str(pair[1])))
     return analyses, effects
 

@@ -168,6 +168,30 @@ def test_bad_value_in_a_size_file_names_the_file(params_copy):
         config.resolve("7b")
 
 
+def test_size_file_duplicates_bombs_and_huge_files_are_refused(params_copy):
+    """Issue 21, cases 4 and 11: a size file's repeated key (YAML keeps the last one), an alias bomb and an oversized
+    file are one-line errors naming the file."""
+    path = params_copy / "sizes" / "tiny.yaml"
+    original = path.read_text()
+    path.write_text(original + "\nlr: 2.0e-3\n")  # tiny.yaml sets lr already
+    with pytest.raises(ConfigError, match=rf"^{path}: line \d+: duplicate key 'lr' \(first on line \d+\)"):
+        config.resolve("tiny")
+    bomb = "\n".join(["x0: &x0 [de, de, de, de, de, de, de, de, de, de]"]
+                     + [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 10)])
+    path.write_text(bomb + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: expands to more than"):
+        config.read_yaml(path)
+    path.write_text(original + "\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: \d+ bytes, larger than the limit"):
+        config.resolve("tiny")
+
+
+def test_mapping_parameters_parse_yaml_strings_safely():
+    assert config.validate("max_new_tokens", "{mgsm: 5}", "x") == {"mgsm": 5}
+    with pytest.raises(ConfigError, match=r"parameter max_new_tokens=.*expected mapping"):
+        config.validate("max_new_tokens", "{mgsm: 5, mgsm: 6}", "x")
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("eval_token_budget", "lots", "int or null"),        # default None: the type is still checked
     ("eval_limit", "all", "int or null"),

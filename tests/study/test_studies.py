@@ -96,7 +96,7 @@ def test_analysis_systems_take_lists_of_runs(params_copy):
     assert studies.order(s, ["X2En"]) == ["s1-seed1", "s1-seed2"]
     assert studies.analysis_refs(studies.Study("y", "tiny", s.cfg, {}, {}, [], analyses={"A": "base"}), "A") == ["base"]
     for bad, message in (("X2En: []", "expected a run"), ("X2En: [s1, s1]", "expected a run"),
-                         ("X2En: [s1, nope]", "names unknown run 'nope'"), ("X2En: {a: s1}", "expected a run")):
+                         ("X2En: [s1, nope]", "names unknown run 'nope'"), ("X2En: {a: s1}", "X2En: expected a name or a list of names")):
         write_study(params_copy, SEEDED_STUDY.replace("X2En: [s1-seed1, s1-seed2]", bad))
         with pytest.raises(ConfigError, match=message):
             studies.load("x")
@@ -136,3 +136,58 @@ def test_offline_study_design():
                 for r in refs if r in s.runs}
         assert len(keys) <= 1, system
     assert len(s.effects) == len(set(s.effects))
+
+
+def _alias_bomb_langs(levels: int = 10) -> str:
+    """A YAML alias bomb (``levels`` x 10) as a run's langs."""
+    lines = ["l0: &l0 [de, de, de, de, de, de, de, de, de, de]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines)
+
+
+# Issue 21, cases 4, 10 (study files), 11 (alias bomb), 12 (long system name): each a one-line error naming the file
+# and the key, at load (plan) time.
+@pytest.mark.parametrize("body, message", [
+    (BASE_STUDY.replace("runs:\n", "runs:\n  bad: {stage: 1, taks: en2x_question}\n"),
+     r"run 'bad': unknown key 'taks'; did you mean 'task'\?"),
+    (BASE_STUDY.replace("runs:\n", "runs:\n  bad: {stage: 1, init: final}\n"),
+     r"run 'bad': init='final': a stage-1 run always starts from the base model"),
+    (BASE_STUDY.replace("systems:", "sytems:"), r"unknown key 'sytems'; did you mean 'systems'\?"),
+    ("", r"declares no systems and no analysis"),
+    ("size: tiny\n", r"declares no systems and no analysis"),
+    (BASE_STUDY.replace("runs:\n", "runs:\n  s1: {stage: 1, task: en2x_question}\n"),
+     r"line 5: duplicate key 's1' \(first on line 4\)"),
+    (BASE_STUDY + "systems: {X: base}\n", r"line 7: duplicate key 'systems' \(first on line 6\)"),
+    (BASE_STUDY.replace("systems: {Base: base, Final: final}", "systems: {Base: base, Base: final}"),
+     r"duplicate key 'Base'"),
+    ("size: tiny\nruns: [a, b]\nsystems: {Base: base}\n", r"runs: expected a mapping, got \['a', 'b'\]"),
+    ("size: tiny\nsystems: [Base]\n", r"systems: expected a mapping, got \['Base'\]"),
+    (BASE_STUDY + "groups: [main]\n", r"groups: expected a mapping, got \['main'\]"),
+    (BASE_STUDY.replace("benchmarks: [mgsm]", "benchmarks: 5"), r"benchmarks: expected a name or a list of names, got 5"),
+    (BASE_STUDY + "analysis:\n  systems: {Base: base}\n  effects: 5\n", r"analysis.effects: expected a list, got 5"),
+    (BASE_STUDY + "analysis:\n  systems: {Base: base}\n  efects: []\n", r"unknown key 'analysis.efects'; did you mean 'effects'\?"),
+    (BASE_STUDY.replace("{Base: base, Final: final}", "{5: base}"), r"systems: the name 5 must be a string"),
+    (BASE_STUDY.replace("init: s1", "init: 5"), r"run 'final': init: expected a string, got 5"),
+    (BASE_STUDY.replace("langs: [de, fr]", "langs: 5"), r"run 's1': langs: expected a name or a list of names, got 5"),
+    (BASE_STUDY.replace("{Base: base, Final: final}", "{" + "A" * 300 + ": base}"),
+     r"system 'A{40}'\.\.\. \(300 characters\): a display name is 1 to 80"),
+    (BASE_STUDY.replace("Final: final", "a/b: final"), r"system 'a/b': a display name"),
+    (BASE_STUDY + "groups: {main: [Base, Fnal]}\n", r"group 'main' names unknown system 'Fnal'; did you mean 'Final'\?"),
+    (BASE_STUDY.replace("{Base: base, Final: final}", "{Base: base, Final: fnal}"),
+     r"system 'Final' names unknown run 'fnal'; did you mean 'final'\?"),
+    (BASE_STUDY + "analysis:\n  systems: {Base: base}\n  effects: [[Base, Base]]\n", r"compares a system with itself"),
+    (BASE_STUDY.replace("runs:\n", "runs:\n  bad: {stage: 1, stage2_data: [gsm8k]}\n"), r"stage2_data is a stage-2 key"),
+    (BASE_STUDY.replace("size: tiny\n", "size: tiny\n" + _alias_bomb_langs() + "\n").replace("langs: [de, fr]", "langs: *l9"),
+     r"expands to more than 100000 YAML nodes"),
+])
+def test_study_file_mistakes_are_one_line_errors(params_copy, body, message):
+    write_study(params_copy, body)
+    with pytest.raises(ConfigError, match=message) as e:
+        studies.load("x")
+    assert str(e.value).startswith(str(params_copy / "study-x.yaml")) and "\n" not in str(e.value)
+
+
+def test_every_shipped_study_passes_the_schema():
+    for name, size in (("tiny", None), ("offline", None), ("paper", "7b"), ("paper", "13b")):
+        s = studies.load(name, size=size)
+        assert s.systems and all(set(m) <= set(s.systems) for m in s.groups.values()), name
