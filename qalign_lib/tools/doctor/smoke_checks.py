@@ -44,18 +44,17 @@ def measured_process_gib(deepspeed: bool) -> float | None:
     import subprocess
     import sys
 
+    # The child's own high-water mark (VmHWM, KiB): Linux carries ru_maxrss across fork and exec, so a child of a large
+    # process (a test session that has loaded models: 1.9 GiB) would report its parent's peak, not its own (0.5-0.7).
     code = (WORKER_IMPORTS + ("; import deepspeed" if deepspeed else "")
-            + "; import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    # A clean environment: what the imports cost, not what this process's environment adds (vLLM's CPU platform, once
-    # imported in a process, edits os.environ: a bare Python started with it measured 1.9 GiB against 0.5-0.7 GiB).
-    clean = {k: v for k, v in os.environ.items()
-             if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")
-             or k.startswith(("HF_", "TRANSFORMERS_", "QALIGN_", "DS_"))}
+            + "; import resource, re; s = open('/proc/self/status').read() if __import__('os').path.exists('/proc/self/status') "
+              "else ''; m = re.search(r'VmHWM:\\s+(\\d+)', s); "
+              "print(m.group(1) if m else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     peaks = []
     for _ in range(2):  # the lower of two: a first import in a fresh environment can carry one-off costs (caches, bytecode)
         try:
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                                 env={**clean, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+                                 env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
             if out.returncode == 0:
                 peaks.append(int(out.stdout.strip().splitlines()[-1]) * 1024 / GiB)
         except (OSError, ValueError, IndexError, subprocess.SubprocessError):
