@@ -72,6 +72,18 @@ def smoke_cfg(model: Path, launch: str, processes: int, world: int, gpu: bool) -
                           group_by_length=False, padding_free=False, liger=False).replace(lora_r=None)  # full fine-tuning
 
 
+def own_peak_rss() -> int:
+    """This process's own peak resident memory in bytes: VmHWM of /proc/self/status where there is one (Linux carries
+    ru_maxrss across fork and exec, so a worker started by a large process would report its parent's peak), else
+    ru_maxrss (KiB on Linux)."""
+    import re
+    import resource
+
+    status = Path("/proc/self/status")
+    m = re.search(r"VmHWM:\s+(\d+)", status.read_text()) if status.is_file() else None
+    return int(m.group(1) if m else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 MEASURE_ENV = "QALIGN_DOCTOR_MEASURE"   # a folder: the smoke's workers write what they measured into it
 WORKER = "qalign_lib.tools.doctor.smoke_runs"  # python -m WORKER RUN_DIR | vllm SPEC: this module's entry points
 
@@ -99,15 +111,13 @@ def _train_main(run_dir: str) -> None:
     """``python -m qalign_lib.tools.doctor.smoke_runs RUN_DIR``: the smoke's training worker, :func:`training.fit`
     measured: this process's peak resident memory (and peak GPU memory), and each checkpoint's bytes, into
     $QALIGN_DOCTOR_MEASURE."""
-    import resource
-
     import torch
 
     log.setup(os.environ.get("QALIGN_LOG_LEVEL", "INFO"))
     measure = _measuring_callback()
     training.fit(Path(run_dir), callbacks=[measure])
     rank = int(os.environ.get("RANK", "0"))
-    result = {"rank": rank, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
+    result = {"rank": rank, "peak_rss": own_peak_rss(),
               "gpu_peak": torch.cuda.max_memory_reserved() if hardware.cuda() else None,
               "saved": measure.saved}
     out = Path(os.environ[MEASURE_ENV])
