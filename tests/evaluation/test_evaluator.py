@@ -49,9 +49,7 @@ def test_evaluate_end_to_end_and_resume(synthetic_data, tiny_model, monkeypatch)
     path = target.generations("mgsm", "de")
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:1]) + lines[1][:10])
-    calls = []
-    real = generation.generate_to_files
-    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
+    calls = _spy_generation(monkeypatch)
     again = evaluator.evaluate(cfg, run="base", benchmarks=["mgsm", "msvamp"], langs="de,en,te")
     assert [[(it["lang"], it["id"]) for it in items] for items in calls] == [[("de", 1), ("de", 2)]]
     assert again["mgsm"]["reference"]["n"] == metrics["mgsm"]["reference"]["n"]
@@ -205,18 +203,24 @@ def test_duplicate_different_generations_name_the_file_and_line(synthetic_data, 
     assert "FILE" in rest and ("FILE:3" in rest or re.search(r"\b(line|row)s?\b[^;]*\b3\b", rest)), message
 
 
+def _spy_generation(monkeypatch) -> list:
+    """The items of every generation call the evaluator makes from now on (each call's list, in order); it still
+    generates."""
+    calls = []
+    real = generation.generate_to_files
+    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
+    return calls
+
+
 def _gen_rows(path: Path) -> dict:
     return {r["id"]: r["response"] for r in map(json.loads, path.read_text().splitlines())}
 
 
 def _resume_generates_only_what_is_missing(cfg, before: dict, path: Path, monkeypatch) -> None:
-    calls = []
-    real = generation.generate_to_files
-    monkeypatch.setattr(evaluator, "generate_to_files",
-                        lambda e, items, *a, **k: calls.append([it["id"] for it in items]) or real(e, items, *a, **k))
+    calls = _spy_generation(monkeypatch)
     metrics = evaluator.evaluate(cfg, run="base", benchmarks="mgsm", langs="en")
     assert metrics["mgsm"]["reference"]["n"] == {"en": 3}
-    assert sorted(i for c in calls for i in c) == sorted(set(range(3)) - set(before))
+    assert sorted(it["id"] for c in calls for it in c) == sorted(set(range(3)) - set(before))
     after = _gen_rows(path)
     assert sorted(after) == [0, 1, 2] and all(after[i] == before[i] for i in before)  # nothing lost or redone
 
@@ -334,9 +338,7 @@ def test_generations_without_settings_are_not_trusted(synthetic_data, tiny_model
     root = evaluator.target(cfg, run="base")
     root.settings("mgsm").unlink()
     assert evaluator.incomplete(cfg, run="base", benchmarks=["mgsm"], langs="en") == "mgsm: no settings.json"
-    calls = []
-    real = generation.generate_to_files
-    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
+    calls = _spy_generation(monkeypatch)
     evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="en")
     assert [[(it["lang"], it["id"]) for it in items] for items in calls] == [[("en", 0), ("en", 1)]]
     aside = list(root.path.glob("mgsm.replaced-*"))
@@ -355,9 +357,7 @@ def test_an_edited_question_regenerates_that_language_only(synthetic_data, tiny_
     assert evaluator.is_complete(cfg, run="base", benchmarks=["mgsm"], langs="de,en")
     _edit_row(corpora.path_of("mgsm", "de", root=data), 0, question="Eine ganz andere Frage?")
     assert evaluator.incomplete(cfg, run="base", benchmarks=["mgsm"], langs="de,en") == "mgsm: changed since: questions"
-    calls = []
-    real = generation.generate_to_files
-    monkeypatch.setattr(evaluator, "generate_to_files", lambda e, items, *a, **k: calls.append(items) or real(e, items, *a, **k))
+    calls = _spy_generation(monkeypatch)
     evaluator.evaluate(cfg, run="base", benchmarks=["mgsm"], langs="de,en")
     assert [[(it["lang"], it["id"]) for it in items] for items in calls] == [[("de", 0), ("de", 1)]]
     assert [p.name.split(".replaced-")[0] for p in root.bench_dir("mgsm").glob("*.replaced-*")] == ["de.jsonl"]

@@ -40,26 +40,20 @@ WORKER_IMPORTS = ("import datasets, peft, transformers, accelerate; from trl imp
 @functools.lru_cache(maxsize=2)
 def measured_process_gib(deepspeed: bool) -> float | None:
     """Peak resident memory of a fresh Python that imports what a training worker imports (and DeepSpeed), measured
-    on this machine with this stack (the lower of two runs); None when both fail."""
+    on this machine with this stack; None when the measurement fails."""
     import subprocess
     import sys
 
-    # The child's own high-water mark (VmHWM, KiB): Linux carries ru_maxrss across fork and exec, so a child of a large
-    # process (a test session that has loaded models: 1.9 GiB) would report its parent's peak, not its own (0.5-0.7).
+    # The child's own peak (smoke_runs.own_peak_rss, VmHWM): Linux carries ru_maxrss across fork and exec, so a child
+    # of a large process (a test session that has loaded models: 1.9 GiB) would report its parent's peak.
     code = (WORKER_IMPORTS + ("; import deepspeed" if deepspeed else "")
-            + "; import resource, re; s = open('/proc/self/status').read() if __import__('os').path.exists('/proc/self/status') "
-              "else ''; m = re.search(r'VmHWM:\\s+(\\d+)', s); "
-              "print(m.group(1) if m else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    peaks = []
-    for _ in range(2):  # the lower of two: a first import in a fresh environment can carry one-off costs (caches, bytecode)
-        try:
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                                 env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
-            if out.returncode == 0:
-                peaks.append(int(out.stdout.strip().splitlines()[-1]) * 1024 / GiB)
-        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-            pass
-    return min(peaks) if peaks else None
+            + "; from qalign_lib.tools.doctor.smoke_runs import own_peak_rss; print(own_peak_rss())")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+        return int(out.stdout.strip().splitlines()[-1]) / GiB if out.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
 
 
 def compare_model(result: dict, shape: Shape | None, cfg: config.Config, gpu: bool) -> Row:
