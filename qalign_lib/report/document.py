@@ -354,21 +354,24 @@ ITEMS: tuple[Item, ...] = (
                        "Translation into English (chrF, 95% CI), {display} questions — size {size}")),
     Item("representations_{bench}", None, _representations,
          "**Representation alignment with English, {display}**, mean over languages, per layer (0 = embeddings): "
-         "hidden states mean-pooled over each question's own tokens; cosine with the English question of the same "
-         "id, raw and after mean-centring each language; retrieval top-1 (the nearest English question is the "
-         "translation; chance = 1 / n), raw and centred; 95% bootstrap CIs over questions (the same ids in every "
-         "language).", digits=3, keep_empty=False, over="analysis",
+         "hidden states mean-pooled over each question's own tokens (`representation_pooling`: inside the prompt "
+         "template by default, so that the attention sink is not pooled); every measure of "
+         "`representations.MEASURES`, among them CSLS MRR across both directions and the centred-cosine margin over "
+         "mismatched English questions (the primary measures), cosine and retrieval top-1 raw and after mean-centring "
+         "each language (`<measure>_chance`: chance with n candidates), and hubness (`hub`, `hub_csls`); 95% "
+         "bootstrap CIs over questions (the same ids in every language).", digits=3, keep_empty=False, over="analysis",
          figure=Figure("representations_{bench}", lambda t, title: figures.representation_lines(t.reset_index(), title),
                        "Representation alignment with English (mean over languages, 95% CI), {display} — size {size}")),
     Item("representations_{bench}_langs", None, _representations_langs,
-         "**Representation alignment with English per language, {display}**: each measure averaged over layers "
-         "1..L (the embeddings, layer 0, left out, as in the effects), and the best of those layers' retrieval top-1 "
-         "(chance = 1 / n). The figure shows the per-layer values with "
-         "their 95% CI bands; each system's `similarity.csv` (its analysis folder) holds them.", digits=3,
+         "**Representation alignment with English per language, {display}**: the primary measures (CSLS MRR, "
+         "margin), centred cosine and centred retrieval top-1, each averaged over layers 1..L (the embeddings, layer "
+         "0, left out, as in the effects), with the chance of CSLS MRR and of top-1 (1 / n). The figure shows the "
+         "primary measures per layer with their 95% CI bands; each system's `similarity.csv` (its analysis folder) "
+         "holds every measure.", digits=3,
          keep_empty=False, over="analysis",
          figure=Figure("representations_{bench}_langs",
                        lambda t, title: figures.representation_grid(t.attrs["per_layer"], title),
-                       "Per language: centred cosine and retrieval top-1 against layer (95% CI), {display} — size {size}")),
+                       "Per language: CSLS MRR and margin against layer (95% CI), {display} — size {size}")),
     Item("stage1_effects_{bench}", None, _effects,
          "**What stage 1 did, {display}**: each declared effect b - a (the study's `analysis: effects`) on the same "
          "questions: chrF and BLEU of the translations into English, and the representation measures averaged over "
