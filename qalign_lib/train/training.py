@@ -421,6 +421,7 @@ def fit(out: Path, callbacks=()) -> Path:
         logger.info("resuming %s from %s", run.name, last)
     with _disk_full_is_clear(run):
         trainer.train(resume_from_checkpoint=last)
+    with _disk_full_is_clear(run, saving=run.model_tmp):
         if trainer.is_world_process_zero():
             shutil.rmtree(run.model_tmp, ignore_errors=True)
         if run.meta()["config"].get("lora_r"):  # the adapters merged into the weights: a plain model, like full FT
@@ -433,7 +434,8 @@ def fit(out: Path, callbacks=()) -> Path:
         # under it (seen: SIGABRT "terminate called without an active exception" on machine 1 of two, with LoRA)
         trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        publish_model(run, trainer.processing_class)
+        with _disk_full_is_clear(run, saving=run.model_tmp):
+            publish_model(run, trainer.processing_class)
         finish(run.path)
     return run.path
 
@@ -459,17 +461,35 @@ def full_state_dict(trainer) -> None:
 
 
 @contextlib.contextmanager
-def _disk_full_is_clear(run: layout.RunDir):
-    """A full disk while saving a checkpoint or the model shows up as OSError(ENOSPC) or, from torch's zip writer,
-    as RuntimeError("... unexpected pos ..."): say what it is and that a rerun resumes."""
+def _disk_full_is_clear(run: layout.RunDir, saving: Path | None = None):
+    """A full disk while saving a checkpoint or the model shows up as OSError(ENOSPC), from torch's zip writer as
+    RuntimeError("... unexpected pos ..."), or from safetensors (the model's weights) as SafetensorError("... No
+    space left on device (os error 28)"): say what it is and that a rerun resumes. ``saving``: the folder of the
+    final model being written (``.model-tmp/``); a half-written one is removed (it is never the run's model:
+    :func:`publish_model` renames it into place only whole) so that the space it took is free again."""
     try:
         yield
-    except (OSError, RuntimeError) as e:
-        text = str(e)
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "unexpected pos" in text or "No space left" in text:
+    except Exception as e:
+        if not _is_disk_full(e):
+            raise
+        if saving is None:
             raise RunError(f"no space left on the device of {run.path} while saving (a checkpoint or the model): free "
                            "space (`df -h`), then rerun: the run resumes from its last complete checkpoint") from e
-        raise
+        shutil.rmtree(saving, ignore_errors=True)
+        raise RunError(f"run {run.name}: no space left on device while saving its model to {saving}; free space "
+                       "(`df -h`) and rerun: training resumes from the last checkpoint") from e
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a write that failed for want of space, whichever library raised it."""
+    from safetensors import SafetensorError
+
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC or "No space left" in str(e)
+    if isinstance(e, (RuntimeError, SafetensorError)):
+        text = str(e)
+        return "unexpected pos" in text or "No space left" in text or "os error 28" in text
+    return False
 
 
 def finish(out: Path) -> None:

@@ -411,6 +411,40 @@ def test_full_disk_during_checkpoint_save_is_a_run_error_that_resumes(synthetic_
     assert run.is_done()
 
 
+@pytest.mark.train
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora-merged"])
+def test_full_disk_while_saving_the_model_is_a_run_error_naming_it_that_resumes(synthetic_data, tiny_model, monkeypatch,
+                                                                               lora):
+    """safetensors reports a full disk as SafetensorError("... No space left on device (os error 28)"), without the
+    path (issue 21): a one-line RunError naming the model folder, nothing half-written left, and the rerun resumes
+    from the last checkpoint without training again."""
+    import transformers.modeling_utils as mu
+    from safetensors import SafetensorError
+
+    cfg = train_cfg(tiny_model, epochs=2, save_steps=1, **({"lora_r": 4, "lora_alpha": 8.0} if lora else {}))
+    original = mu.safe_save_file
+    run = layout.run("tiny", "x")
+
+    def full(tensors, filename, *a, **k):
+        if Path(filename).parent == run.model_tmp:  # the final model, not a checkpoint
+            Path(filename).write_bytes(b"half")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return original(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(mu, "safe_save_file", full)
+    with pytest.raises(RunError) as e:
+        stages.stage1(cfg, "x2en_question", "de", name="x")
+    message = str(e.value)
+    assert message == (f"run x: no space left on device while saving its model to {run.model_tmp}; free space "
+                       "(`df -h`) and rerun: training resumes from the last checkpoint")
+    assert not run.is_done() and not run.model.exists() and not run.model_tmp.exists()
+    assert training.last_checkpoint(run.path).endswith("checkpoint-2")
+    monkeypatch.setattr(mu, "safe_save_file", original)
+    stages.stage1(cfg, "x2en_question", "de", name="x")  # once space is freed: rerun
+    assert run.is_done() and [r["step"] for r in training.read_log(run.path)] == [1, 2]
+    assert modeling.load_model(str(run.path)).config.vocab_size == len(modeling.load_tokenizer(str(run.path)))
+
+
 def test_run_files_are_readable_by_the_group_as_the_umask_says(synthetic_data, tiny_model, umask022):
     cfg = config.resolve("tiny", model=tiny_model, stage1_limit=2, report_to="none")
     out = training.prepare(cfg, "shared", ["x2en_question"], "de", "base", 1)
