@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from qalign_lib.analysis import pipeline
-from qalign_lib.core import config, layout
+from qalign_lib.core import config, layout, locks
 from qalign_lib.core.errors import ConfigError, RunError
 from qalign_lib.evaluation import evaluator
 from qalign_lib.train import stages, training
@@ -201,3 +201,54 @@ def test_a_run_retrained_between_finding_and_holding_it_is_not_read(synthetic_da
             evaluator.evaluate(cfg, run="monoreason", benchmarks="mgsm", langs="en")
         else:
             pipeline.analyze(cfg, run="monoreason")
+
+
+@pytest.mark.timeout(300)
+def test_stage2_holds_its_init_run_shared_so_retraining_the_init_fails_naming_it(synthetic_data, tiny_model,
+                                                                                  monkeypatch):
+    init = finished_run("s1-x2en_question")
+    seen = []
+
+    def preparing(*a, **k):  # stage 2 reads its init's model: meanwhile, another process tries to retrain the init
+        seen.append(retrain_attempt(init.lock_file))
+        raise Stop
+
+    monkeypatch.setattr(training, "prepare", preparing)
+    cfg = config.resolve("tiny", model=tiny_model, stage2_limit=2, report_to="none")
+    with pytest.raises(Stop):
+        stages.stage2(cfg, "s1-x2en_question", "gsm8kinstruct", "en", name="qalign")
+    assert len(seen) == 1 and seen[0].startswith("refused: run x (retraining) is in use by another process "
+                                                 f"(PID {os.getpid()} on "), seen
+    assert retrain_attempt(init.lock_file) == "took it"  # released when stage 2 ends
+
+
+@pytest.mark.timeout(300)
+def test_stage2_refuses_an_init_run_that_is_being_retrained_naming_the_trainer_before_reading_it(
+        synthetic_data, tiny_model, monkeypatch):
+    init = finished_run("s1-x2en_question")
+    monkeypatch.setattr(training, "plan", lambda *a, **k: pytest.fail("the init run was read"))
+    monkeypatch.setattr(training, "prepare", lambda *a, **k: pytest.fail("stage 2 was prepared"))
+    cfg = config.resolve("tiny", model=tiny_model, stage2_limit=2, report_to="none")
+    with held_lock(init.lock_file) as trainer:  # stage 1 retraining s1-x2en_question in another process
+        with pytest.raises(RunError) as e:
+            stages.stage2(cfg, "s1-x2en_question", "gsm8kinstruct", "en", name="qalign")
+    assert str(e.value).startswith("run s1-x2en_question (the init of run qalign) is in use by another process "
+                                   f"(PID {trainer.pid} on "), str(e.value)
+    assert not layout.run("tiny", "qalign").path.exists()
+
+
+@pytest.mark.timeout(300)
+def test_stage2_refuses_an_init_run_moved_aside_before_it_was_held(synthetic_data, tiny_model, monkeypatch):
+    init = finished_run("s1-x2en_question")
+    take = locks.lock
+
+    def retrained_first(path, what, shared=False):  # a retraining moved the init aside just before it was held
+        if shared:
+            init.done_marker.unlink()
+        return take(path, what, shared)
+
+    monkeypatch.setattr(locks, "lock", retrained_first)
+    monkeypatch.setattr(training, "prepare", lambda *a, **k: pytest.fail("stage 2 was prepared"))
+    cfg = config.resolve("tiny", model=tiny_model, stage2_limit=2, report_to="none")
+    with pytest.raises(RunError, match="run 's1-x2en_question' .* is not finished"):
+        stages.stage2(cfg, "s1-x2en_question", "gsm8kinstruct", "en", name="qalign")

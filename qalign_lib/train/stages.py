@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from qalign_lib.core import layout, locks, log
@@ -29,13 +29,31 @@ def train(cfg: Config, name: str, tasks: list[str], langs=None, init: str = "bas
     run = layout.run(cfg.size, name)
     # machine 0 holds the lock of a multi-machine run; the other machines' notebooks train the same run with it
     guard = locks.lock(run.lock_file, f"run {name}") if not int(os.environ.get("MACHINE_RANK") or 0) else nullcontext()
-    with guard:
+    with holding_init(cfg, init, name), guard:
         out = training.prepare(cfg, name, tasks, langs, init, stage)
         if out is None:
             return run.path
         logger.info("run %s: training on %s (%s) from %s", name, "+".join(tasks), ",".join(training.data_langs(tasks, langs)), init)
         launch(cfg, out)
     return out
+
+
+def holding_init(cfg: Config, init: str, name: str):
+    """The run ``init`` that run ``name`` starts from, held shared while ``name`` is prepared and trained (its model
+    is read by every process of the job): retraining ``init`` meanwhile (which moves it aside) fails naming this
+    job, and a job that finds ``init`` being retrained fails naming the trainer before anything is read. Taken once
+    per job by the process that launches it (on each machine: shared holders do not exclude one another); once
+    held, ``init`` must still be finished. Nothing to hold for ``base``."""
+    if init == "base":
+        return nullcontext()
+    return _held_finished(layout.run(cfg.size, init), name)
+
+
+@contextmanager
+def _held_finished(init: layout.RunDir, name: str):
+    with locks.lock(init.lock_file, f"run {init.name} (the init of run {name})", shared=True):
+        init.require_done()  # still finished now that it is held (not retrained since it was found)
+        yield
 
 
 def stage1(cfg: Config, task: str = "x2en_question", langs=None, name: str | None = None) -> Path:
