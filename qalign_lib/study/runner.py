@@ -9,9 +9,12 @@ Executed notebooks are kept in ``runs/<size>/notebooks/`` as the record of what 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,8 +197,9 @@ def execute(step: Step, out_dir: Path, index: int) -> Path:
     out = out_dir / f"{index:02d}-{step.kind}-{step.name.replace('/', '_').replace(' ', '_')}.ipynb"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(notebook_path(step.notebook)), str(out), parameters=step.params, kernel_name="python3",
-                            log_output=True, progress_bar=False, cwd=str(config.PROJECT_ROOT))
+        with notebook_output(out, f"{step.kind} {step.name}") as partial:
+            pm.execute_notebook(str(notebook_path(step.notebook)), str(partial), parameters=step.params,
+                                kernel_name="python3", log_output=True, progress_bar=False, cwd=str(config.PROJECT_ROOT))
     except PapermillExecutionError as e:
         raise StudyError(f"{step.kind} {step.name} failed in {step.notebook}.ipynb: {e.ename}: {e.evalue}\n"
                          f"  executed notebook with the full traceback: {out}") from None
@@ -203,6 +207,35 @@ def execute(step: Step, out_dir: Path, index: int) -> Path:
         raise StudyError(f"{step.kind} {step.name}: the kernel died (out of memory?) while running {step.notebook}.ipynb; "
                          f"rerun `qalign study` to resume from what is finished (partial notebook: {out})") from None
     return out
+
+
+@contextlib.contextmanager
+def notebook_output(out: Path, what: str):
+    """Where papermill writes the executed notebook ``out`` as it goes: a partial file beside it, renamed to ``out``
+    at the end (also after a failed cell or a dead kernel: then it is the record of what failed). A full disk while
+    writing it is a StudyError naming ``out``; the partial file is removed and a previous ``out`` kept intact (papermill
+    opens its output for writing at each save: a full disk would leave an empty notebook)."""
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    try:
+        yield partial
+    except BaseException as e:
+        if isinstance(e, OSError) and (e.errno == errno.ENOSPC or "No space left" in str(e)):
+            partial.unlink(missing_ok=True)
+            raise StudyError(f"{what}: no space left on device while writing its executed notebook {out}; free "
+                             f"space (`df -h {out.parent}`), then rerun `qalign study`: it resumes from what is "
+                             "finished") from None
+        _publish(partial, out)
+        raise
+    _publish(partial, out)
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """The partial notebook becomes ``out`` when it holds anything; an empty one is removed."""
+    with contextlib.suppress(OSError):
+        if partial.stat().st_size:
+            os.replace(partial, out)
+        else:
+            partial.unlink()
 
 
 def run_study(name: str, size: str | None = None, only: list[str] | None = None, dry_run: bool = False,

@@ -214,3 +214,60 @@ def test_an_unchanged_report_is_not_rebuilt_and_a_changed_result_rebuilds_it(par
     assert runner.plan(studies.load("x"))[-1].status == "done"
     write_study(params_copy, "size: tiny\nbenchmarks: [mgsm]\nsystems: {Base: base}\ncaption: another\n")
     assert runner.plan(studies.load("x"))[-1].status == "todo"  # the study file changed
+
+
+def _notebook_writer(monkeypatch, full_after: int):
+    """papermill writing its output notebook (iorw.LocalHandler.write opens it for writing at every save) on a disk
+    that fills up after ``full_after`` saves; returns a fake ``execute_notebook`` that saves three times."""
+    import errno
+
+    import nbformat
+    from papermill import iorw
+
+    saves = []
+    write = iorw.LocalHandler.write
+
+    def writing(self, buf, path):
+        saves.append(path)
+        if len(saves) > full_after:
+            open(path, "w").close()  # truncated, then nothing fits
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, buf, path)
+
+    def execute(src, out, **k):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+        for _ in range(3):  # as papermill saves: at the start, after each cell, at the end
+            iorw.write_ipynb(nb, out)
+
+    monkeypatch.setattr(iorw.LocalHandler, "write", writing)
+    monkeypatch.setattr(pm, "execute_notebook", execute)
+    return saves
+
+
+@pytest.mark.parametrize("full_after", [0, 1])
+def test_full_disk_writing_an_executed_notebook_names_it_and_keeps_the_previous_one(tmp_path, monkeypatch, full_after):
+    step = runner.Step("train", "s1-x2en_question", "stage1", {"size": "tiny", "run_name": "s1-x2en_question"}, "todo")
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    out = notebooks / "01-train-s1-x2en_question.ipynb"
+    out.write_text("the previous run's executed notebook")
+    _notebook_writer(monkeypatch, full_after)
+    with pytest.raises(StudyError) as e:
+        runner.execute(step, notebooks, 1)
+    assert str(e.value) == (f"train s1-x2en_question: no space left on device while writing its executed notebook "
+                            f"{out}; free space (`df -h {notebooks}`), then rerun `qalign study`: it resumes from what "
+                            "is finished")
+    assert sorted(p.name for p in notebooks.iterdir()) == [out.name]  # no empty or partial notebook beside it
+    assert out.read_text() == "the previous run's executed notebook"
+
+
+def test_an_executed_notebook_is_written_whole_under_its_name(tmp_path, monkeypatch):
+    import nbformat
+
+    step = runner.Step("train", "s1-x2en_question", "stage1", {"size": "tiny", "run_name": "s1-x2en_question"}, "todo")
+    saves = _notebook_writer(monkeypatch, full_after=3)
+    out = runner.execute(step, tmp_path / "notebooks", 1)
+    assert out == tmp_path / "notebooks" / "01-train-s1-x2en_question.ipynb"
+    assert set(saves) == {str(out.with_name(".01-train-s1-x2en_question.partial.ipynb"))}  # never `out` half-written
+    assert nbformat.read(out, as_version=4).cells[0].source == "1 + 1"
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
