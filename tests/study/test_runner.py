@@ -271,3 +271,17 @@ def test_an_executed_notebook_is_written_whole_under_its_name(tmp_path, monkeypa
     assert set(saves) == {str(out.with_name(".01-train-s1-x2en_question.partial.ipynb"))}  # never `out` half-written
     assert nbformat.read(out, as_version=4).cells[0].source == "1 + 1"
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def test_a_fifo_as_the_study_lock_is_a_one_line_error_naming_it(tiny_params, capsys, monkeypatch):
+    import os
+    import stat
+
+    monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: pytest.fail("a notebook ran without the study lock"))
+    lock = layout.study_lock("tiny")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(lock)
+    rc, err = cli(["study", "--study", "tiny", "--no-report"], capsys)
+    assert rc == 1 and one_line_error(err) == (f"qalign: error: `qalign study` for size tiny: its lock file {lock} is "
+                                               "not a regular file (a FIFO, a socket or a device); remove it, then rerun")
+    assert stat.S_ISFIFO(os.lstat(lock).st_mode)
