@@ -43,11 +43,15 @@ from qalign_lib.core.config import PROJECT_ROOT
 from qalign_lib.core.errors import ConfigError, RunError
 from qalign_lib.core.files import read_json
 
-NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
+NAME_MAX = 128  # characters of a run name: it becomes a folder name (at most 255 bytes), with room for suffixes
+NAME = re.compile(rf"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{{0,{NAME_MAX - 1}}}$")
 RESERVED = ("base", "models", "notebooks", "reports")
 
 
 def check_name(name: str, what: str = "run_name") -> str:
+    if isinstance(name, str) and len(name) > NAME_MAX:
+        raise ConfigError(f"{what}={name[:40]!r}... ({len(name)} characters): a run name is at most {NAME_MAX} "
+                          "characters (it becomes a folder name); choose a shorter one")
     if not isinstance(name, str) or not NAME.match(name) or name.endswith(".") or ".replaced-" in name:
         raise ConfigError(f"{what}={name!r}: a run name is a plain name of letters, digits and ._+- (not starting "
                           "with a dot, no slashes), e.g. s1-x2en_question")

@@ -199,3 +199,12 @@ def test_a_runs_eval_and_analysis_carry_the_runs_lock(tmp_path):
     assert run.eval.run_lock == run.analysis.run_lock == run.lock_file
     assert layout.eval_root("tiny", "m", "base").run_lock is None
     assert layout.analysis_root("tiny", "", model="x/y").run_lock is None
+
+
+@pytest.mark.parametrize("length", [129, 300])
+def test_a_run_name_longer_than_128_characters_says_so(length):
+    with pytest.raises(ConfigError) as e:
+        layout.run("tiny", "x" * length)
+    assert str(e.value) == (f"run_name={'x' * 40!r}... ({length} characters): a run name is at most 128 characters (it "
+                            "becomes a folder name); choose a shorter one")
+    assert layout.run("tiny", "x" * 128).name == "x" * 128

@@ -285,3 +285,14 @@ def test_a_fifo_as_the_study_lock_is_a_one_line_error_naming_it(tiny_params, cap
     assert rc == 1 and one_line_error(err) == (f"qalign: error: `qalign study` for size tiny: its lock file {lock} is "
                                                "not a regular file (a FIFO, a socket or a device); remove it, then rerun")
     assert stat.S_ISFIFO(os.lstat(lock).st_mode)
+
+
+def test_a_300_character_run_name_is_refused_when_the_study_is_planned(params_copy, synthetic_data, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: pytest.fail("a notebook ran"))
+    long = "s" * 300
+    write_study(params_copy, BASE_STUDY.replace("s1:", f"{long}:").replace("init: s1", f"init: {long}"))
+    rc, err = cli(["study", "--study", "x", "--dry-run"], capsys)
+    assert rc == 1 and one_line_error(err) == (f"qalign: error: {params_copy / 'study-x.yaml'}: run name={'s' * 40!r}... "
+                                               "(300 characters): a run name is at most 128 characters (it becomes a "
+                                               "folder name); choose a shorter one")
