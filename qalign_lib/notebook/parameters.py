@@ -93,8 +93,11 @@ class Declared(pydantic.BaseModel):
             pydantic.TypeAdapter(self.type, config=pydantic.ConfigDict(strict=True)).validate_python(value)
         except pydantic.ValidationError as e:
             why = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raw = ""  # papermill reads `-p NAME 5` as a number; `-r NAME 5` passes the text
+            if isinstance(value, (bool, int, float)) and re.search(r"\b(str|NameList)\b", self.annotation):
+                raw = f" (or -r {self.name} {value} for the text {str(value)!r})"
             raise ConfigError(f"parameter {self.name}={value!r}: expected {self.annotation} ({_meaning(self.annotation)}): "
-                              f"{why[:1].lower() + why[1:]}; e.g. -p {self.name} {self.example}") from None
+                              f"{why[:1].lower() + why[1:]}; e.g. -p {self.name} {self.example}{raw}") from None
 
 
 def _meaning(annotation: str) -> str:

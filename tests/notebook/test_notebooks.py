@@ -219,7 +219,7 @@ EVALUATE_BAD = {
     "model=''": ({"model": ""}, ["model"]),
     "benchmarks=gsm8k": ({"benchmarks": "gsm8k"}, ["gsm8k"]),
     "run=../../victim": ({"run": "../../victim"}, [r"\.\./\.\./victim"]),
-    "model=5": ({"model": 5}, [r"^parameter model=5: expected Optional\[str\] .*; e\.g\. -p model \S+$"]),
+    "model=5": ({"model": 5}, [r"^parameter model=5: expected Optional\[str\] .*; e\.g\. -p model \S+ \(or -r model 5 for the text '5'\)$"]),
     "examples_per_lang=abc": ({"examples_per_lang": "abc"},
                               [r"^parameter examples_per_lang='abc': expected NonNegativeInt .*; e\.g\. -p examples_per_lang 2$"]),
     "benchmarks=5": ({"benchmarks": 5}, [r"^parameter benchmarks=5: expected NameList"]),

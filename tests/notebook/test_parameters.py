@@ -66,7 +66,9 @@ def test_notebook_only_parameters_are_type_checked(notebook, name, typed, annota
     value = _resolve_type(typed)
     assert message.startswith(f"parameter {name}={value!r}: expected {annotation} ("), message
     example = parameters.declared(_cell(notebook))[name].example
-    assert message.endswith(f"; e.g. -p {name} {example}"), message
+    raw = f" (or -r {name} {value} for the text {str(value)!r})" if isinstance(value, (int, float)) and \
+        re.search(r"\b(str|NameList)\b", annotation) else ""
+    assert message.endswith(f"; e.g. -p {name} {example}{raw}"), message
     assert "\n" not in message
 
 
@@ -79,7 +81,8 @@ def test_the_messages_say_what_is_expected():
     assert message("report", n_boot="abc") == ("parameter n_boot='abc': expected PositiveInt (an integer >= 1): input "
                                                "should be a valid integer; e.g. -p n_boot 10000")
     assert message("evaluate", model="5") == ("parameter model=5: expected Optional[str] (a string or None): input should "
-                                              "be a valid string; e.g. -p model Wenhao97/QAlign-MetaMathQA-7B")
+                                              "be a valid string; e.g. -p model Wenhao97/QAlign-MetaMathQA-7B "
+                                              "(or -r model 5 for the text '5')")
     assert message("stage1", langs="") == ("parameter langs='': expected Optional[NameList] (a comma-separated list of at "
                                            "least one name or None): an empty list: name at least one; e.g. -p langs de,zh")
 
@@ -99,6 +102,13 @@ GOOD = [
 @pytest.mark.parametrize("notebook,cli", GOOD, ids=[f"{g[0]}:{','.join(g[1])}" for g in GOOD])
 def test_good_values_pass(notebook, cli):
     parameters.check_parameters(_history(notebook, **cli))
+
+
+def test_a_number_given_as_text_with_r_passes():
+    """`-p run_name 5` is the number 5 (refused, the message says -r); `-r run_name 5` passes the text "5"."""
+    with pytest.raises(ConfigError, match=r"\(or -r run_name 5 for the text '5'\)$"):
+        parameters.check_parameters(_history("stage1", run_name="5"))
+    parameters.check_parameters(["", _cell("stage1"), PythonTranslator.codify({"run_name": "5"})])
 
 
 def test_config_overrides_are_left_to_config():
