@@ -303,6 +303,8 @@ def _check(tp, value, p: Param):
         items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise _Bad
+        if not items:  # every list parameter names what to use; empty is a mistake (-p eval_langs ""), never "all"
+            raise _Empty
         return [_check(args[0], v, p) for v in items]
     if origin is dict:
         if isinstance(value, str):
@@ -317,6 +319,10 @@ def _check(tp, value, p: Param):
 
 
 class _OutOfRange(Exception):
+    pass
+
+
+class _Empty(Exception):
     pass
 
 
@@ -350,6 +356,9 @@ def validate(key: str, value, source: str):
         return _check(spec.type, value, spec)
     except _OutOfRange as e:
         raise ConfigError(f"parameter {key}={e.args[0]!r} ({source}): out of range, must be {_bounds(spec)}") from None
+    except _Empty:
+        raise ConfigError(f"parameter {key}={value!r} ({source}): an empty list; name at least one, e.g. "
+                          f"{','.join(map(str, spec.default))}") from None
     except _Bad:
         raise ConfigError(f"parameter {key}={value!r} ({source}): expected {spec.type_name}; {spec.help}") from None
 

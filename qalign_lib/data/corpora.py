@@ -8,6 +8,7 @@ nothing is ever replaced by another dataset or language.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,11 @@ from qalign_lib.core import benchmarks
 from qalign_lib.core.errors import DataError
 from qalign_lib.core.files import check_input, read_jsonl, read_lines, valid_id
 from qalign_lib.core.languages import LANGS, NON_EN
+
+# The longest question a benchmark row may hold. mGSM's longest is 693 characters (de; mSVAMP's 404, GSM8K train's 985),
+# so 20,000 (about 29 times mGSM's longest) refuses only a broken or hostile file: a 1,000,000-character question made
+# `qalign analyze representations --limit 2` try to allocate 62.5 GB (issue 21 case 11).
+MAX_QUESTION_CHARS = 20_000
 
 FETCH = "fetch it with `qalign data download --out DIR` on a machine with internet and set QALIGN_DATA_DIR=DIR"
 
@@ -102,14 +108,22 @@ def _check_benchmark_rows(rows: list[dict], path: Path, field: str) -> None:
         if not isinstance(row[field], str):
             raise DataError(f"{path}: row {i} (id {row['id']!r}): field {field!r} must be a string, got "
                             f"{type(row[field]).__name__}; correct the file or restore it ({FETCH})")
+        if len(row[field]) > MAX_QUESTION_CHARS:
+            raise DataError(f"{path}: row {i} (id {row['id']!r}): field {field!r} is {len(row[field]):,} characters, over "
+                            f"the limit of {MAX_QUESTION_CHARS:,} (a benchmark question is a few hundred); correct the "
+                            f"file or restore it ({FETCH})")
 
 
 def _check_numeric(rows: list[dict], path: Path, field: str) -> None:
+    """Gold answers are finite numbers ("1,234" allowed): "nan" or "inf" parse as floats but no response can match them."""
     for i, row in enumerate(rows, 1):
         try:
-            float(str(row[field]).replace(",", ""))
+            number = float(str(row[field]).replace(",", ""))
         except ValueError:
-            raise DataError(f"{path}: row {i} (id {row.get('id')!r}): field {field!r} = {row[field]!r} is not a number") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise DataError(f"{path}: row {i} (id {row.get('id')!r}): field {field!r} = {row[field]!r} is not a finite "
+                            f"number; correct the file or restore it ({FETCH})")
 
 
 def read_rows(dataset: str, lang: str = "en", split: str | None = None, root=None) -> list[dict]:

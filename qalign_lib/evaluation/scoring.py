@@ -3,12 +3,15 @@
 ``reference`` is the rule of the QAlign / MathOctopus evaluation scripts, kept bug-for-bug so that numbers compare
 with the paper: commas between digits are removed with ``re.sub(r"(\\d),(\\d)", ...)`` (one pass, as there), the last
 match of ``\\d+(\\.\\d+)?`` is the prediction (so a minus sign is ignored), and a response without a number predicts
-0.0. ``strict`` removes every comma between digits, reads a leading minus sign, and counts "no number" as wrong.
+0.0 (a number too long for a float, 400 digits, is inf there, as in the scripts: never correct). ``strict`` removes
+every comma between digits, reads a leading minus sign, and counts "no number" (or one too long for a float) as wrong.
+Both patterns read digits only, so a response's "nan" or "inf" is never a number.
 A prediction is correct when |pred - gold| < 1e-3. Register another with ``@scorer("name", "what it does")``.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -56,7 +59,8 @@ def extract_reference(text: str) -> float:
 @scorer("strict", "last signed number after removing thousands commas; no number is wrong")
 def extract_strict(text: str) -> float | None:
     found = _STRICT_NUMBER.findall(_STRICT_COMMA.sub("", text))
-    return float(found[-1]) if found else None
+    number = float(found[-1]) if found else None
+    return number if number is None or math.isfinite(number) else None  # 400 digits parse as inf: no number
 
 
 DEFAULT = "reference"

@@ -237,6 +237,27 @@ def test_names_from_other_registries_are_checked():
         config.resolve("tiny", report_to="none,wandb")
 
 
+LIST_PARAMETERS = ["eval_langs", "analysis_langs", "analysis_benchmarks", "stage1_langs", "stage2_data", "report_to"]
+
+
+@pytest.mark.parametrize("value", ["", " , ", []], ids=["''", "' , '", "[]"])
+@pytest.mark.parametrize("key", LIST_PARAMETERS)
+def test_an_empty_list_is_an_error_never_all(key, value):
+    """-p eval_langs "" (issue 21 case 12): an empty list names the parameter, never means every language."""
+    assert set(LIST_PARAMETERS) == {p.name for p in config.schema().values() if typing.get_origin(p.type) is list}
+    example = ",".join(config.schema()[key].default)
+    with pytest.raises(ConfigError) as e:
+        config.resolve("tiny", **{key: value})
+    assert str(e.value) == (f"parameter {key}={value!r} (override of size tiny ({config.size_file('tiny')})): an empty "
+                            f"list; name at least one, e.g. {example}")
+
+
+def test_an_empty_list_in_a_size_file_is_an_error(params_copy):
+    (params_copy / "sizes" / "tiny.yaml").write_text("analysis_langs: []\n")
+    with pytest.raises(ConfigError, match=r"^parameter analysis_langs=\[\] \(size file .*tiny.yaml\): an empty list"):
+        config.resolve("tiny")
+
+
 @pytest.mark.parametrize("key, value", [("lr", "nan"), ("lr", "inf"), ("warmup_ratio", float("nan"))])
 def test_non_finite_floats_are_errors(key, value):
     with pytest.raises(ConfigError, match=key):

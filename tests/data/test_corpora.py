@@ -63,7 +63,7 @@ def test_malformed_rows_name_file_line_field(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"mgsm/de.jsonl:2: not valid JSON"):
         corpora.load_benchmark("mgsm", "de")
     write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "eighteen"}) + "\n"])
-    with pytest.raises(DataError, match=r"mgsm/de.jsonl: row 1 \(id 0\): field 'answer' = 'eighteen' is not a number"):
+    with pytest.raises(DataError, match=r"mgsm/de.jsonl: row 1 \(id 0\): field 'answer' = 'eighteen' is not a finite number"):
         corpora.load_benchmark("mgsm", "de")
     write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n"] * 2)
     with pytest.raises(DataError, match="duplicate id 0"):
@@ -102,3 +102,43 @@ def test_benchmark_ids_and_questions_are_checked_when_read(tmp_path, monkeypatch
         write_lines(p, [good, json.dumps(row) + "\n"])
         with pytest.raises(DataError, match=re.escape(f"{p}: {message}; correct the file or restore it")):
             corpora.load_benchmark("mgsm", "de")
+
+
+@pytest.mark.parametrize("answer", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "1,0e999"])
+def test_a_gold_answer_that_is_not_a_finite_number_is_refused(tmp_path, monkeypatch, answer):
+    """Issue 21 case 12: gold "nan"/"inf" parse as floats but no response can ever match them (nan != nan): a one-line
+    DataError naming the file and row, for every reader (score, evaluate, report read through read_rows)."""
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
+    p = tmp_path / "msvamp" / "fr.jsonl"
+    write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "1,234"}) + "\n",
+                    json.dumps({"id": 1, "question": "b", "answer": answer}) + "\n"])
+    message = f"{p}: row 2 (id 1): field 'answer' = {answer!r} is not a finite number; correct the file or restore it"
+    for read in (lambda: corpora.load_benchmark("msvamp", "fr"), lambda: corpora.gold_answers("msvamp", "fr")):
+        with pytest.raises(DataError, match="^" + re.escape(message)):
+            read()
+    write_lines(p, [json.dumps({"id": 0, "question": "a", "answer": "1,234"}) + "\n"])
+    assert corpora.gold_answers("msvamp", "fr") == {0: 1234.0}
+
+
+def test_a_question_over_the_length_limit_is_refused(tmp_path, monkeypatch):
+    """Issue 21 case 11: a 1,000,000-character question made `analyze representations --limit 2` try to allocate
+    62.5 GB; the reader refuses any question over MAX_QUESTION_CHARS, naming the file, row and length."""
+    monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
+    assert corpora.MAX_QUESTION_CHARS == 20_000
+    p = tmp_path / "mgsm" / "de.jsonl"
+    good = json.dumps({"id": 0, "question": "a", "answer": "1"}) + "\n"
+    write_lines(p, [good, json.dumps({"id": 1, "question": "x" * 1_000_000, "answer": "2"}) + "\n"])
+    with pytest.raises(DataError, match="^" + re.escape(
+            f"{p}: row 2 (id 1): field 'question' is 1,000,000 characters, over the limit of 20,000 (a benchmark "
+            f"question is a few hundred); correct the file or restore it")):
+        corpora.read_rows("mgsm", "de")
+    write_lines(p, [good, json.dumps({"id": 1, "question": "x" * 20_000, "answer": "2"}) + "\n"])  # at the limit: kept
+    assert len(corpora.read_rows("mgsm", "de")[1]["question"]) == 20_000
+
+
+def test_the_question_limit_is_far_above_every_real_question(real_data):
+    """The limit's reason, measured on the snapshot: the longest mGSM question is 693 characters (de), mSVAMP's 404."""
+    longest = {b.name: max(len(r[b.question_field]) for lang in b.langs for r in corpora.read_rows(b.name, lang))
+               for b in benchmarks.REGISTRY.values()}
+    assert longest == {"mgsm": 693, "msvamp": 404}
+    assert corpora.MAX_QUESTION_CHARS >= 20 * max(longest.values())

@@ -126,3 +126,22 @@ def test_a_registered_scorer_is_used_everywhere(monkeypatch):
     monkeypatch.setattr(scoring, "REGISTRY", dict(scoring.REGISTRY))
     scoring.scorer("never", "always None")(lambda text: None)
     assert "never" in scoring.SCORERS
+
+
+NON_FINITE_TEXTS = ["The answer is nan.", "NaN", "inf", "The answer is -inf", "Infinity", "float('nan')", "1e999",
+                    "9" * 400]
+
+
+@pytest.mark.parametrize("text", NON_FINITE_TEXTS, ids=[t[:20] for t in NON_FINITE_TEXTS])
+def test_no_scorer_extracts_nan_or_inf_from_words(text):
+    """Issue 21 case 12: a response's "nan"/"inf" is never a number: the patterns read digits only. A number too long
+    for a float (400 digits) is inf in the reference scripts (kept bug for bug, never correct) and no number in strict."""
+    import math
+
+    expected = {"The answer is nan.": (0.0, None), "NaN": (0.0, None), "inf": (0.0, None),
+                "The answer is -inf": (0.0, None), "Infinity": (0.0, None), "float('nan')": (0.0, None),
+                "1e999": (999.0, 999.0), "9" * 400: (math.inf, None)}[text]
+    assert (ref(text), strict(text)) == expected
+    for gold in (0.0, 999.0, 1e308):
+        assert scoring.is_correct(ref(text), gold) == (ref(text) == gold)
+        assert scoring.is_correct(strict(text), gold) == (strict(text) == gold)

@@ -36,8 +36,12 @@ def _read(name):
 
 
 def _assigned(source: str) -> list[str]:
-    return [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets
-            if isinstance(t, ast.Name)]
+    return [t.id for node in ast.parse(source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+
+
+def _annotated(source: str) -> set[str]:
+    return {node.target.id for node in ast.parse(source).body if isinstance(node, ast.AnnAssign)}
 
 
 def _overrides(nb) -> list[str]:
@@ -66,6 +70,11 @@ def test_notebook_is_a_clean_source_with_declared_parameters(name):
     assert all(k in config.schema() for k in overrides), f"{name}: OVERRIDES names an undeclared config key"
     assert set(declared) == OWN[name] | set(overrides), (
         f"{name}: parameters cell {sorted(set(declared) ^ (OWN[name] | set(overrides)))} differ from own + OVERRIDES")
+    # the notebook's own parameters carry their type (checked by parameters.check_parameters); config overrides do not
+    # (config.resolve checks them against their declaration)
+    assert _annotated(params_cell) == OWN[name], f"{name}: annotated {sorted(_annotated(params_cell) ^ OWN[name])}"
+    # papermill's own inspection (--help-notebook) still lists every parameter, annotated or not
+    assert list(pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))) == declared, name
     # a researcher reads what each cell does: every code cell after the parameters is introduced by a markdown cell
     kinds = [c.cell_type for c in nb.cells]
     assert kinds[:2] == ["markdown", "code"], name
@@ -210,6 +219,10 @@ EVALUATE_BAD = {
     "model=''": ({"model": ""}, ["model"]),
     "benchmarks=gsm8k": ({"benchmarks": "gsm8k"}, ["gsm8k"]),
     "run=../../victim": ({"run": "../../victim"}, [r"\.\./\.\./victim"]),
+    "model=5": ({"model": 5}, [r"^parameter model=5: expected Optional\[str\] .*; e\.g\. -p model \S+ \(or -r model 5 for the text '5'\)$"]),
+    "examples_per_lang=abc": ({"examples_per_lang": "abc"},
+                              [r"^parameter examples_per_lang='abc': expected NonNegativeInt .*; e\.g\. -p examples_per_lang 2$"]),
+    "benchmarks=5": ({"benchmarks": 5}, [r"^parameter benchmarks=5: expected NameList"]),
 }
 
 
