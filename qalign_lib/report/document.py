@@ -468,12 +468,16 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
         display = registry.get(b).display
         pairs = list(dict.fromkeys(zip(table["a"], table["b"])))
         n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == AVG].groupby("measure")}
-        langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG]
-        parts = [f"**{bb} - {a}**: {effects.summary(table, a, bb)}." for a, bb in pairs]
+        langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG] or effects.languages(ctx.analyses, pairs, b)
+        parts = [f"**{bb} - {a}**: {summary}." for a, bb in pairs for summary in [effects.summary(table, a, bb)]
+                 if summary]
         rep_n = next((n[m] for m in effects.PRIMARY if m in n), None)
         sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", rep_n)) if v)
-        lines += [f"**What stage 1 did** ({display}, size {study.size}, {len(langs)} languages: {' '.join(langs)}; "
-                  f"questions per language, {sizes}; differences b - a averaged over languages with 95% "
+        over = "averaged over languages" if len(langs) > 1 else "on its one language"
+        lines += [f"**What stage 1 did** ({display}, size {study.size}, {len(langs)} "
+                  f"language{'s' if len(langs) != 1 else ''}: {' '.join(langs)}; "
+                  + (f"questions per language, {sizes}; " if sizes else "")
+                  + f"differences b - a {over} with 95% "
                   "paired-bootstrap CIs over question ids; p from a paired permutation test over question ids, "
                   f"Holm-adjusted; MDE at 80% power; {family_note(table)}; representation measures averaged over "
                   f"layers 1..L; {seeds_note(ctx, b)}): " + " ".join(parts) + attainable_note(table), ""]

@@ -72,6 +72,32 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     assert sorted(set(layers["layer"])) == [1, 2] and set(layers["measure"]) == set(analysis_effects.PRIMARY)
 
 
+def test_one_analysis_language_opens_the_report_with_its_effects(params_copy, synthetic_data, tmp_path):
+    """Issue 21 case 13: with a single analysis language the README's first paragraph names the language, the
+    questions, each measure with its estimate and adjusted p; no empty phrase."""
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects: [[Base, S1]]\n")
+
+    def only_de(part):
+        m = part["mgsm"]
+        pq = m["representations"]
+        return {"mgsm": {"translation": {"de": m["translation"]["de"]}, "representations": pq[pq["lang"] == "de"]}}
+
+    found = {"Base": only_de(fake_analysis(0.0, 0.4)), "S1": only_de(fake_analysis(1.0, 0.8))}
+    out = tmp_path / "report"
+    document.write_report(studies.load("x"), out, n_boot=200, collected=({}, {}), analyses=(found, {}))
+    readme = (out / "README.md").read_text().splitlines()
+    first = next(line for line in readme[1:] if line.strip())
+    m = len(analysis_effects.primary_measures())
+    assert first.startswith("**What stage 1 did** (mGSM, size tiny, 1 language: de; questions per language, "
+                            "translation: 6, representations: 6; differences b - a on its one language with 95% "), first
+    assert f"= {m} tests, Holm-adjusted" in first
+    assert f"**S1 - Base**: chrF +97.7 [+97.7, +97.7], Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m})" in first
+    text = first.replace("**S1 - Base**: chrF", "X")
+    for fragment in ("()", ", ;", ": .", ";;", ", ,", "**: ", "  "):
+        at = text.find(fragment)
+        assert at < 0, (fragment, text[max(0, at - 60):at + 30])
+
+
 def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
     s = studies.load("tiny")
     done = layout.run(s.size, "monoreason")
