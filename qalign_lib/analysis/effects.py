@@ -248,7 +248,8 @@ def effects(found: dict, pairs, benchmark: str, n_boot: int = 10_000, seed: int 
     """The difference b - a of each pair (a, b) of systems on the same questions, per language and averaged over
     languages (lang ``Avg``, languages.AVG): chrF and BLEU (corpus scores), and each representation measure averaged
     over :func:`summary_layers` (1..L, the embeddings left out). Only the languages and ids every run of both systems
-    has take part. Each row: 95% CI, permutation p, Holm ``p_adj`` over its ``family``, ``mde`` and ``verdict`` (see
+    has take part; with a single language only the ``Avg`` row is written (it is that language's test: once, in the
+    primary family; :func:`languages` names the language). Each row: 95% CI, permutation p, Holm ``p_adj`` over its ``family``, ``mde`` and ``verdict`` (see
     the module docstring for the families, the seeds and the tests); translations are scored with ``length_cap``
     (translation.scored_hypothesis; None = the declared default). Columns: :data:`COLUMNS`."""
     rows = []
@@ -273,6 +274,17 @@ def effects(found: dict, pairs, benchmark: str, n_boot: int = 10_000, seed: int 
     frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_adj", "family", "mde", "verdict")] + ["sd"])
     frame["family"] = [family(r["a"], r["b"], r["measure"], r["lang"]) for _, r in frame.iterrows()]
     return _adjust(frame)[COLUMNS]
+
+
+def languages(found: dict, pairs, benchmark: str) -> list[str]:
+    """The languages the effects of ``pairs`` compare (those every run of both systems of a pair has), in order: with
+    a single language the effects hold only its ``Avg`` row, so this names it."""
+    out: list[str] = []
+    for a, b in pairs:
+        ra, rb = _parts(found, a, b, benchmark)
+        for setting in (_translation_setting(ra, rb), _representation_setting(ra, rb)) if ra and rb else ():
+            out += list(setting[0]) if setting else []
+    return list(dict.fromkeys(out))
 
 
 def family(a: str, b: str, measure: str, lang: str) -> str:
@@ -305,7 +317,8 @@ def _effect_rows(a, b, measure, ga, gb, score, n_boot, seed, n_resamples) -> lis
     """``ga`` / ``gb``: one dict of language groups per replicate of a / b."""
     rows = []
     langs = list(ga[0])
-    for lang in [*langs, AVG] if len(langs) > 1 else langs:
+    # one language: its row is the average over languages (the primary test), once; not also an exploratory copy
+    for lang in [*langs, AVG] if len(langs) > 1 else [AVG]:
         pick = (lambda g: g) if lang == AVG else (lambda g: {lang: g[lang]})
         d = inference.paired_effect([pick(g) for g in ga], [pick(g) for g in gb], score, n_boot, seed=seed,
                                     n_resamples=n_resamples)

@@ -4,7 +4,9 @@ What the report contains is declared data, :data:`ITEMS`: each item names its fi
 systems it shows (``params/study*.yaml``: ``groups``), the table builder (:mod:`qalign_lib.report.tables`), its caption and
 optionally a figure (:mod:`qalign_lib.report.figures`). An item whose name holds ``{bench}`` is written once per benchmark
 of the study. This module only decides file names and writes: tables as CSV and Markdown through an atomic write,
-figures through :func:`qalign_lib.core.files.save_figure`.
+figures through :func:`qalign_lib.core.files.save_figure`. The folder is written whole or marked incomplete: an
+``INCOMPLETE.md`` stays in it from the first file until the index README.md, written last
+(:mod:`qalign_lib.core.reportdir`).
 
 Outputs (``<table_id>`` is the benchmark registry's ``table`` without spaces, e.g. "Table 2" -> ``table2``):
 
@@ -38,7 +40,7 @@ import pandas as pd
 from qalign_lib.analysis import effects
 from qalign_lib.analysis.mt_metrics import signature
 from qalign_lib.core import benchmarks as registry
-from qalign_lib.core import files, layout, log
+from qalign_lib.core import files, layout, log, reportdir
 from qalign_lib.core.errors import RunError
 from qalign_lib.core.files import atomic_write
 from qalign_lib.core.languages import AVG
@@ -466,12 +468,16 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
         display = registry.get(b).display
         pairs = list(dict.fromkeys(zip(table["a"], table["b"])))
         n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == AVG].groupby("measure")}
-        langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG]
-        parts = [f"**{bb} - {a}**: {effects.summary(table, a, bb)}." for a, bb in pairs]
+        langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG] or effects.languages(ctx.analyses, pairs, b)
+        parts = [f"**{bb} - {a}**: {summary}." for a, bb in pairs for summary in [effects.summary(table, a, bb)]
+                 if summary]
         rep_n = next((n[m] for m in effects.PRIMARY if m in n), None)
         sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", rep_n)) if v)
-        lines += [f"**What stage 1 did** ({display}, size {study.size}, {len(langs)} languages: {' '.join(langs)}; "
-                  f"questions per language, {sizes}; differences b - a averaged over languages with 95% "
+        over = "averaged over languages" if len(langs) > 1 else "on its one language"
+        lines += [f"**What stage 1 did** ({display}, size {study.size}, {len(langs)} "
+                  f"language{'s' if len(langs) != 1 else ''}: {' '.join(langs)}; "
+                  + (f"questions per language, {sizes}; " if sizes else "")
+                  + f"differences b - a {over} with 95% "
                   "paired-bootstrap CIs over question ids; p from a paired permutation test over question ids, "
                   f"Holm-adjusted; MDE at 80% power; {family_note(table)}; representation measures averaged over "
                   f"layers 1..L; {seeds_note(ctx, b)}): " + " ".join(parts) + attainable_note(table), ""]
@@ -494,7 +500,7 @@ def _write_index(study: Study, out: Path, written: dict[str, Path], absent: dict
         lines += ["", "## Software", "", f"Versions recorded by the {len(recorded)} training runs and evaluations "
                   "behind this report (`cuda`: torch's CUDA build, — for a CPU build; `gpu`: the GPUs, — on a CPU). "
                   "The tested sets are `constraints/cpu.txt` and `constraints/gpu.txt`.", "", versions_table(recorded)]
-    path = out / "README.md"
+    path = out / reportdir.INDEX
     with atomic_write(path) as f:
         f.write("\n".join(lines) + "\n")
     return path
@@ -504,7 +510,9 @@ def write_report(study: Study, out_dir: Path | None = None, extra_models=(), n_b
                  scorer: str = scoring.DEFAULT, collected: tuple[dict, dict] | None = None,
                  analyses: tuple[dict, dict] | None = None) -> dict[str, Path]:
     """Write every item of :data:`ITEMS` that applies to ``study`` into ``out_dir`` (default ``figures/<size>/``),
-    then the index README.md. Returns output name -> path: each table's Markdown file under the table's name,
+    then the index README.md: whole, or marked incomplete (:func:`qalign_lib.core.reportdir.writing`: the folder's
+    lock, ``INCOMPLETE.md`` until the index is written; a second report of the same folder at once fails naming the
+    first). Returns output name -> path: each table's Markdown file under the table's name,
     each figure under ``<figure name>_png``.
 
     ``collected`` is :func:`qalign_lib.report.results.collect`'s ``(results, absent)`` when already computed (for the same
@@ -516,6 +524,18 @@ def write_report(study: Study, out_dir: Path | None = None, extra_models=(), n_b
     results, absent = collected if collected is not None else collected_results.collect(study, scorer, extra)
     ctx = Context(study, results, absent, extra, n_boot, scorer)
     ctx.analyses, ctx.analysis_absent = analyses if analyses is not None else effects.collect(study)
+    rerun = (f"`qalign study --study {study.name} --size {study.size}` or the report notebook (`papermill "
+             f"notebooks/report.ipynb out.ipynb -p size {study.size} -p study {study.name}`)")
+    with reportdir.writing(out, rerun):  # whole, or marked incomplete (INCOMPLETE.md); one report of `out` at a time
+        written = _write_items(study, ctx, out)
+        without = {**absent, **{f"{k} (analysis)": v for k, v in ctx.analysis_absent.items()}}
+        _write_index(study, out, written, without, recorded_versions(study, extra), lead(study, ctx, written))
+    logger.info("report: %d outputs in %s (%d systems, %d absent)", len(written), out, len(results), len(absent))
+    return written
+
+
+def _write_items(study: Study, ctx: Context, out: Path) -> dict[str, Path]:
+    """Every item of :data:`ITEMS` that applies to the study, written into ``out``; output name -> path."""
     tail = f" _{study.caption}_" if study.caption else ""
     written: dict[str, Path] = {}
     for item in ITEMS:
@@ -534,7 +554,4 @@ def write_report(study: Study, out_dir: Path | None = None, extra_models=(), n_b
                 fig_name = item.figure.name.format(**fields)
                 fig = item.figure.draw(table, item.figure.title.format(**fields))
                 written[f"{fig_name}_png"] = files.save_figure(fig, out / f"{fig_name}.png")
-    without = {**absent, **{f"{k} (analysis)": v for k, v in ctx.analysis_absent.items()}}
-    _write_index(study, out, written, without, recorded_versions(study, extra), lead(study, ctx, written))
-    logger.info("report: %d outputs in %s (%d systems, %d absent)", len(written), out, len(results), len(absent))
     return written

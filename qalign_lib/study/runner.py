@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qalign_lib.analysis import pipeline
-from qalign_lib.core import config, layout, locks, log
+from qalign_lib.core import config, layout, locks, log, reportdir
 from qalign_lib.core.errors import QAlignError, RunError, StudyError
 from qalign_lib.core.files import write_json
 from qalign_lib.evaluation import evaluator
@@ -142,8 +142,9 @@ def plan(s: studies.Study, only: list[str] | None = None, report: bool = True) -
         pending = any(st.status == "todo" for st in steps)
         status, reason = ("todo", "") if evaluated else ("skip", "no system can be evaluated" + (
             f" (missing benchmark data: {'; '.join(no_bench[:2])})" if no_bench else ""))
-        if evaluated and not pending and report_current(s):
-            status, reason = "done", "made from the same results, study, size and code"
+        if evaluated and not pending:
+            why = report_stale(s)
+            status, reason = ("todo", why) if why else ("done", "made from the same results, study, size and code")
         steps.append(Step("report", "report", "report", {"size": s.size, "study": s.name}, status, reason))
     return steps
 
@@ -178,15 +179,38 @@ def report_inputs(s: studies.Study) -> str:
 
 
 def report_current(s: studies.Study) -> bool:
-    """The study's report exists and was written by ``qalign study`` from inputs with today's digest."""
+    """The study's report exists whole and was written by ``qalign study`` from inputs with today's digest."""
+    return report_stale(s) is None
+
+
+def report_stale(s: studies.Study) -> str | None:
+    """Why the study's report must be written again, or None: it was interrupted or is being written (its
+    ``INCOMPLETE.md``), has no index, was not made by ``qalign study``, was made from other inputs (the stamp's
+    digest, :func:`report_inputs`), or a file it wrote is missing or changed (the stamp's manifest)."""
+    out = layout.report_dir(s.size, s.name)
+    why = reportdir.incomplete(out)
+    if why:
+        return why
     stamp = layout.report_stamp(s.size, s.name)
-    readme = layout.report_dir(s.size, s.name) / "README.md"
-    if not (stamp.is_file() and readme.is_file()):
-        return False
+    if not stamp.is_file():
+        return f"not made by `qalign study` yet (no {stamp})"
     try:
-        return json.loads(stamp.read_text()).get("inputs") == report_inputs(s)
+        recorded = json.loads(stamp.read_text())
     except (OSError, ValueError):
-        return False
+        recorded = None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("files"), dict) or not recorded["files"]:
+        return f"its stamp {stamp} does not list the report's files"
+    if recorded.get("inputs") != report_inputs(s):
+        return "its results, study, size or code changed since it was made"
+    return reportdir.changed(out, recorded["files"])
+
+
+def stamp_report(s: studies.Study, digest: str) -> None:
+    """Record that the study's report was made from inputs with ``digest`` (:func:`report_inputs`, taken before it
+    ran), with the name and content hash of every file it wrote."""
+    out = layout.report_dir(s.size, s.name)
+    write_json(layout.report_stamp(s.size, s.name), {"inputs": digest, "report": str(out),
+                                                     "files": reportdir.manifest(out)})
 
 
 def execute(step: Step, out_dir: Path, index: int) -> Path:
@@ -268,7 +292,7 @@ def _run(s: studies.Study, steps: list[Step]) -> int:
         digest = report_inputs(s) if st.kind == "report" else None  # what the report is about to read
         path = execute(st, out_dir, steps.index(st) + 1)
         if digest is not None:
-            write_json(layout.report_stamp(s.size, s.name), {"inputs": digest, "report": str(layout.report_dir(s.size, s.name))})
+            stamp_report(s, digest)
         logger.info("=== done in %.0fs: %s", time.time() - t, path)
     skipped = [st for st in steps if st.status == "skip"]
     logger.info("\nstudy %s: %d steps run, %d already complete, %d skipped, %.0fs", s.name, len(todo),

@@ -118,3 +118,29 @@ def test_summary_names_the_adjusted_p_family_and_mde():
     assert text.startswith("chrF +97.7 [") and f"Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m}), MDE 0.0" in text
     assert "excludes zero" not in text and "exploratory, family of 3" in text
     assert effects.format_p(0.0004) == "p < 0.001" and effects.format_p(0.0123) == "p = 0.012"
+
+
+def _only(part: dict, lang: str) -> dict:
+    """One system's analysis (fake_analysis) cut to a single language."""
+    m = part["mgsm"]
+    pq = m["representations"]
+    return {"mgsm": {"translation": {lang: m["translation"][lang]}, "representations": pq[pq["lang"] == lang]}}
+
+
+def test_one_language_is_tested_once_in_the_primary_family():
+    """Issue 21 case 13: with one analysis language its effect is the average over languages: one row per measure
+    (lang Avg), the primary measures in the primary family, no exploratory copy of the same test."""
+    found = {k: _only(v, "de") for k, v in _found().items()}
+    eff = effects.effects(found, [("A", "B")], "mgsm", n_boot=200)
+    assert list(eff["lang"]) == ["Avg"] * len(eff) and len(eff) == len(effects.METRICS) + len(MEASURES)
+    assert not eff.duplicated(["a", "b", "measure"]).any()
+    primary = eff[eff["family"] == effects.PRIMARY_FAMILY]
+    assert sorted(primary["measure"]) == sorted(effects.primary_measures())
+    m = len(effects.primary_measures())
+    assert list(primary["p_adj"]) == pytest.approx([min(1.0, m * 2 / 64)] * m)  # Holm over the m primary tests
+    two = effects.effects(_found(), [("A", "B")], "mgsm", n_boot=200)  # the same language's row among two languages
+    de = two[two["lang"] == "de"].set_index("measure")
+    assert eff.set_index("measure")["diff"].to_dict() == pytest.approx(de.loc[eff["measure"], "diff"].to_dict())
+    assert effects.languages(found, [("A", "B")], "mgsm") == ["de"]
+    assert effects.languages(_found(), [("A", "B")], "mgsm") == ["de", "fr"]
+    assert "chrF +" in effects.summary(eff, "A", "B") and f"(family of {m})" in effects.summary(eff, "A", "B")

@@ -1,15 +1,22 @@
 """The written report (qalign_lib.report.document) from fake systems on the synthetic data: published
 checkpoints as rows, the analyses first, the versions the jobs ran with (through the report notebook:
 tests/notebook/test_notebooks.py)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pandas as pd
+import pytest
 
 from qalign_lib.analysis import effects as analysis_effects
 from qalign_lib.analysis import mt_metrics, representations
 from qalign_lib.core import benchmarks, layout
 from qalign_lib.core.files import write_json
 from qalign_lib.report import document
-from qalign_lib.study import studies
-from tests.helpers import BASE_STUDY, fake_analysis, fake_system, write_study
+from qalign_lib.study import runner, studies
+from tests.helpers import BASE_STUDY, ROOT, fake_analysis, fake_system, write_study
 
 
 def test_published_checkpoint_row_joins_the_report(synthetic_data):
@@ -33,7 +40,8 @@ def test_published_checkpoint_row_joins_the_report(synthetic_data):
     assert "figure3_consistency" not in written and not (out / "figure3_consistency.png").exists()
     index = (out / "README.md").read_text()
     assert f"`{name}.md`" in index and "- QAlign+MonoReason: run 'qalign-monoreason'" in index
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".lock"]  # no temporary file left behind
+    assert not (out / "INCOMPLETE.md").exists()  # written whole
 
 
 def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synthetic_data, tmp_path):
@@ -62,6 +70,32 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     assert set(langs["layers"]) == {2}  # layers 1..2 of the fixture's 0..2: the embeddings left out
     layers = pd.read_csv(out / "stage1_layers_mgsm.csv")
     assert sorted(set(layers["layer"])) == [1, 2] and set(layers["measure"]) == set(analysis_effects.PRIMARY)
+
+
+def test_one_analysis_language_opens_the_report_with_its_effects(params_copy, synthetic_data, tmp_path):
+    """Issue 21 case 13: with a single analysis language the README's first paragraph names the language, the
+    questions, each measure with its estimate and adjusted p; no empty phrase."""
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects: [[Base, S1]]\n")
+
+    def only_de(part):
+        m = part["mgsm"]
+        pq = m["representations"]
+        return {"mgsm": {"translation": {"de": m["translation"]["de"]}, "representations": pq[pq["lang"] == "de"]}}
+
+    found = {"Base": only_de(fake_analysis(0.0, 0.4)), "S1": only_de(fake_analysis(1.0, 0.8))}
+    out = tmp_path / "report"
+    document.write_report(studies.load("x"), out, n_boot=200, collected=({}, {}), analyses=(found, {}))
+    readme = (out / "README.md").read_text().splitlines()
+    first = next(line for line in readme[1:] if line.strip())
+    m = len(analysis_effects.primary_measures())
+    assert first.startswith("**What stage 1 did** (mGSM, size tiny, 1 language: de; questions per language, "
+                            "translation: 6, representations: 6; differences b - a on its one language with 95% "), first
+    assert f"= {m} tests, Holm-adjusted" in first
+    assert f"**S1 - Base**: chrF +97.7 [+97.7, +97.7], Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m})" in first
+    text = first.replace("**S1 - Base**: chrF", "X")
+    for fragment in ("()", ", ;", ": .", ";;", ", ,", "**: ", "  "):
+        at = text.find(fragment)
+        assert at < 0, (fragment, text[max(0, at - 60):at + 30])
 
 
 def test_the_report_prints_the_versions_its_jobs_ran_with(synthetic_data):
@@ -98,3 +132,54 @@ def test_seeds_and_attainable_notes():
     assert "smallest attainable p is 2 / 2^6 = 0.031, above 0.05 / 8" in document.attainable_note(table)
     assert document.attainable_note(table.assign(n=20)) == ""  # 2^20 swaps: Monte Carlo, p can reach 1e-4
     assert document.attainable_note(table.assign(n=12)) == ""  # 2 / 4096 < 0.05 / 8
+
+
+KILLED_REPORT = """
+from qalign_lib.report import document
+from qalign_lib.study import studies
+document.write_report(studies.load("x"), n_boot=20000)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_report_killed_with_sigkill_is_marked_incomplete_and_planned_again(params_copy, synthetic_data, monkeypatch,
+                                                                               tmp_path, capsys):
+    """Issue 21 case 6: `kill -9` in the middle of the report leaves its INCOMPLETE.md (no index), and
+    `qalign study --dry-run` plans the report again, saying why; a rerun writes it whole."""
+    write_study(params_copy, "size: tiny\nbenchmarks: [mgsm]\nsystems: {Base: base}\n")
+    s = studies.load("x")
+    fake_system(s.cfg, "base", {"mgsm": {lang: 1 for lang in s.cfg.eval_langs if lang in benchmarks.get("mgsm").langs}})
+    monkeypatch.setattr(runner.evaluator, "incomplete", lambda *a, **k: None)
+    monkeypatch.setattr(runner.pipeline, "incomplete", lambda *a, **k: None)
+    out = layout.report_dir("tiny", "x")
+    document.write_report(s, n_boot=100)  # the old report, whole, stamped as `qalign study` does
+    runner.stamp_report(s, runner.report_inputs(s))
+    assert runner.plan(s)[-1].status == "done"
+    first = out / f"{benchmarks.get('mgsm').table.lower().replace(' ', '')}_mgsm.md"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_REPORT], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while first.stat().st_mtime_ns == before[first.name] and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)  # after its first table, before its index
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    assert first.stat().st_mtime_ns != before[first.name]  # new files beside old ones
+    assert (out / "INCOMPLETE.md").is_file() and not (out / "README.md").exists()
+    step = runner.plan(studies.load("x"))[-1]
+    assert step.status == "todo" and step.reason.startswith(
+        f"the report in {out} is being written or was interrupted ({out / 'INCOMPLETE.md'}: since "), step.reason
+    assert f" by PID {proc.pid} on " in step.reason
+    from qalign_lib.tools.cli import main
+
+    capsys.readouterr()
+    assert main(["study", "--study", "x", "--dry-run"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]  # the report, last step of the plan
+    assert " report " in line and " todo " in line and f"({out / 'INCOMPLETE.md'}: since " in line, line
+    document.write_report(s, n_boot=100)  # the rerun: whole again
+    runner.stamp_report(s, runner.report_inputs(s))
+    assert not (out / "INCOMPLETE.md").exists() and runner.plan(studies.load("x"))[-1].status == "done"

@@ -28,3 +28,19 @@ def test_collect_reports_absent_systems_but_raises_on_corrupt_generations(synthe
     monkeypatch.setattr(evaluator, "load_generations", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         results.collect(s)
+
+
+def test_an_extra_model_never_evaluated_is_an_absent_row(synthetic_data):
+    """The report notebook's ``extra_models`` naming a model that was never evaluated (or a name no model has): the
+    report lists it among the systems without results, never a traceback (issue 21, report parameters)."""
+    from qalign_lib.report import document
+
+    s = studies.load("tiny")
+    extra = ["never/evaluated", "../../etc", "a b"]
+    got, absent = results.collect(s, extra_models=extra)
+    assert got == {}
+    assert absent["model: never/evaluated"] == f"not evaluated ({layout.eval_root(s.size, '', model='never/evaluated').path})"
+    assert absent["model: ../../etc"].startswith("not evaluated (") and str(layout.runs_dir()) in absent["model: ../../etc"]
+    document.write_report(s, extra_models=extra, n_boot=100)
+    index = (layout.report_dir(s.size) / "README.md").read_text()
+    assert "- model: never/evaluated: not evaluated (" in index and "- model: a b: not evaluated (" in index

@@ -296,3 +296,50 @@ def test_a_300_character_run_name_is_refused_when_the_study_is_planned(params_co
     assert rc == 1 and one_line_error(err) == (f"qalign: error: {params_copy / 'study-x.yaml'}: run name={'s' * 40!r}... "
                                                "(300 characters): a run name is at most 128 characters (it becomes a "
                                                "folder name); choose a shorter one")
+
+
+def test_an_interrupted_or_partial_report_is_planned_again_with_the_reason(params_copy, synthetic_data, monkeypatch):
+    """Issue 21 case 6: a report folder with its INCOMPLETE.md (killed with -9 or still being written), a stamp that
+    does not list the report's files (from before), or a file of the report missing or changed: the report step is
+    todo and the plan says why."""
+    import json
+
+    from qalign_lib.core import reportdir
+
+    write_study(params_copy, "size: tiny\nbenchmarks: [mgsm]\nsystems: {Base: base}\n")
+    monkeypatch.setattr(runner.evaluator, "incomplete", lambda *a, **k: None)
+    monkeypatch.setattr(runner.pipeline, "incomplete", lambda *a, **k: None)
+    out = layout.report_dir("tiny", "x")
+    stamp = layout.report_stamp("tiny", "x")
+
+    def fake_execute(step, out_dir, index):
+        with reportdir.writing(out, "it"):
+            (out / "table2_mgsm.csv").write_text("1\n")
+            (out / "README.md").write_text("report")
+        return out_dir / "nb.ipynb"
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    study = studies.load("x")
+    assert runner.plan(study)[-1].reason == f"the report in {out} has no index README.md"
+    runner._run(study, runner.plan(study))
+    assert runner.plan(study)[-1].status == "done"
+    assert sorted(json.loads(stamp.read_text())["files"]) == ["README.md", "table2_mgsm.csv"]
+
+    (out / "table2_mgsm.csv").unlink()
+    assert runner.plan(study)[-1].reason == f"{out / 'table2_mgsm.csv'} is missing"
+    runner._run(study, runner.plan(study))
+    assert runner.plan(study)[-1].status == "done"
+
+    (out / "INCOMPLETE.md").write_text("This report is being written, or was interrupted, since 2026-01-02 03:04:05 "
+                                       "UTC by PID 4242 on node7: its files ...")
+    step = runner.plan(study)[-1]
+    assert (step.status, step.reason) == ("todo", f"the report in {out} is being written or was interrupted "
+                                          f"({out / 'INCOMPLETE.md'}: since 2026-01-02 03:04:05 UTC by PID 4242 on "
+                                          "node7); its files may mix two versions")
+    runner._run(study, runner.plan(study))
+    assert runner.plan(study)[-1].status == "done" and not (out / "INCOMPLETE.md").exists()
+
+    stamp.write_text(json.dumps({"inputs": runner.report_inputs(study)}))  # a stamp from before files were listed
+    assert runner.plan(study)[-1].reason == f"its stamp {stamp} does not list the report's files"
+    stamp.unlink()
+    assert runner.plan(study)[-1].reason == f"not made by `qalign study` yet (no {stamp})"
