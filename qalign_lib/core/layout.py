@@ -118,6 +118,9 @@ class EvalRoot:
         return read_json(path) if path.is_file() else None
 
 
+OUT_MARKER = ".qalign-out"  # in a `qalign analyze --out` folder: qalign owns it (names what wrote it)
+
+
 @dataclass(frozen=True)
 class TranslationDir:
     """One model's English translations of one benchmark's non-English questions (``qalign analyze translation``
@@ -131,6 +134,7 @@ class TranslationDir:
     settings = property(lambda self: self.path / "settings.json")
     metrics = property(lambda self: self.path / "metrics.json")
     lock_file = property(lambda self: self.path / ".lock")  # held by `qalign analyze translation --out`
+    marker = property(lambda self: self.path / OUT_MARKER)  # an --out folder qalign created or was given empty
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class RepresentationDir:
     per_question = property(lambda self: self.path / "per_question.csv")
     settings = property(lambda self: self.path / "settings.json")
     lock_file = property(lambda self: self.path / ".lock")  # held by `qalign analyze representations --out`
+    marker = property(lambda self: self.path / OUT_MARKER)
 
 
 @dataclass(frozen=True)
