@@ -1,6 +1,6 @@
 """``qalign analyze ... --out DIR``: the folders the command line writes into are the project's own.
 
-DIR is used only when it does not exist yet (it is created), is empty, or holds the marker
+DIR is used only when it does not exist yet (it is created), is empty (but for qalign's lock file), or holds the marker
 (:data:`~qalign_lib.core.layout.OUT_MARKER`, naming the analysis that wrote it), which :func:`claim` writes into
 every folder it takes. Any other folder (another tool's files, a copy of someone's results, the current directory)
 is a one-line :class:`~qalign_lib.core.errors.OutputError`: nothing in it is renamed or overwritten. When the
@@ -52,7 +52,8 @@ def check(given, what: str) -> Path:
         raise OutputError(f"{_shown(out, given)}: holds the output of {owner or 'another tool'} ({marker}), not of "
                           f"{writer}; choose a new or empty folder")
     try:
-        entries = sorted(p.name for p in out.iterdir())
+        own_lock = layout.TranslationDir(out).lock_file.name  # the lock another `qalign analyze` may hold there
+        entries = sorted(p.name for p in out.iterdir() if p.name != own_lock)
     except OSError as e:
         raise OutputError(f"{_shown(out, given)}: cannot be listed ({e.strerror or e}); choose a new or empty folder") from None
     if entries:

@@ -130,9 +130,9 @@ def _analyze(args) -> int:
     ids, questions = inputs.parallel_questions(args.benchmark, langs, args.limit, args.data_dir)  # data first
     langs = [lang for lang in questions if lang != inputs.REF]
     modeling.resolve(args.model)  # an unknown model stops here, before anything is loaded
-    outdir.claim(args.out, args.what)  # created (or empty) and marked as qalign's before a model is loaded
     if args.what == "translation":
         with locks.lock(layout.TranslationDir(out).lock_file, f"--out {out} (the translations of another process)"):
+            outdir.claim(args.out, args.what)  # marked as qalign's once held, before a model is loaded
             engine = engines.load(args.engine, args.model, args.dtype)
             settings = translation.translation_settings(args.max_new_tokens, args.model, engines.describe(args.engine))
             m = translation.translate(engine, layout.TranslationDir(out), args.benchmark, langs, args.limit,
@@ -143,6 +143,7 @@ def _analyze(args) -> int:
         print(f"wrote {out}/<lang>.jsonl and the metrics ({len(ids)} questions per language)")
         return 0
     with locks.lock(layout.RepresentationDir(out).lock_file, f"--out {out} (the representations of another process)"):
+        outdir.claim(args.out, args.what)
         hf = engines.HF.load(args.model, engines.dtype(args.dtype))
         table = representations.represent(hf.model, hf.tokenizer, layout.RepresentationDir(out), args.benchmark, langs,
                                           args.limit, args.batch_size, args.pooling, args.model, root=args.data_dir)

@@ -65,3 +65,10 @@ def test_only_own_files_are_moved_aside(tmp_path):
     moved = outdir.move_own_aside([tmp_path / "settings.json", tmp_path / "de.jsonl"], "settings changed")
     assert len(moved) == 1 and moved[0].name.startswith("settings.json.replaced-") and moved[0].read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([layout.OUT_MARKER, "notes.txt", moved[0].name])
+
+
+def test_a_folder_with_only_a_lock_is_taken(tmp_path):
+    """Another `qalign analyze` may hold the folder's lock (the lock then decides, naming its holder)."""
+    (tmp_path / ".lock").write_text("")
+    assert outdir.claim(tmp_path, "translation") == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", layout.OUT_MARKER]
