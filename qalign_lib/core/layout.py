@@ -134,7 +134,6 @@ class TranslationDir:
     settings = property(lambda self: self.path / "settings.json")
     metrics = property(lambda self: self.path / "metrics.json")
     lock_file = property(lambda self: self.path / ".lock")  # held by `qalign analyze translation --out`
-    marker = property(lambda self: self.path / OUT_MARKER)  # an --out folder qalign created or was given empty
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,6 @@ class RepresentationDir:
     per_question = property(lambda self: self.path / "per_question.csv")
     settings = property(lambda self: self.path / "settings.json")
     lock_file = property(lambda self: self.path / ".lock")  # held by `qalign analyze representations --out`
-    marker = property(lambda self: self.path / OUT_MARKER)
 
 
 @dataclass(frozen=True)
