@@ -120,13 +120,39 @@ def _question_positions(tokenizer, text: str, pooling: str) -> tuple[list[int], 
     return enc["input_ids"], keep
 
 
-def pooled_states(model, tokenizer, texts: list[str], batch_size: int = 32, pooling: str = "template") -> np.ndarray:
+def max_positions(model, tokenizer) -> int | None:
+    """The most tokens the model is built for: its config's ``max_position_embeddings`` and the tokenizer's
+    ``model_max_length`` (the smaller one that is set; tokenizers without a limit say 1e30), or None."""
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    limits = [int(n) for n in limits if isinstance(n, (int, float)) and 0 < n < 1e9]
+    return min(limits) if limits else None
+
+
+def _truncated(encoded: list[tuple[list[int], list[int]]], limit: int | None, texts: list[str]):
+    """Each (input ids, positions to pool) cut to the first ``limit`` tokens (a longer question would make the
+    forward pass allocate memory quadratic in its length: a 1,000,000-character question asks for tens of GB);
+    logged when anything is cut."""
+    if limit is None:
+        return encoded
+    long = [k for k, (ids, _) in enumerate(encoded) if len(ids) > limit]
+    if long:
+        k = long[0]
+        logger.warning("%d question(s) longer than the model's %d positions are cut to their first %d tokens "
+                       "(e.g. %d tokens: %r...)", len(long), limit, limit, len(encoded[k][0]), texts[k][:40])
+    return [(list(ids[:limit]), [p for p in keep if p < limit]) for ids, keep in encoded]
+
+
+def pooled_states(model, tokenizer, texts: list[str], batch_size: int = 32, pooling: str = "template",
+                  max_tokens: int | None = None) -> np.ndarray:
     """(len(texts), layers + 1, hidden) float32: each text's hidden states of every layer (0 = the embeddings),
-    averaged over the positions of :func:`_question_positions`. Batches are sorted by length and right-padded (a
+    averaged over the positions of :func:`_question_positions`, fed at most ``max_tokens`` tokens (default:
+    :func:`max_positions`; a longer text is cut, with a warning). Batches are sorted by length and right-padded (a
     causal model's states of real tokens do not see the padding); the LM head is never run."""
     import torch
 
-    encoded = [_question_positions(tokenizer, t, pooling) for t in texts]
+    limit = max_tokens if max_tokens is not None else max_positions(model, tokenizer)
+    encoded = _truncated([_question_positions(tokenizer, t, pooling) for t in texts], limit, texts)
     empty = [k for k, (_, keep) in enumerate(encoded) if not keep]
     if empty:
         raise DataError(f"{len(empty)} question(s) have no token to pool, e.g. {texts[empty[0]]!r}")

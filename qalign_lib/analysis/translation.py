@@ -18,9 +18,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from qalign_lib.analysis import inference
+from qalign_lib.analysis import inference, outdir
 from qalign_lib.analysis.inputs import REF, _key, parallel_questions
 from qalign_lib.analysis.mt_metrics import METRICS, SCORES, sentence_stats, signature
+from qalign_lib.core import benchmarks as registry
 from qalign_lib.core import config, files, layout, log
 from qalign_lib.core.errors import ConfigError, DataError, ResultsError
 from qalign_lib.core.files import append_jsonl, read_results, write_json
@@ -109,7 +110,7 @@ def translate(engine, out: layout.TranslationDir, benchmark: str, langs, limit: 
         want = {**want, "questions": translation_inputs(benchmark)}
     old = files.read_json(out.settings) if out.settings.is_file() else None
     if old is not None and old != want:
-        files.move_aside(out.path, "translation settings changed")
+        _move_old(out, "translation settings changed")
     write_json(out.settings, want)
     todo = []
     for lang in langs:
@@ -134,6 +135,16 @@ def translate(engine, out: layout.TranslationDir, benchmark: str, langs, limit: 
                "inputs": {"settings": files.content_hash(want), "rows": rows_hash(rows)}}
     write_json(out.metrics, metrics)
     return metrics
+
+
+def _move_old(out: layout.TranslationDir, why: str) -> None:
+    """Old translations out of the way: in an ``--out`` folder only qalign's own files (the folder is kept, and
+    whatever else is in it), else (a run's analysis folder, all of it qalign's) the whole folder."""
+    if outdir.is_marked(out.path):
+        own = [out.settings, out.metrics, *(out.hypotheses(lang) for lang in registry.all_langs())]
+        outdir.move_own_aside(own, why)
+    else:
+        files.move_aside(out.path, why)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -122,6 +122,9 @@ class EvalRoot:
         return read_json(path) if path.is_file() else None
 
 
+OUT_MARKER = ".qalign-out"  # in a `qalign analyze --out` folder: qalign owns it (names what wrote it)
+
+
 @dataclass(frozen=True)
 class TranslationDir:
     """One model's English translations of one benchmark's non-English questions (``qalign analyze translation``

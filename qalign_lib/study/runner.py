@@ -213,6 +213,77 @@ def stamp_report(s: studies.Study, digest: str) -> None:
                                                      "files": reportdir.manifest(out)})
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Ctrl-C while a notebook runs: one line, not the kernel's tracebacks
+
+
+_QUIET_AFTER_INTERRUPT = ("papermill", "nbclient", "traitlets", "jupyter_client", "asyncio")
+
+
+@contextlib.contextmanager
+def interruptible_kernel():
+    """The kernel manager a notebook runs with (papermill's ``km``). It behaves as papermill's own, except that a
+    shutdown asked for while the notebook still runs (nbclient's SIGINT/SIGTERM handler) kills the kernel at once
+    instead of sending it a shutdown request it would answer with a ZMQ traceback on our stderr; a
+    KeyboardInterrupt (or the kernel's death after one) leaves as KeyboardInterrupt, with the kernel gone and the
+    loggers that would narrate its teardown silenced. A notebook that finishes or fails shuts its kernel down
+    gracefully, as before."""
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    class Kernel(AsyncKernelManager):
+        running = True  # the notebook has not returned yet: any shutdown now is an interruption
+        interrupted = False
+
+        async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+            if self.running and not restart:
+                await self.kill_quietly()
+                return None
+            return await super()._async_shutdown_kernel(now=now, restart=restart)
+
+        shutdown_kernel = _async_shutdown_kernel
+
+        async def kill_quietly(self) -> None:
+            """SIGKILL, no interrupt and no shutdown request first: nothing left to print a traceback."""
+            self.interrupted = True
+            _quiet()
+            if self.has_kernel:
+                await self._async_kill_kernel()
+                await self._async_cleanup_resources()
+
+    km = Kernel(kernel_name="python3")
+    try:
+        yield km
+    except KeyboardInterrupt:
+        km.interrupted = True
+        raise
+    except (PapermillExecutionError, DeadKernelError) as e:
+        if km.interrupted or getattr(e, "ename", None) == "KeyboardInterrupt":
+            km.interrupted = True
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        import asyncio
+
+        try:
+            if km.interrupted:
+                asyncio.run(km.kill_quietly())
+            elif km.has_kernel:
+                km.running = False
+                asyncio.run(km.shutdown_kernel())
+        except Exception:  # noqa: BLE001 -- the kernel is going away either way
+            pass
+
+
+def _quiet() -> None:
+    """Silence the notebook machinery's loggers for the rest of this process (after a Ctrl-C only)."""
+    import logging
+
+    for name in _QUIET_AFTER_INTERRUPT:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def execute(step: Step, out_dir: Path, index: int) -> Path:
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
@@ -221,9 +292,10 @@ def execute(step: Step, out_dir: Path, index: int) -> Path:
     out = out_dir / f"{index:02d}-{step.kind}-{step.name.replace('/', '_').replace(' ', '_')}.ipynb"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with notebook_output(out, f"{step.kind} {step.name}") as partial:
+        with notebook_output(out, f"{step.kind} {step.name}") as partial, interruptible_kernel() as km:
             pm.execute_notebook(str(notebook_path(step.notebook)), str(partial), parameters=step.params,
-                                kernel_name="python3", log_output=True, progress_bar=False, cwd=str(config.PROJECT_ROOT))
+                                kernel_name="python3", log_output=True, progress_bar=False,
+                                cwd=str(config.PROJECT_ROOT), km=km)
     except PapermillExecutionError as e:
         raise StudyError(f"{step.kind} {step.name} failed in {step.notebook}.ipynb: {e.ename}: {e.evalue}\n"
                          f"  executed notebook with the full traceback: {out}") from None

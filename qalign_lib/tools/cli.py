@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 from qalign_lib.core import benchmarks, log
-from qalign_lib.core.errors import QAlignError
+from qalign_lib.core.errors import ConfigError, QAlignError
 from qalign_lib.core.languages import AVG
 from qalign_lib.evaluation import scoring
 
@@ -50,8 +50,9 @@ def _data_build(args) -> int:
 
     output_target(args.out)  # a bad --out stops here, before any data is read
     tasks = args.task.split("+")
-    rows = training_data.build(tasks[0], args.langs, args.limit, root=args.data_dir) if len(tasks) == 1 else \
-        training_data.build_mixture(tasks, args.langs, args.limit, args.seed, args.data_dir)
+    langs = _langs_arg(args.langs, None)
+    rows = training_data.build(tasks[0], langs, args.limit, root=args.data_dir) if len(tasks) == 1 else \
+        training_data.build_mixture(tasks, langs, args.limit, args.seed, args.data_dir)
     n = training_data.write_examples(rows, args.out)
     print(f"wrote {n} examples of {args.task} to {args.out}")
     return 0
@@ -68,11 +69,36 @@ def _score(args) -> int:
 def _config(args) -> int:
     from qalign_lib.core import config
 
-    cfg = config.resolve(args.size, **dict(kv.split("=", 1) for kv in args.set or [])) if args.size else None
+    overrides = _key_values(args.set or [])
+    if overrides and not args.size:
+        raise ConfigError(f"--set {' '.join(args.set)}: give --size SIZE too (e.g. --size tiny): overrides are checked "
+                          f"and applied to a size's values")
+    cfg = config.resolve(args.size, **overrides) if args.size else None
     where = f"size {args.size} ({config.size_file(args.size)})" if args.size else "the declared defaults"
     print(f"Parameters ({where}); sizes: {', '.join(config.sizes())}\n")
     print(config.describe(cfg))
     return 0
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE ...`` as a dict; an item without ``=`` (or without a key) is a one-line error naming it."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item!r}: write each override as KEY=VALUE (e.g. lr=1e-5)")
+        out[key.strip()] = value
+    return out
+
+
+def _langs_arg(value: str | None, default: str) -> str:
+    """``--langs`` as given, or ``default`` when it is left out; given but empty (``""``, ``,``) is an error, never
+    every language."""
+    if value is None:
+        return default
+    if not any(part.strip() for part in value.split(",")):
+        raise ConfigError(f"--langs {value!r} is empty; leave it out for every language or name some, e.g. de,zh")
+    return value
 
 
 def _study(args) -> int:
@@ -95,20 +121,18 @@ def _doctor(args) -> int:
 
 def _analyze(args) -> int:
     """``qalign analyze translation|representations``: one model, one benchmark, written to --out."""
-    from qalign_lib.analysis import inputs, representations, translation
+    from qalign_lib.analysis import inputs, outdir, representations, translation
     from qalign_lib.core import layout, locks
-    from qalign_lib.core.errors import OutputError
     from qalign_lib.models import engines, modeling
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a directory; give a folder to write the analysis into")
-    langs = args.langs or "non_en"
+    out = outdir.check(args.out, args.what)  # another tool's folder stops here, before anything is read or written
+    langs = _langs_arg(args.langs, "non_en")
     ids, questions = inputs.parallel_questions(args.benchmark, langs, args.limit, args.data_dir)  # data first
     langs = [lang for lang in questions if lang != inputs.REF]
     modeling.resolve(args.model)  # an unknown model stops here, before anything is loaded
     if args.what == "translation":
         with locks.lock(layout.TranslationDir(out).lock_file, f"--out {out} (the translations of another process)"):
+            outdir.claim(args.out, args.what)  # marked as qalign's once held, before a model is loaded
             engine = engines.load(args.engine, args.model, args.dtype)
             settings = translation.translation_settings(args.max_new_tokens, args.model, engines.describe(args.engine))
             m = translation.translate(engine, layout.TranslationDir(out), args.benchmark, langs, args.limit,
@@ -119,6 +143,7 @@ def _analyze(args) -> int:
         print(f"wrote {out}/<lang>.jsonl and the metrics ({len(ids)} questions per language)")
         return 0
     with locks.lock(layout.RepresentationDir(out).lock_file, f"--out {out} (the representations of another process)"):
+        outdir.claim(args.out, args.what)
         hf = engines.HF.load(args.model, engines.dtype(args.dtype))
         table = representations.represent(hf.model, hf.tokenizer, layout.RepresentationDir(out), args.benchmark, langs,
                                           args.limit, args.batch_size, args.pooling, args.model, root=args.data_dir)
@@ -131,14 +156,26 @@ def _analyze(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
+def _positive(text: str, hint: str = "") -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1 (leave --limit out for all examples)")
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1{hint}")
     return value
+
+
+def _limit(text: str) -> int:
+    return _positive(text, " (leave --limit out for all examples)")
+
+
+def _batch_size(text: str) -> int:
+    return _positive(text, " (a batch holds at least one example)")
+
+
+def _new_tokens(text: str) -> int:
+    return _positive(text, " (at least one token is generated)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -162,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     b = d.add_parser("build", help="write the training examples of a task as JSONL for inspection")
     b.add_argument("--task", required=True, help="x2en_question, en2x_question, x2en_response, en2x_response, flores_x2en, metamathqa, gsm8k, gsm8kinstruct; join with + to mix")
     b.add_argument("--langs", help="comma-separated language codes, 'all' or 'non_en' (default: all the task has)")
-    b.add_argument("--limit", type=_positive, help="first N examples per language (N >= 1; default: all)")
+    b.add_argument("--limit", type=_limit, help="first N examples per language (N >= 1; default: all)")
     b.add_argument("--seed", type=int, default=1234, help="shuffle seed of a mixture")
     b.add_argument("--out", required=True, help="output JSONL file")
     b.add_argument("--data-dir")
@@ -214,15 +251,15 @@ def parser() -> argparse.ArgumentParser:
         a.add_argument("--model", required=True, help="a run directory, a model directory, a Hub id or embedded:smollm2-135m-instruct")
         a.add_argument("--benchmark", default="mgsm", choices=list(benchmarks.NAMES), help="parallel benchmark (default: mgsm)")
         a.add_argument("--langs", help="comma-separated non-English languages (default: every one the benchmark has)")
-        a.add_argument("--limit", type=_positive, help="the first N questions of each language (default: all)")
+        a.add_argument("--limit", type=_limit, help="the first N questions of each language (default: all)")
         a.add_argument("--out", required=True, help="folder to write (translation: <lang>.jsonl and the metrics; "
                        "representations: similarity.csv and per_question.csv)")
-        a.add_argument("--batch-size", type=_positive, default=defaults["analysis_batch_size"].default)
+        a.add_argument("--batch-size", type=_batch_size, default=defaults["analysis_batch_size"].default)
         a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="weights on a GPU (a CPU always computes in float32)")
         a.add_argument("--data-dir", help="data directory (default: $QALIGN_DATA_DIR or data/)")
         if what == "translation":
-            a.add_argument("--max-new-tokens", type=_positive, default=defaults["translation_max_new_tokens"].default)
+            a.add_argument("--max-new-tokens", type=_new_tokens, default=defaults["translation_max_new_tokens"].default)
             a.add_argument("--engine", default="auto", choices=["auto", "hf", "vllm"])
         else:
             pooling = defaults["representation_pooling"]
@@ -230,6 +267,10 @@ def parser() -> argparse.ArgumentParser:
                            help="what is fed and pooled (see `qalign config`: representation_pooling)")
         a.set_defaults(func=_analyze)
     return p
+
+
+INTERRUPTED = ("qalign: interrupted; finished rows are kept and locks released; run the same command again to "
+               "resume")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"qalign: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the `with` blocks have released the locks; appended rows stay
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

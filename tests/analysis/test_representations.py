@@ -282,3 +282,33 @@ def test_read_per_question_checks_every_language_layer_and_id(tmp_path):
     store(frame[frame["layer"] != 2].reset_index(drop=True).pipe(lambda f: pd.concat([f, frame[(frame["layer"] == 2) & (frame["lang"] == "de")]])))
     with pytest.raises(ResultsError, match=re.escape(f"{out.per_question}: fr has layers")):
         rep.read_per_question(out)
+
+
+def test_a_question_longer_than_the_model_is_cut_to_its_positions(tiny, monkeypatch, caplog):
+    """Issue 21 case 11: a 1,000,000-character question made the forward pass ask for 62.5 GB; the model is never
+    fed more tokens than it has positions (a spy refuses a wider batch before anything is computed)."""
+    model, tok, _ = tiny
+    limit = representations.max_positions(model, tok)
+    assert limit == model.config.max_position_embeddings == 1024  # the tokenizer sets no limit (1e30)
+    long = "Tom has 3 apples and buys 5 more. " * 400
+    decoder, widths = model.get_decoder(), []
+
+    def spy(input_ids, **kwargs):
+        widths.append(input_ids.shape[1])
+        assert input_ids.shape[1] <= limit, f"fed {input_ids.shape[1]} tokens to a model of {limit} positions"
+        return decoder(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "get_decoder", lambda: spy)
+    ids, keep = representations._question_positions(tok, long, "question")
+    assert len(ids) > limit
+    with caplog.at_level("WARNING", logger="qalign.analysis.representations"):
+        pooled = representations.pooled_states(model, tok, [long, "Tom has 3 apples."], batch_size=2,
+                                               pooling="question")
+    assert widths == [limit]
+    assert "1 question(s) longer than the model's 1024 positions are cut to their first 1024 tokens" in caplog.text
+    with torch.no_grad():
+        states = decoder(input_ids=torch.tensor([ids[:limit]]), output_hidden_states=True).hidden_states
+    manual = np.stack([h[0, [k for k in keep if k < limit]].mean(0).numpy() for h in states])
+    assert pooled[0] == pytest.approx(manual, abs=1e-5)
+    short = representations.pooled_states(model, tok, ["Tom has 3 apples."], pooling="question", max_tokens=4)
+    assert widths[-1] == 4 and short.shape[0] == 1  # an explicit limit wins

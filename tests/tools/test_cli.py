@@ -402,3 +402,119 @@ def test_missing_bn_question_file_has_the_bn_th_hint(tmp_path, capsys):
                    "--data-dir", str(partial)], capsys)
     message = one_line_error(err)
     assert rc == 1 and "bn.jsonl" in message and re.search(r"\bth\b", message), message
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 21: --out folders are the project's own; empty --langs; each argument's own hint; --set KEY=VALUE; Ctrl-C
+
+
+def analyze_argv(what: str, model: str, out, *extra) -> list[str]:
+    argv = ["analyze", what, "--model", model, "--langs", "de", "--limit", "2", "--out", str(out), *extra]
+    return argv + (["--max-new-tokens", "4", "--engine", "hf"] if what == "translation" and "--max-new-tokens" not in extra
+                   else [])
+
+
+@pytest.mark.parametrize("what", ["translation", "representations"])
+def test_cli_out_folder_of_another_tool_is_refused_untouched(synthetic_data, tiny_model, tmp_path, capsys, what):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "settings.json").write_text('{"tool": "other"}\n')
+    (theirs / "metrics.json").write_text('{"bleu": 99}\n')
+    rc, err = cli(analyze_argv(what, tiny_model, theirs), capsys)
+    message = one_line_error(err)
+    assert rc == 1 and f"--out {theirs}: is not empty and was not written by qalign" in message
+    assert "choose a new or empty folder" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs"]  # not renamed aside
+    assert sorted(p.name for p in theirs.iterdir()) == ["metrics.json", "settings.json"]
+    assert (theirs / "settings.json").read_text() == '{"tool": "other"}\n'
+    assert (theirs / "metrics.json").read_text() == '{"bleu": 99}\n'
+
+
+def test_cli_out_marked_folder_moves_only_its_own_files(synthetic_data, tiny_model, tmp_path, capsys):
+    out = tmp_path / "tr"
+    assert main(analyze_argv("translation", tiny_model, out)) == 0
+    assert json.loads((out / layout.OUT_MARKER).read_text()) == {"written_by": "qalign analyze translation"}
+    (out / "notes.txt").write_text("the user's own notes")
+    assert main(analyze_argv("translation", tiny_model, out, "--max-new-tokens", "3", "--engine", "hf")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tr"]  # the folder itself is never moved aside
+    names = sorted(p.name for p in out.iterdir())
+    assert {".lock", layout.OUT_MARKER, "de.jsonl", "settings.json", "metrics.json", "notes.txt"} <= set(names)
+    assert (out / "notes.txt").read_text() == "the user's own notes"
+    assert sorted(n.split(".replaced-")[0] for n in names if ".replaced-" in n) == ["de.jsonl", "metrics.json",
+                                                                                    "settings.json"]
+    assert json.loads((out / "settings.json").read_text())["max_new_tokens"] == 3
+    capsys.readouterr()
+    rc, err = cli(analyze_argv("representations", tiny_model, out), capsys)  # another analysis's folder
+    assert rc == 1 and "holds the output of qalign analyze translation" in one_line_error(err)
+
+
+@pytest.mark.parametrize("given", ["", "."])
+def test_cli_out_empty_or_unmarked_cwd_is_one_line_and_writes_nothing(synthetic_data, tmp_path, capsys, monkeypatch,
+                                                                      given):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unrelated.txt").write_text("x")
+    for what in ("translation", "representations"):
+        rc, err = cli(["analyze", what, "--model", str(tmp_path / "no-model"), "--out", given], capsys)
+        named = f"--out {given!r}: give a folder" if not given else f"--out . ({tmp_path}): is not empty"
+        assert rc == 1 and named in one_line_error(err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]
+
+
+@pytest.mark.parametrize("langs", ["", ",", " , "])
+def test_cli_empty_langs_is_one_line(synthetic_data, tmp_path, capsys, langs):
+    for argv in (["analyze", "translation", "--model", "x/y", "--out", str(tmp_path / "o"), "--langs", langs],
+                 ["analyze", "representations", "--model", "x/y", "--out", str(tmp_path / "o"), "--langs", langs],
+                 ["data", "build", "--task", "x2en_question", "--out", str(tmp_path / "x.jsonl"), "--langs", langs]):
+        rc, err = cli(argv, capsys)
+        assert rc == 1 and one_line_error(err) == (f"qalign: error: --langs {langs!r} is empty; leave it out for "
+                                                   f"every language or name some, e.g. de,zh"), argv
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_each_argument_has_its_own_hint(capsys):
+    rc, err = cli(["analyze", "translation", "--model", "x/y", "--out", "o", "--batch-size", "0"], capsys)
+    assert rc == 2 and "argument --batch-size: 0 is not >= 1 (a batch holds at least one example)" in err
+    assert "--limit" not in err.splitlines()[-1]
+    rc, err = cli(["analyze", "translation", "--model", "x/y", "--out", "o", "--max-new-tokens", "0"], capsys)
+    assert rc == 2 and "argument --max-new-tokens: 0 is not >= 1 (at least one token is generated)" in err
+    rc, err = cli(["analyze", "representations", "--model", "x/y", "--out", "o", "--limit", "0"], capsys)
+    assert rc == 2 and "argument --limit: 0 is not >= 1 (leave --limit out for all examples)" in err
+
+
+@pytest.mark.parametrize("size", [[], ["--size", "tiny"]], ids=["no-size", "tiny"])
+def test_cli_config_set_without_equals_is_one_line(capsys, size):
+    rc, err = cli(["config", *size, "--set", "lr=1e-5", "foo"], capsys)
+    assert rc == 1 and one_line_error(err) == "qalign: error: --set 'foo': write each override as KEY=VALUE (e.g. lr=1e-5)"
+    rc, err = cli(["config", *size, "--set", "=5"], capsys)
+    assert rc == 1 and "--set '=5': write each override as KEY=VALUE" in one_line_error(err)
+
+
+def test_cli_config_set_without_size_is_not_ignored(capsys):
+    rc, err = cli(["config", "--set", "lr=fast"], capsys)
+    assert rc == 1 and "--set lr=fast: give --size SIZE too" in one_line_error(err)
+    rc, err = cli(["config", "--size", "tiny", "--set", "foo=1"], capsys)  # an unknown key: already refused
+    assert rc == 1 and "unknown parameter 'foo'" in one_line_error(err)
+
+
+def test_cli_ctrl_c_is_one_line_exit_130_and_releases_locks(tmp_path, capsys, monkeypatch):
+    from qalign_lib.core import locks
+    from qalign_lib.tools import cli as cli_module
+
+    lock = tmp_path / ".lock"
+    rows = tmp_path / "rows.jsonl"
+
+    def interrupted(args):
+        with locks.lock(lock, "a test"):
+            rows.write_text('{"id": 0}\n')
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_score", interrupted)
+    try:
+        rc, err = cli(["score", "--benchmark", "mgsm", "--generations", "g.jsonl"], capsys)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main as a KeyboardInterrupt (a traceback)")
+    assert rc == 130 and err == ("qalign: interrupted; finished rows are kept and locks released; run the same "
+                                 "command again to resume\n")
+    assert rows.read_text() == '{"id": 0}\n'
+    with locks.lock(lock, "after the interrupt"):
+        pass
