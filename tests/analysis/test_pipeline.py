@@ -120,6 +120,15 @@ def test_a_truncated_or_emptied_table_is_todo_and_is_never_read(synthetic_data, 
         f"{rdir.similarity}: not the table settings.json records (truncated or edited)"
     pipeline.analyze(cfg, run="base")
     assert pipeline.is_complete(cfg, run="base")
+    # case 10: a corrupt table (not CSV at all) is todo in the same words, never a pandas traceback
+    rdir.similarity.write_bytes(b'\xff\xfe"unterminated,\x00\n')
+    assert pipeline.incomplete(cfg, run="base") == \
+        f"{rdir.similarity}: not the table settings.json records (truncated or edited)"
+    rdir.per_question.write_bytes(b"")
+    with pytest.raises(ResultsError, match=re.escape(f"{rdir.per_question}: not the table settings.json records")):
+        read_per_question(rdir)
+    pipeline.analyze(cfg, run="base")
+    assert pipeline.is_complete(cfg, run="base")
 
 
 def test_translations_changed_after_scoring_or_ill_typed_are_not_trusted(synthetic_data, tiny_model):
