@@ -309,14 +309,17 @@ def order(study: Study, only: list[str] | None = None) -> list[str]:
     """Runs in dependency order, each once; ``only`` restricts to the chains of these systems or runs."""
     targets = []
     for name in only or list(study.runs):
+        # a name can be an accuracy system and an analysis system at once (the offline study's "Stage 1: En->X
+        # questions" is an ablation's stage 2 and three stage-1 seeds): both are meant
         if name in study.systems:
-            name = study.systems[name]
-        elif name in study.analyses:
+            targets.append(study.systems[name])
+        if name in study.analyses:
             targets += analysis_refs(study, name)
-            continue
-        elif name not in study.runs:
-            raise ConfigError(f"--only {name!r}: not a system ({', '.join(study.systems)}) nor a run ({', '.join(study.runs)}) of {study.source}")
-        targets.append(name)
+        if name not in study.systems and name not in study.analyses:
+            if name not in study.runs:
+                raise ConfigError(f"--only {name!r}: not a system ({', '.join(study.systems)}) nor a run "
+                                  f"({', '.join(study.runs)}) of {study.source}")
+            targets.append(name)
     seen: list[str] = []
     for target in targets:
         for run_name in chain(study, target) if target != "base" and not layout.is_model_ref(target) else []:

@@ -191,3 +191,14 @@ def test_every_shipped_study_passes_the_schema():
     for name, size in (("tiny", None), ("offline", None), ("paper", "7b"), ("paper", "13b")):
         s = studies.load(name, size=size)
         assert s.systems and all(set(m) <= set(s.systems) for m in s.groups.values()), name
+
+
+def test_only_a_name_that_is_an_accuracy_and_an_analysis_system_means_both():
+    """The offline study's "Stage 1: En->X questions" is an accuracy system (the ablation's stage 2) and an analysis
+    system (three stage-1 seeds): `--only` with that name trained the ablation only, and the seeds' analyses waited
+    for runs the plan never trained."""
+    s = studies.load("offline")
+    name = "Stage 1: En->X questions"
+    assert name in s.systems and name in s.analyses
+    assert studies.order(s, [name]) == ["s1-en2x_question", "ablation-en2x_question", "s1-en2x_question-seed1",
+                                        "s1-en2x_question-seed2", "s1-en2x_question-seed3"]
