@@ -86,6 +86,9 @@ def phases(cfg: Config, init: str = "base", stage2_data=None, name: str | None =
     out, current = [], init
     for i, dataset in enumerate(seq):
         phase = name if i == len(seq) - 1 else f"{name}.phase{i + 1}-{dataset}"
+        # every phase's name checked now, before the first phase trains (a long name that only the suffix of an
+        # earlier phase pushes over the limit used to fail after the phases before it had trained)
+        layout.check_name(phase, "run_name" if phase == name else f"phase {i + 1} of run_name")
         out.append((phase, dataset, current))
         current = phase
     return out

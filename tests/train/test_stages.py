@@ -29,6 +29,19 @@ def test_stage_entries_validate_their_arguments(synthetic_data, tiny_model):
     assert stages.phases(cfg) == [("base__gsm8k", "gsm8k", "base")]  # the size's stage2_data
 
 
+def test_a_phase_name_over_the_limit_is_refused_before_any_phase_trains(synthetic_data, tiny_model):
+    """A 120-character run name is fine, but its first phase's name (+ '.phase1-gsm8kinstruct') is not: refused when
+    the phases are listed (stage2.ipynb prints them before training), not after phase 1 has trained."""
+    cfg = train_cfg(tiny_model)
+    name = "m" * 120
+    assert stages.phases(cfg, "base", "gsm8k", name) == [(name, "gsm8k", "base")]
+    with pytest.raises(ConfigError) as e:
+        stages.phases(cfg, "base", "gsm8kinstruct,metamathqa", name)
+    assert str(e.value) == (f"phase 1 of run_name={'m' * 40!r}... (141 characters): a run name is at most 128 "
+                            "characters (it becomes a folder name); choose a shorter one")
+    assert nothing_under(layout.size_root(cfg.size))
+
+
 def test_stage1_selection_reaches_the_examples(synthetic_data, tiny_model):
     """stage1_seed, stage1_match_tokens and the shuffled control, as a stage-1 run plans them (training.plan)."""
     from qalign_lib.data import training_data
