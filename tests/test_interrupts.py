@@ -26,8 +26,11 @@ def interrupt_once(argv: list[str], ready, tmp_path: Path, within: float = 600, 
     "children" are the process ids the command had started (a notebook kernel: in a session of its own)."""
     err_path = tmp_path / "stderr.txt"
     with open(tmp_path / "stdout.txt", "w") as out, open(err_path, "w") as err:
+        # SIGINT as a terminal leaves it: a test session started in the background by a non-interactive shell (as CI
+        # may be) ignores SIGINT, the child would inherit that, and Python installs no KeyboardInterrupt handler
         p = subprocess.Popen([sys.executable, "-m", "qalign_lib.tools.cli", *argv], stdout=out, stderr=err,
-                             start_new_session=True, env={**os.environ, **env})
+                             start_new_session=True, env={**os.environ, **env},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             start, snapshot = time.time(), None
             while snapshot is None:
