@@ -11,7 +11,6 @@ says so to readers (``qalign study`` plans the report again, with that reason); 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import socket
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 from qalign_lib.core import locks
-from qalign_lib.core.files import atomic_write
+from qalign_lib.core.files import atomic_write, file_hash
 
 MARKER = "INCOMPLETE.md"
 INDEX = "README.md"
@@ -68,7 +67,7 @@ def manifest(out: Path) -> dict[str, str]:
     """file name -> sha256 of every file of the report folder ``out`` (not its subfolders: other studies' reports;
     not its hidden files: the lock, temporary files)."""
     out = Path(out)
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
+    return {p.name: file_hash(p) for p in sorted(out.iterdir())
             if p.is_file() and not p.name.startswith(".")} if out.is_dir() else {}
 
 
@@ -80,6 +79,6 @@ def changed(out: Path, files: dict[str, str]) -> str | None:
         path = out / name
         if not path.is_file():
             return f"{path} is missing"
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if file_hash(path) != digest:
             return f"{path} changed since the report was written"
     return None

@@ -178,11 +178,6 @@ def report_inputs(s: studies.Study) -> str:
     return h.hexdigest()
 
 
-def report_current(s: studies.Study) -> bool:
-    """The study's report exists whole and was written by ``qalign study`` from inputs with today's digest."""
-    return report_stale(s) is None
-
-
 def report_stale(s: studies.Study) -> str | None:
     """Why the study's report must be written again, or None: it was interrupted or is being written (its
     ``INCOMPLETE.md``), has no index, was not made by ``qalign study``, was made from other inputs (the stamp's
