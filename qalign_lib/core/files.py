@@ -86,7 +86,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+            why = "no space left on the device" if is_disk_full(e) else e.strerror or str(e)
             raise OutputError(f"{path}: could not be written ({why}); the previous file, if any, is unchanged") from None
         raise
 
@@ -182,8 +182,13 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        why = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        why = "no space left on the device" if is_disk_full(e) else e.strerror or str(e)
         raise OutputError(f"{path}: could not append ({why}); the rows already there are kept, rerun to resume") from None
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is an OSError for want of space: ENOSPC, or a library's OSError that only says so in its text."""
+    return isinstance(e, OSError) and (e.errno == errno.ENOSPC or "No space left" in str(e))
 
 
 def move_aside(path: Path, why: str) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qalign_lib.analysis import pipeline
-from qalign_lib.core import config, layout, locks, log, reportdir
+from qalign_lib.core import config, files, layout, locks, log, reportdir
 from qalign_lib.core.errors import QAlignError, RunError, StudyError
 from qalign_lib.core.files import write_json
 from qalign_lib.evaluation import evaluator
@@ -310,7 +309,7 @@ def notebook_output(out: Path, what: str):
     try:
         yield partial
     except BaseException as e:
-        if isinstance(e, OSError) and (e.errno == errno.ENOSPC or "No space left" in str(e)):
+        if files.is_disk_full(e):
             partial.unlink(missing_ok=True)
             raise StudyError(f"{what}: no space left on device while writing its executed notebook {out}; free "
                              f"space (`df -h {out.parent}`), then rerun `qalign study`: it resumes from what is "

@@ -13,7 +13,6 @@ The fingerprint is derived from the declaration in :mod:`qalign_lib.core.config`
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import importlib.util
@@ -485,7 +484,7 @@ def _is_disk_full(e: BaseException) -> bool:
     from safetensors import SafetensorError
 
     if isinstance(e, OSError):
-        return e.errno == errno.ENOSPC or "No space left" in str(e)
+        return files.is_disk_full(e)
     if isinstance(e, (RuntimeError, SafetensorError)):
         text = str(e)
         return "unexpected pos" in text or "No space left" in text or "os error 28" in text

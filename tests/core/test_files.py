@@ -124,3 +124,12 @@ def test_follow_umask_gives_files_written_0600_the_mode_of_new_files(tmp_path):
         os.umask(old)
     assert mode(folder / "model.safetensors") == 0o664 and mode(folder / "sub" / "x.json") == 0o664
     assert mode(outside) == 0o600  # a link is not followed
+
+
+def test_is_disk_full_knows_enospc_and_a_library_oserror_that_only_says_so():
+    import errno
+
+    assert files.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert files.is_disk_full(OSError("write failed: No space left on device (os error 28)"))
+    assert not files.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not files.is_disk_full(RuntimeError("No space left on device"))  # not an OSError: the caller decides
