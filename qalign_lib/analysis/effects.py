@@ -371,3 +371,34 @@ def summary(effect_rows: pd.DataFrame, a: str, b: str) -> str:
         parts.append(f"{info['label']} {r['diff']:+.{k}f} [{r['lo']:+.{k}f}, {r['hi']:+.{k}f}], Holm-adjusted "
                      f"{format_p(r['p_adj'])} ({kind}family of {sizes[r['family']]}), MDE {r['mde']:.{k}f}")
     return "; ".join(parts)
+
+
+def verdict(effect_rows: pd.DataFrame, a: str, b: str) -> str:
+    """What the primary family lets one say of the pair b - a, measure by measure: which primary measures changed
+    (Holm-adjusted p < ALPHA, with the sign) and which did not, the latter with the MDE below which a change is not
+    excluded, e.g. 'chrF and BLEU rose (Holm-adjusted p < 0.05); no change detected in CSLS MRR (a change smaller than
+    its MDE, 0.016, is not excluded)'. '' when the pair has no primary rows."""
+    rows = effect_rows[(effect_rows["a"] == a) & (effect_rows["b"] == b) & (effect_rows["lang"] == AVG)
+                       & (effect_rows["family"] == PRIMARY_FAMILY)]
+    if not len(rows):
+        return ""
+
+    def names(frame):
+        labels = [measure_info(m)["label"] for m in frame["measure"]]
+        return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+    sig, rest = rows[rows["p_adj"] < ALPHA], rows[~(rows["p_adj"] < ALPHA)]
+    parts = [f"{names(g)} {'rose' if up else 'fell'}" for up, g in ((True, sig[sig["diff"] > 0]),
+                                                                   (False, sig[sig["diff"] < 0])) if len(g)]
+
+    def mdes(frame):
+        return ", ".join(f"{measure_info(r['measure'])['label']} {r['mde']:.{measure_info(r['measure'])['digits']}f}"
+                         for _, r in frame.iterrows())
+
+    if not parts:
+        return (f"no primary measure changed detectably (every Holm-adjusted p >= {ALPHA:g}; changes smaller than "
+                f"the MDE, {mdes(rest)}, are not excluded)")
+    out = " and ".join(parts) + f" (Holm-adjusted p < {ALPHA:g})"
+    if len(rest):
+        out += f"; no change detected in {names(rest)} (a change smaller than the MDE, {mdes(rest)}, is not excluded)"
+    return out

@@ -469,7 +469,11 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
         pairs = list(dict.fromkeys(zip(table["a"], table["b"])))
         n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == AVG].groupby("measure")}
         langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG] or effects.languages(ctx.analyses, pairs, b)
-        parts = [f"**{bb} - {a}**: {summary}." for a, bb in pairs for summary in [effects.summary(table, a, bb)]
+        notes = study.effect_notes
+        parts = [f"- **{bb} - {a}**" + (f" (tests: {notes[(a, bb)]['tests']})" if (a, bb) in notes else "")
+                 + f": {summary}." + (f" **Verdict**: {said}." if said else "")
+                 + (f" **Does not show**: {notes[(a, bb)]['not_shown'].rstrip('.')}." if (a, bb) in notes else "")
+                 for a, bb in pairs for summary, said in [(effects.summary(table, a, bb), effects.verdict(table, a, bb))]
                  if summary]
         rep_n = next((n[m] for m in effects.PRIMARY if m in n), None)
         sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", rep_n)) if v)
@@ -480,7 +484,9 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
                   + f"differences b - a {over} with 95% "
                   "paired-bootstrap CIs over question ids; p from a paired permutation test over question ids, "
                   f"Holm-adjusted; MDE at 80% power; {family_note(table)}; representation measures averaged over "
-                  f"layers 1..L; {seeds_note(ctx, b)}): " + " ".join(parts) + attainable_note(table), ""]
+                  f"layers 1..L; {seeds_note(ctx, b)}"
+                  + ("; what each effect tests and does not show is declared in the study file"
+                     if any(pair in notes for pair in pairs) else "") + ")." + attainable_note(table), "", *parts, ""]
         alt = {"translation": f"Translation of {display} questions into English, chrF per language with 95% CIs",
                "stage1_effects": "What stage 1 did: paired differences with 95% CIs"}
         for name in MAIN_FIGURES:

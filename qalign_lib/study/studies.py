@@ -59,6 +59,9 @@ class Study:
     # display name -> its run refs (each a run, "base" or "model:<id>"): one per seed, a single ref a list of one
     analyses: dict[str, list[str]] = field(default_factory=dict)
     effects: list[tuple[str, str]] = field(default_factory=list)  # (a, b) pairs of analyses: the stage-1 effects b - a
+    # (a, b) -> {"tests": what the effect tests, "not_shown": what it does not show}, declared in the study file
+    # beside the pair (before any result) and printed by the report beside the effect's numbers and verdict
+    effect_notes: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -79,9 +82,17 @@ class _RunStructure(_Strict):
     langs: str | list[str] | None = None
 
 
+class _Effect(_Strict):
+    """A declared effect with its reading: ``compare: [a, b]`` (b - a), what it ``tests`` and what it does not show
+    (``not_shown``), both written before the data, printed by the report beside the measured effect and its verdict."""
+    compare: list[str]
+    tests: str
+    not_shown: str
+
+
 class _Analysis(_Strict):
     systems: dict[str, str | list[str]]
-    effects: list[list[str]] | None = None
+    effects: list[list[str] | _Effect] | None = None
 
 
 class _StudyFile(_Strict):
@@ -100,9 +111,11 @@ _TYPE_TAGS = ("str", "int", "list", "dict", "none")
 
 def _schema_error(e: pydantic.ValidationError, model: type[pydantic.BaseModel], where: str) -> ConfigError:
     """The first error of a schema check as one line naming the file, the key path and the fix."""
-    err = e.errors()[0]
+    # the most specific error: of a union's members, the one that got furthest into the value (a mapping where a
+    # pair or a mapping may stand: the mapping's own key error, not "expected a list")
+    err = max(e.errors(), key=lambda x: (len(x["loc"]), x["type"] == "extra_forbidden"))  # a misspelt key: its fix
     tags = [part for part in err["loc"] if isinstance(part, str) and part != "[key]"
-            and ("[" in part or part in _TYPE_TAGS)]
+            and ("[" in part or part in _TYPE_TAGS or part.startswith("_"))]
     parts = [part for part in err["loc"] if part not in tags]  # a union's member names are not keys of the file
     if parts and parts[-1] == "[key]":
         return ConfigError(f"{where}: {'.'.join(map(str, parts[:-2]))}: the name {parts[-2]!r} must be a string "
@@ -112,7 +125,7 @@ def _schema_error(e: pydantic.ValidationError, model: type[pydantic.BaseModel], 
         key = str(err["loc"][-1])
         fields = list(model.model_fields) if len(err["loc"]) == 1 else []
         if not fields and err["loc"][0] == "analysis":
-            fields = list(_Analysis.model_fields)
+            fields = list((_Effect if "effects" in err["loc"] else _Analysis).model_fields)
         close = difflib.get_close_matches(key, fields, n=1)
         return ConfigError(f"{where}: unknown key {loc!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                            + (f" The keys are: {', '.join(fields)}" if fields else ""))
@@ -243,8 +256,9 @@ def load(name: str, size: str | None = None, **overrides) -> Study:
         if len(set(members)) < len(members):
             raise ConfigError(f"{path}: group {group!r} lists a system twice: {members}")
     benchmarks = registry.parse(raw.get("benchmarks"), what=f"{path}: benchmarks")
-    analyses, effects = _analysis(raw.get("analysis"), runs, systems, groups, path)
-    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), groups, str(path), analyses, effects)
+    analyses, effects, notes = _analysis(raw.get("analysis"), runs, systems, groups, path)
+    study = Study(name, size, cfg, runs, systems, benchmarks, raw.get("caption", ""), groups, str(path), analyses, effects,
+                  notes)
     order(study)  # validates that there is no cycle
     if not systems and not raw.get("analysis"):
         raise ConfigError(f"{path}: declares no systems and no analysis; a study evaluates `systems:` (display name "
@@ -257,10 +271,11 @@ def _closest(name: str, known) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(map(str, known)) or 'none'}"
 
 
-def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, path) -> tuple[dict, list]:
+def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, path) -> tuple[dict, list, dict]:
     """The study's ``analysis`` section: ``systems`` (display name -> a run, base or model:<id>, or a list of runs,
-    one per seed; always read as a list) whose translation quality and representation alignment are measured, and ``effects``, pairs [a, b] of them whose difference b - a
-    the report tests. Without the section: the base model and every stage-1 run, plus the consistency pair, with
+    one per seed; always read as a list) whose translation quality and representation alignment are measured, and
+    ``effects``, pairs [a, b] of them whose difference b - a the report tests, each either a bare pair or a mapping
+    ``{compare: [a, b], tests: ..., not_shown: ...}`` (returned as notes: (a, b) -> {tests, not_shown}). Without the section: the base model and every stage-1 run, plus the consistency pair, with
     the effects of each stage-1 run over the base and of the consistency pair's second system over its first."""
     if raw is None:
         analyses = {"Base": ["base"], **{f"Stage 1: {name}": [name] for name, run in runs.items() if run.stage == 1}}
@@ -268,10 +283,11 @@ def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, 
         analyses.update({x: [systems[x]] for x in pair if x in systems})
         effects = [("Base", x) for x in analyses if x.startswith("Stage 1: ")]
         effects += [tuple(pair)] if len(pair) == 2 and all(x in analyses for x in pair) else []
-        return analyses, effects
+        return analyses, effects, {}
     if not isinstance(raw, dict) or not isinstance(raw.get("systems"), dict) or not raw["systems"]:
         raise ConfigError(f"{path}: analysis: expected a mapping with 'systems' (display name -> run, base or "
-                          "model:<id>) and optionally 'effects' (a list of [a, b] pairs)")
+                          "model:<id>) and optionally 'effects' (a list of [a, b] pairs or {compare: [a, b], tests, "
+                          "not_shown} mappings)")
     analyses = {}
     for system, refs in raw["systems"].items():
         refs = [refs] if isinstance(refs, str) else refs
@@ -283,15 +299,23 @@ def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, 
             if ref != "base" and ref not in runs and not layout.is_model_ref(ref):
                 raise ConfigError(f"{path}: analysis system {system!r} names unknown run {ref!r}" + _closest(ref, runs))
         analyses[str(system)] = list(refs)
-    effects = []
-    for pair in raw.get("effects") or []:
+    effects, notes = [], {}
+    for entry in raw.get("effects") or []:
+        pair = entry.get("compare") if isinstance(entry, dict) else entry
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(x not in analyses for x in pair):
             raise ConfigError(f"{path}: analysis effects: {pair!r} is not a pair [a, b] of analysis systems "
                               f"({', '.join(analyses)})")
         if pair[0] == pair[1] or (str(pair[0]), str(pair[1])) in effects:
             raise ConfigError(f"{path}: analysis effects: {pair!r} compares a system with itself or is listed twice")
         effects.append((str(pair[0]), str(pair[1])))
-    return analyses, effects
+        if isinstance(entry, dict):
+            for key in ("tests", "not_shown"):
+                if not str(entry.get(key) or "").strip():
+                    raise ConfigError(f"{path}: analysis effects: {pair!r}: '{key}' is empty; say in a sentence what "
+                                      "the effect " + ("tests" if key == "tests" else "does not show"))
+            notes[effects[-1]] = {"tests": " ".join(str(entry["tests"]).split()),
+                                  "not_shown": " ".join(str(entry["not_shown"]).split())}
+    return analyses, effects, notes
 
 
 def chain(study: Study, run_name: str) -> list[str]:

@@ -144,3 +144,27 @@ def test_one_language_is_tested_once_in_the_primary_family():
     assert effects.languages(found, [("A", "B")], "mgsm") == ["de"]
     assert effects.languages(_found(), [("A", "B")], "mgsm") == ["de", "fr"]
     assert "chrF +" in effects.summary(eff, "A", "B") and f"(family of {m})" in effects.summary(eff, "A", "B")
+
+
+def _primary_rows(p_adj: dict, diff: dict, mde: dict, a="Base", b="S1") -> pd.DataFrame:
+    rows = [{"a": a, "b": b, "measure": m, "lang": effects.AVG, "family": effects.PRIMARY_FAMILY, "p_adj": p_adj[m],
+             "diff": diff[m], "mde": mde[m]} for m in p_adj]
+    # an exploratory row that would count if the verdict read outside the primary family
+    rows.append({"a": a, "b": b, "measure": "cosine", "lang": effects.AVG, "family": "exploratory: S1 - Base, cosine",
+                 "p_adj": 0.001, "diff": -1.0, "mde": 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_the_verdict_names_what_changed_in_the_primary_family_and_what_was_not_excluded():
+    table = _primary_rows({"chrf": 0.001, "bleu": 0.02, "csls_mrr": 0.3, "margin": 0.04},
+                          {"chrf": 11.2, "bleu": 3.5, "csls_mrr": 0.003, "margin": -0.012},
+                          {"chrf": 2.8, "bleu": 1.7, "csls_mrr": 0.016, "margin": 0.005})
+    assert effects.verdict(table, "Base", "S1") == (
+        "chrF and BLEU rose and centred cosine margin over mismatched English fell (Holm-adjusted p < 0.05); no change "
+        "detected in CSLS MRR (both directions) (a change smaller than the MDE, CSLS MRR (both directions) 0.016, is "
+        "not excluded)")
+    at_alpha = _primary_rows({"chrf": 0.05, "bleu": 0.9}, {"chrf": 5.0, "bleu": 1.0}, {"chrf": 4.7, "bleu": 3.7})
+    assert effects.verdict(at_alpha, "Base", "S1") == (  # p_adj = alpha is not below it
+        "no primary measure changed detectably (every Holm-adjusted p >= 0.05; changes smaller than the MDE, chrF 4.7, "
+        "BLEU 3.7, are not excluded)")
+    assert effects.verdict(table, "S1", "Base") == ""  # not a declared direction: no rows, no verdict

@@ -55,11 +55,13 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
                  "stage1_effects_mgsm_png", "stage1_layers_mgsm", "stage1_layers_mgsm_png"):
         assert name in written and written[name].is_file(), name
     readme = (out / "README.md").read_text().splitlines()
-    first = next(line for line in readme[1:] if line.strip())
-    assert first.startswith("**What stage 1 did**") and "**S1 - Base**: chrF +" in first and "excludes zero" not in first
+    first = _lead(readme)
+    assert first.startswith("**What stage 1 did**") and "\n- **S1 - Base**: chrF +" in first and "excludes zero" not in first
     m = 2 + len(analysis_effects.PRIMARY)  # one pair x the primary measures
     assert f"Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m})" in first and "one training run per system" in first
-    top = "\n".join(readme[:8])
+    # a bare pair declares no reading: the bullet has its numbers and verdict, no "tests" or "does not show"
+    assert "**Verdict**: " in first and "(tests: " not in first and "**Does not show**" not in first
+    top = "\n".join(readme[:12])
     assert "![Translation of mGSM questions" in top and "translation_mgsm.png" in top and "stage1_effects_mgsm.png" in top
     effects = pd.read_csv(out / "stage1_effects_mgsm.csv")
     assert set(effects["measure"]) == set(mt_metrics.METRICS) | set(representations.MEASURES)
@@ -70,6 +72,32 @@ def test_report_writes_the_analyses_and_opens_with_the_effects(params_copy, synt
     assert set(langs["layers"]) == {2}  # layers 1..2 of the fixture's 0..2: the embeddings left out
     layers = pd.read_csv(out / "stage1_layers_mgsm.csv")
     assert sorted(set(layers["layer"])) == [1, 2] and set(layers["measure"]) == set(analysis_effects.PRIMARY)
+
+
+def _lead(readme: list[str]) -> str:
+    """The README's lead: the first paragraph and the bullets of its effects, up to the first figure."""
+    start = next(i for i, line in enumerate(readme) if i and line.strip())
+    end = next(i for i, line in enumerate(readme) if line.startswith("!["))
+    return "\n".join(line for line in readme[start:end] if line.strip())
+
+
+def test_each_declared_effect_is_printed_with_what_it_tests_its_verdict_and_what_it_does_not_show(
+        params_copy, synthetic_data, tmp_path):
+    """Issue 19: a claim names its measure, adjusted p and what it does not show. The reading is declared in the study
+    file beside the pair; the verdict is computed from the primary family, never written by hand."""
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects:\n"
+                "    - compare: [Base, S1]\n      tests: whether S1 translates\n"
+                "      not_shown: reasoning accuracy, which nothing here measures\n")
+    found = {"Base": fake_analysis(0.0, 0.4), "S1": fake_analysis(1.0, 0.8)}
+    out = tmp_path / "report"
+    document.write_report(studies.load("x"), out, n_boot=200, collected=({}, {}), analyses=(found, {}))
+    lead = _lead((out / "README.md").read_text().splitlines())
+    bullet = next(line for line in lead.splitlines() if line.startswith("- **S1 - Base**"))
+    assert bullet.startswith("- **S1 - Base** (tests: whether S1 translates): chrF +")
+    table = pd.read_csv(out / "stage1_effects_mgsm.csv")
+    assert bullet.split("**Verdict**: ")[1].split(". **Does not show**")[0] == analysis_effects.verdict(table, "Base", "S1")
+    assert bullet.endswith("**Does not show**: reasoning accuracy, which nothing here measures.")
+    assert "what each effect tests and does not show is declared in the study file" in lead.splitlines()[0]
 
 
 def test_one_analysis_language_opens_the_report_with_its_effects(params_copy, synthetic_data, tmp_path):
@@ -86,13 +114,13 @@ def test_one_analysis_language_opens_the_report_with_its_effects(params_copy, sy
     out = tmp_path / "report"
     document.write_report(studies.load("x"), out, n_boot=200, collected=({}, {}), analyses=(found, {}))
     readme = (out / "README.md").read_text().splitlines()
-    first = next(line for line in readme[1:] if line.strip())
+    first = _lead(readme)
     m = len(analysis_effects.primary_measures())
     assert first.startswith("**What stage 1 did** (mGSM, size tiny, 1 language: de; questions per language, "
                             "translation: 6, representations: 6; differences b - a on its one language with 95% "), first
     assert f"= {m} tests, Holm-adjusted" in first
-    assert f"**S1 - Base**: chrF +97.7 [+97.7, +97.7], Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m})" in first
-    text = first.replace("**S1 - Base**: chrF", "X")
+    assert f"- **S1 - Base**: chrF +97.7 [+97.7, +97.7], Holm-adjusted p = {min(1, m * 2 / 64):.3f} (family of {m})" in first
+    text = first.replace("**S1 - Base**: chrF", "X").replace("**Verdict**: ", "")
     for fragment in ("()", ", ;", ": .", ";;", ", ,", "**: ", "  "):
         at = text.find(fragment)
         assert at < 0, (fragment, text[max(0, at - 60):at + 30])

@@ -177,6 +177,15 @@ def _alias_bomb_langs(levels: int = 10) -> str:
      r"system 'Final' names unknown run 'fnal'; did you mean 'final'\?"),
     (BASE_STUDY + "analysis:\n  systems: {Base: base}\n  effects: [[Base, Base]]\n", r"compares a system with itself"),
     (BASE_STUDY.replace("runs:\n", "runs:\n  bad: {stage: 1, stage2_data: [gsm8k]}\n"), r"stage2_data is a stage-2 key"),
+    (BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects:\n    - {compare: [Base, S1], tests: t, not_show: n}\n",
+     r"unknown key 'analysis.effects.0.not_show'; did you mean 'not_shown'\?"),
+    (BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects:\n    - {compare: [Base, S1], tests: t}\n",
+     r"analysis.effects.0.not_shown: missing"),
+    (BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects:\n    - {compare: [Base, S1], tests: ' ', not_shown: n}\n",
+     r"\['Base', 'S1'\]: 'tests' is empty"),
+    (BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects:\n    - {compare: [Base], tests: t, not_shown: n}\n",
+     r"is not a pair \[a, b\] of analysis systems"),
+
     (BASE_STUDY.replace("size: tiny\n", "size: tiny\n" + _alias_bomb_langs() + "\n").replace("langs: [de, fr]", "langs: *l9"),
      r"expands to more than 100000 YAML nodes"),
 ])
@@ -202,3 +211,18 @@ def test_only_a_name_that_is_an_accuracy_and_an_analysis_system_means_both():
     assert name in s.systems and name in s.analyses
     assert studies.order(s, [name]) == ["s1-en2x_question", "ablation-en2x_question", "s1-en2x_question-seed1",
                                         "s1-en2x_question-seed2", "s1-en2x_question-seed3"]
+
+
+def test_an_effect_declares_what_it_tests_and_what_it_does_not_show(params_copy):
+    write_study(params_copy, BASE_STUDY + "analysis:\n  systems: {Base: base, S1: s1}\n  effects:\n"
+                "    - compare: [Base, S1]\n      tests: >-\n        whether stage 1\n        translates\n"
+                "      not_shown: accuracy\n    - [S1, Base]\n")
+    s = studies.load("x")
+    assert s.effects == [("Base", "S1"), ("S1", "Base")]
+    assert s.effect_notes == {("Base", "S1"): {"tests": "whether stage 1 translates", "not_shown": "accuracy"}}
+
+
+def test_every_declared_effect_of_the_shipped_studies_says_what_it_tests_and_does_not_show():
+    for name in ("tiny", "offline"):
+        s = studies.load(name)
+        assert s.effects and set(s.effect_notes) == set(s.effects), name
