@@ -457,6 +457,18 @@ def versions_table(recorded: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _effect_bullet(table: pd.DataFrame, a: str, b: str, note: dict[str, str] | None) -> str:
+    """One effect of the README's lead: its reading (``note``: what it tests, what it does not show; None when the
+    study declares a bare pair), every measure's numbers and the verdict of the primary family; '' without rows."""
+    summary = effects.summary(table, a, b)
+    if not summary:
+        return ""
+    said = effects.verdict(table, a, b)
+    return (f"- **{b} - {a}**" + (f" (tests: {note['tests']})" if note else "") + f": {summary}."
+            + (f" **Verdict**: {said}." if said else "")
+            + (f" **Does not show**: {note['not_shown'].rstrip('.')}." if note else ""))
+
+
 def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
     """The index's first paragraph: the measured stage-1 effects with their CIs, whatever their sign, and its
     main figure."""
@@ -470,11 +482,7 @@ def lead(study: Study, ctx: Context, written: dict[str, Path]) -> list[str]:
         n = {m: int(g["n"].iloc[0]) for m, g in table[table["lang"] == AVG].groupby("measure")}
         langs = [x for x in dict.fromkeys(table["lang"]) if x != AVG] or effects.languages(ctx.analyses, pairs, b)
         notes = study.effect_notes
-        parts = [f"- **{bb} - {a}**" + (f" (tests: {notes[(a, bb)]['tests']})" if (a, bb) in notes else "")
-                 + f": {summary}." + (f" **Verdict**: {said}." if said else "")
-                 + (f" **Does not show**: {notes[(a, bb)]['not_shown'].rstrip('.')}." if (a, bb) in notes else "")
-                 for a, bb in pairs for summary, said in [(effects.summary(table, a, bb), effects.verdict(table, a, bb))]
-                 if summary]
+        parts = [bullet for a, bb in pairs for bullet in [_effect_bullet(table, a, bb, notes.get((a, bb)))] if bullet]
         rep_n = next((n[m] for m in effects.PRIMARY if m in n), None)
         sizes = ", ".join(f"{k}: {v}" for k, v in (("translation", n.get("chrf")), ("representations", rep_n)) if v)
         over = "averaged over languages" if len(langs) > 1 else "on its one language"

@@ -275,8 +275,9 @@ def _analysis(raw, runs: dict[str, Run], systems: dict[str, str], groups: dict, 
     """The study's ``analysis`` section: ``systems`` (display name -> a run, base or model:<id>, or a list of runs,
     one per seed; always read as a list) whose translation quality and representation alignment are measured, and
     ``effects``, pairs [a, b] of them whose difference b - a the report tests, each either a bare pair or a mapping
-    ``{compare: [a, b], tests: ..., not_shown: ...}`` (returned as notes: (a, b) -> {tests, not_shown}). Without the section: the base model and every stage-1 run, plus the consistency pair, with
-    the effects of each stage-1 run over the base and of the consistency pair's second system over its first."""
+    ``{compare: [a, b], tests: ..., not_shown: ...}`` (returned as notes: (a, b) -> {tests, not_shown}). Without the
+    section: the base model and every stage-1 run, plus the consistency pair, with the effects of each stage-1 run
+    over the base and of the consistency pair's second system over its first."""
     if raw is None:
         analyses = {"Base": ["base"], **{f"Stage 1: {name}": [name] for name, run in runs.items() if run.stage == 1}}
         pair = list(groups.get("consistency") or [])
